@@ -1,0 +1,116 @@
+// Command handnet trains and evaluates 11k Hands classifiers on libtorch.
+//
+// Run `handnet help` for the list of commands and `handnet CMD --help` for
+// the flags of one. Exit codes: 0 success, 1 failure, 2 bad usage.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	log "github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+)
+
+// command is one subcommand: its flags are defined on fs by setup, and run
+// gets the positional arguments.
+type command struct {
+	name    string
+	summary string
+	usage   string // after "handnet NAME "
+	setup   func(fs *pflag.FlagSet) func(args []string) error
+}
+
+var commands = map[string]*command{}
+
+func register(c *command) { commands[c.name] = c }
+
+// usageError marks errors caused by the command line (exit code 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05"})
+	log.SetOutput(os.Stderr)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		if len(args) > 1 {
+			if c, ok := commands[args[1]]; ok {
+				fs, _ := newFlagSet(c)
+				fs.SetOutput(os.Stdout)
+				fs.Usage()
+				return 0
+			}
+		}
+		printHelp(os.Stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	c, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "handnet: unknown command %q\n\n", args[0])
+		printHelp(os.Stderr)
+		return 2
+	}
+	fs, runFn := newFlagSet(c)
+	verbose := fs.BoolP("verbose", "v", false, "log debug messages")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "handnet %s: %v\nRun 'handnet %s --help' for its flags.\n", c.name, err, c.name)
+		return 2
+	}
+	if *verbose {
+		log.SetLevel(log.DebugLevel)
+	}
+	if err := runFn(fs.Args()); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(os.Stderr, "handnet %s: %v\nRun 'handnet %s --help' for its flags.\n", c.name, err, c.name)
+			return 2
+		}
+		fmt.Fprintf(os.Stderr, "handnet %s: %v\n", c.name, err)
+		return 1
+	}
+	return 0
+}
+
+func newFlagSet(c *command) (*pflag.FlagSet, func([]string) error) {
+	fs := pflag.NewFlagSet("handnet "+c.name, pflag.ContinueOnError)
+	fs.SortFlags = false
+	runFn := c.setup(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: handnet %s %s\n\n%s\n\nFlags:\n%s", c.name, c.usage, c.summary, fs.FlagUsages())
+	}
+	return fs, runFn
+}
+
+func printHelp(w *os.File) {
+	fmt.Fprintln(w, "handnet trains and evaluates 11k Hands classifiers (libtorch through gotch).\n\nUsage: handnet COMMAND [flags]\n\nCommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", n, firstLine(commands[n].summary))
+	}
+	fmt.Fprintln(w, "\nRun 'handnet COMMAND --help' for a command's flags.")
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
