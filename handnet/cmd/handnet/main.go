@@ -42,7 +42,7 @@ func run(args []string) int {
 	log.SetOutput(os.Stderr)
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
-			if c, ok := commands[args[1]]; ok {
+			if c, ok := commands[strings.Join(args[1:], " ")]; ok {
 				fs, _ := newFlagSet(c)
 				fs.SetOutput(os.Stdout)
 				fs.Usage()
@@ -55,11 +55,19 @@ func run(args []string) int {
 		}
 		return 0
 	}
-	c, ok := commands[args[0]]
+	c, ok := (*command)(nil), false
+	if len(args) > 1 {
+		// Two-word commands: "cache build", "data stats", "weights fetch".
+		if c, ok = commands[args[0]+" "+args[1]]; ok {
+			args = args[1:]
+		}
+	}
 	if !ok {
-		fmt.Fprintf(os.Stderr, "handnet: unknown command %q\n\n", args[0])
-		printHelp(os.Stderr)
-		return 2
+		if c, ok = commands[args[0]]; !ok {
+			fmt.Fprintf(os.Stderr, "handnet: unknown command %q\n\n", strings.Join(args[:min(2, len(args))], " "))
+			printHelp(os.Stderr)
+			return 2
+		}
 	}
 	fs, runFn := newFlagSet(c)
 	verbose := fs.BoolP("verbose", "v", false, "log debug messages")
@@ -103,7 +111,7 @@ func printHelp(w *os.File) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, firstLine(commands[n].summary))
+		fmt.Fprintf(w, "  %-14s %s\n", n, firstLine(commands[n].summary))
 	}
 	fmt.Fprintln(w, "\nRun 'handnet COMMAND --help' for a command's flags.")
 }

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/handnet/handnet/vision"
+	log "github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+)
+
+func init() {
+	register(&command{
+		name:    "fakedata",
+		usage:   "--out DIR [--count N] [--seed S] [--size WxH]",
+		summary: "Write a synthetic 11k Hands dataset (HandInfo.csv + Hands/*.jpg) with procedurally drawn hands.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			out := fs.String("out", "", "dataset folder to write (required)")
+			count := fs.Int("count", 600, "number of images")
+			seed := fs.Uint64("seed", 1, "random seed: the same seed writes the same files")
+			size := fs.String("size", "1600x1200", "image size WxH")
+			per := fs.Int("per-subject", 58, "images per subject")
+			return func(args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				if *out == "" {
+					return usagef("--out is required")
+				}
+				w, h, err := parseSize(*size)
+				if err != nil {
+					return usagef("--size: %v", err)
+				}
+				if *count <= 0 || *per <= 0 {
+					return usagef("--count and --per-subject must be positive")
+				}
+				bar := newBar(*count, "drawing hands", "images")
+				var mu sync.Mutex
+				start := time.Now()
+				err = vision.GenerateFake(*out, vision.FakeOptions{Count: *count, Seed: *seed, Width: w, Height: h, PerSubject: *per,
+					Progress: func(int) { mu.Lock(); bar.Add(1); mu.Unlock() }})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("wrote %d synthetic images (%dx%d) and HandInfo.csv to %s in %.1fs\n", *count, w, h, *out, time.Since(start).Seconds())
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "cache build",
+		usage:   "--data DIR [--cache-dir DIR] [--skip-bad] [--exact]",
+		summary: "Decode and preprocess every image of a dataset once into the cache that training reads.\nRebuilt only when images, size or pipeline change.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			var co cacheFlags
+			co.register(fs)
+			return func(args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				ds, c, err := co.open()
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				fmt.Printf("cache %s: %d images of %dx%d from %s", c.Path, c.Count-len(c.Bad), c.W, c.H, ds.Dir)
+				if len(c.Bad) > 0 {
+					fmt.Printf(", %d skipped as unreadable", len(c.Bad))
+				}
+				fmt.Println()
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "data stats",
+		usage:   "--data DIR [--split random|stratified|subject] [--seed S] [--json]",
+		summary: "Class counts, subjects, split sizes and per-split class counts of a dataset.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			data := fs.String("data", "", "dataset folder with HandInfo.csv (required)")
+			split := fs.String("split", "random", "split method: random, stratified or subject")
+			seed := fs.Uint64("seed", 42, "split seed")
+			asJSON := fs.Bool("json", false, "print JSON")
+			manifest := fs.String("manifest", "", "split manifest CSV (imageName,split): read it if it exists, else write the split there")
+			return func(args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				if *data == "" {
+					return usagef("--data is required")
+				}
+				m, err := vision.ParseSplitMethod(*split)
+				if err != nil {
+					return usagef("--split: %v", err)
+				}
+				ds, err := vision.Open(*data)
+				if err != nil {
+					return err
+				}
+				a, err := splitWithManifest(ds, m, *seed, *manifest)
+				if err != nil {
+					return err
+				}
+				return dataStats(ds, a, m, *seed, *asJSON)
+			}
+		},
+	})
+}
+
+// cacheFlags are the flags of every command that reads a dataset's cache.
+type cacheFlags struct {
+	data, dir      string
+	skipBad, exact bool
+}
+
+func (c *cacheFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.data, "data", "", "dataset folder with HandInfo.csv and Hands/ (required)")
+	fs.StringVar(&c.dir, "cache-dir", "", "folder for the preprocessed-image cache (default "+vision.DefaultCacheDir()+")")
+	fs.BoolVar(&c.skipBad, "skip-bad", false, "skip missing or unreadable images (counted in the summary) instead of stopping")
+	fs.BoolVar(&c.exact, "exact", false, "decode JPEGs at full resolution (slower; the default fast path differs by <1/255)")
+}
+
+// open reads the dataset and opens (building if needed) its cache.
+func (c *cacheFlags) open() (*vision.Dataset, *vision.Cache, error) {
+	if c.data == "" {
+		return nil, nil, usagef("--data is required")
+	}
+	ds, err := vision.Open(c.data)
+	if err != nil {
+		return nil, nil, err
+	}
+	o := vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact}
+	if !vision.CacheIsCurrent(ds, o) {
+		log.Infof("building the image cache for %s (%d images, decoded once)", ds.Dir, len(ds.Records))
+		bar := newBar(len(ds.Records), "decoding", "images")
+		var mu sync.Mutex
+		o.Progress = func(done, total int) { mu.Lock(); bar.Set(done); mu.Unlock() }
+		defer bar.Finish()
+	}
+	start := time.Now()
+	cache, err := vision.OpenCache(ds, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.Progress != nil {
+		log.Infof("cache built in %.1fs: %s", time.Since(start).Seconds(), cache.Path)
+	}
+	for i, why := range cache.Bad {
+		log.Warnf("skipped %s: %s", ds.Records[i].ImageName, why)
+	}
+	return ds, cache, nil
+}
+
+func parseSize(s string) (int, int, error) {
+	w, h, ok := strings.Cut(strings.ToLower(s), "x")
+	wi, err1 := strconv.Atoi(w)
+	hi, err2 := strconv.Atoi(h)
+	if !ok || err1 != nil || err2 != nil || wi <= 0 || hi <= 0 {
+		return 0, 0, fmt.Errorf("size %q: want WIDTHxHEIGHT, e.g. 1600x1200", s)
+	}
+	return wi, hi, nil
+}
+
+type statsReport struct {
+	Dataset     string           `json:"dataset"`
+	Images      int              `json:"images"`
+	Subjects    int              `json:"subjects"`
+	Classes     []string         `json:"classes"`
+	ClassCounts []int            `json:"class_counts"`
+	Split       string           `json:"split"`
+	Seed        uint64           `json:"seed"`
+	SplitSizes  map[string]int   `json:"split_sizes"`
+	SplitClass  map[string][]int `json:"split_class_counts"`
+	SplitSubj   map[string]int   `json:"split_subjects"`
+}
+
+// splitWithManifest loads the split from manifest when that file exists;
+// otherwise it makes one and, when manifest is set, saves it there.
+func splitWithManifest(ds *vision.Dataset, m vision.SplitMethod, seed uint64, manifest string) (vision.Assignment, error) {
+	if manifest != "" {
+		if _, err := os.Stat(manifest); err == nil {
+			log.Infof("split read from %s", manifest)
+			return vision.LoadManifest(manifest, ds.Records)
+		}
+	}
+	a, err := vision.MakeSplit(ds.Records, m, seed)
+	if err != nil {
+		return nil, err
+	}
+	if manifest != "" {
+		if err := vision.SaveManifest(manifest, ds.Records, a); err != nil {
+			return nil, err
+		}
+		log.Infof("split saved to %s", manifest)
+	}
+	return a, nil
+}
+
+func dataStats(ds *vision.Dataset, a vision.Assignment, m vision.SplitMethod, seed uint64, asJSON bool) error {
+	classes := vision.Classes8.Classes()
+	labels := vision.Classes8.Labels(ds.Records)
+	r := statsReport{Dataset: ds.Dir, Images: len(ds.Records), Subjects: len(ds.Subjects()), Classes: classes,
+		ClassCounts: make([]int, len(classes)), Split: string(m), Seed: seed,
+		SplitSizes: map[string]int{}, SplitClass: map[string][]int{}, SplitSubj: map[string]int{}}
+	subj := map[string]map[string]bool{}
+	for _, s := range vision.Splits {
+		r.SplitClass[s.String()] = make([]int, len(classes))
+		subj[s.String()] = map[string]bool{}
+	}
+	for i, l := range labels {
+		s := a[i].String()
+		r.ClassCounts[l]++
+		r.SplitSizes[s]++
+		r.SplitClass[s][l]++
+		subj[s][ds.Records[i].ID] = true
+	}
+	for s, ids := range subj {
+		r.SplitSubj[s] = len(ids)
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	fmt.Printf("%s: %d images, %d subjects\nsplit %s (seed %d): train %d, val %d, test %d images; %d/%d/%d subjects\n\n",
+		ds.Dir, r.Images, r.Subjects, m, seed, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"],
+		r.SplitSubj["train"], r.SplitSubj["val"], r.SplitSubj["test"])
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "class\tall\ttrain\tval\ttest\t")
+	for c, name := range classes {
+		fmt.Fprintf(tw, "%d %s\t%d\t%d\t%d\t%d\t\n", c, name, r.ClassCounts[c], r.SplitClass["train"][c], r.SplitClass["val"][c], r.SplitClass["test"][c])
+	}
+	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%d\t\n", r.Images, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"])
+	return tw.Flush()
+}

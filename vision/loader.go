@@ -1,0 +1,324 @@
+package vision
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// LoaderOptions configures a Loader.
+type LoaderOptions struct {
+	BatchSize int          // images per batch (the last one may be smaller)
+	Shuffle   bool         // new seeded order every epoch
+	Seed      uint64       // shuffling and augmentation seed
+	Device    gotch.Device // where batches go
+	Augment   *Augment     // nil: none
+	Prefetch  int          // batches prepared ahead; 0 means 4
+	Workers   int          // goroutines preparing batches; 0 means all usable CPUs
+}
+
+// Loader turns cached images into batches: per-epoch seeded shuffling,
+// the last partial batch kept, uint8 → ImageNet-normalised float32 NCHW on
+// the target device, prepared in the background so that a training step
+// does not wait for data.
+type Loader struct {
+	cache   *Cache
+	indices []int // record indices, in order
+	labels  []int // class of each record index
+	mirror  func(int) int
+	o       LoaderOptions
+
+	lut        [3][256]float32 // uint8 → normalised value, per channel
+	scale      *ts.Tensor      // per-channel 1/(255·std), on device (CUDA path)
+	shift      *ts.Tensor      // per-channel −mean/std
+	pool       chan []byte
+	hostFloats bool // normalise on the host (CPU device) rather than on the device
+}
+
+// NewLoader makes a loader over the records indices (e.g. one split's) of
+// cache, with labels[i] the class of record i. mirror maps a label to its
+// mirrored image's label; it is needed only for horizontal flips.
+// Records the cache skipped as bad are left out.
+func NewLoader(cache *Cache, indices, labels []int, mirror func(int) int, o LoaderOptions) (*Loader, error) {
+	if o.BatchSize <= 0 {
+		return nil, fmt.Errorf("batch size %d, want > 0", o.BatchSize)
+	}
+	if o.Augment != nil && o.Augment.HFlip > 0 && mirror == nil {
+		return nil, errors.New("horizontal flips need the label scheme's mirror mapping (a flipped left hand is a right hand)")
+	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = 4
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	l := &Loader{cache: cache, labels: labels, mirror: mirror, o: o, hostFloats: !o.Device.IsCuda()}
+	for _, i := range indices {
+		if i < 0 || i >= cache.Count || i >= len(labels) {
+			return nil, fmt.Errorf("record index %d out of range (cache holds %d)", i, cache.Count)
+		}
+		if cache.Usable(i) {
+			l.indices = append(l.indices, i)
+		}
+	}
+	if len(l.indices) == 0 {
+		return nil, errors.New("no usable images in this selection")
+	}
+	for c := range 3 {
+		for v := range 256 {
+			l.lut[c][v] = (float32(v)/255 - Mean[c]) / Std[c]
+		}
+	}
+	l.pool = make(chan []byte, o.Prefetch+o.Workers+1)
+	return l, nil
+}
+
+// Len is the number of images per epoch.
+func (l *Loader) Len() int { return len(l.indices) }
+
+// Batches is the number of batches per epoch, the last partial one included.
+func (l *Loader) Batches() int { return (len(l.indices) + l.o.BatchSize - 1) / l.o.BatchSize }
+
+// Indices returns the record indices the loader serves, in unshuffled order.
+func (l *Loader) Indices() []int { return l.indices }
+
+// Order returns the order of record indices in an epoch.
+func (l *Loader) Order(epoch int) []int {
+	order := append([]int(nil), l.indices...)
+	if l.o.Shuffle {
+		rng := rand.New(rand.NewPCG(l.o.Seed, uint64(epoch)+1))
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	return order
+}
+
+// Batch is one batch on the loader's device. Drop it after use.
+type Batch struct {
+	X       *ts.Tensor // [N,3,H,W] float32, normalised
+	Y       *ts.Tensor // [N] int64 labels
+	Indices []int      // record index of each row
+	Labels  []int      // labels as in Y (after any mirroring)
+}
+
+// Drop frees the batch's tensors.
+func (b *Batch) Drop() {
+	if b.X != nil {
+		b.X.MustDrop()
+	}
+	if b.Y != nil {
+		b.Y.MustDrop()
+	}
+	b.X, b.Y = nil, nil
+}
+
+type hostBatch struct {
+	buf     []byte
+	indices []int
+	labels  []int64
+}
+
+// Epoch iterates over one epoch's batches. Its Next must be called from
+// the goroutine (torch thread) that uses the tensors; preparation runs on
+// other goroutines.
+type Epoch struct {
+	l     *Loader
+	slots []chan hostBatch
+	sem   chan struct{}
+	done  chan struct{}
+	next  int
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+// Epoch starts epoch number epoch (0-based) at batch start (0 normally;
+// more when resuming in the middle of an epoch).
+func (l *Loader) Epoch(epoch, start int) *Epoch {
+	order := l.Order(epoch)
+	nb := l.Batches()
+	e := &Epoch{l: l, slots: make([]chan hostBatch, nb), sem: make(chan struct{}, l.o.Prefetch), done: make(chan struct{}), next: start}
+	for i := range e.slots {
+		e.slots[i] = make(chan hostBatch, 1)
+	}
+	jobs := make(chan int)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer close(jobs)
+		for b := start; b < nb; b++ {
+			select {
+			case e.sem <- struct{}{}:
+			case <-e.done:
+				return
+			}
+			select {
+			case jobs <- b:
+			case <-e.done:
+				return
+			}
+		}
+	}()
+	for range l.o.Workers {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			for b := range jobs {
+				lo, hi := b*l.o.BatchSize, min((b+1)*l.o.BatchSize, len(order))
+				e.slots[b] <- l.prepare(epoch, order[lo:hi])
+			}
+		}()
+	}
+	return e
+}
+
+func (l *Loader) getBuf(n int) []byte {
+	select {
+	case b := <-l.pool:
+		if cap(b) >= n {
+			return b[:n]
+		}
+	default:
+	}
+	return make([]byte, n)
+}
+
+func (l *Loader) putBuf(b []byte) {
+	select {
+	case l.pool <- b:
+	default:
+	}
+}
+
+// prepare builds one batch in host memory: float32 normalised for the
+// CPU, uint8 for CUDA (a quarter of the bytes to copy; normalised there).
+func (l *Loader) prepare(epoch int, idx []int) hostBatch {
+	size := l.cache.ImageSize()
+	plane := l.cache.W * l.cache.H
+	elem := 1
+	if l.hostFloats {
+		elem = 4
+	}
+	hb := hostBatch{buf: l.getBuf(len(idx) * size * elem), indices: append([]int(nil), idx...), labels: make([]int64, len(idx))}
+	var aug []byte
+	for k, i := range idx {
+		img := l.cache.Image(i)
+		label := l.labels[i]
+		if l.o.Augment != nil {
+			if aug == nil {
+				aug = make([]byte, size)
+			}
+			rng := rand.New(rand.NewPCG(l.o.Seed^0xa5a5a5a5, uint64(epoch)<<32|uint64(i)))
+			if l.o.Augment.apply(img, aug, l.cache.W, l.cache.H, rng) {
+				label = l.mirror(label)
+			}
+			img = aug
+		}
+		hb.labels[k] = int64(label)
+		if !l.hostFloats {
+			copy(hb.buf[k*size:], img)
+			continue
+		}
+		out := unsafe.Slice((*float32)(unsafe.Pointer(&hb.buf[k*size*4])), size)
+		for c := range 3 {
+			lut := &l.lut[c]
+			src, dst := img[c*plane:(c+1)*plane], out[c*plane:(c+1)*plane]
+			for j, v := range src {
+				dst[j] = lut[v]
+			}
+		}
+	}
+	return hb
+}
+
+// Next returns the next batch, or nil at the end of the epoch.
+func (e *Epoch) Next() (*Batch, error) {
+	if e.next >= len(e.slots) {
+		return nil, nil
+	}
+	var hb hostBatch
+	select {
+	case hb = <-e.slots[e.next]:
+	case <-e.done:
+		return nil, errors.New("epoch closed")
+	}
+	e.next++
+	<-e.sem
+	defer e.l.putBuf(hb.buf)
+	l := e.l
+	n := int64(len(hb.indices))
+	shape := []int64{n, 3, int64(l.cache.H), int64(l.cache.W)}
+	var x *ts.Tensor
+	var err error
+	if l.hostFloats {
+		x, err = tensorOf(hb.buf, shape, gotch.Float)
+	} else {
+		x, err = l.toDevice(hb.buf, shape)
+	}
+	if err != nil {
+		return nil, err
+	}
+	y, err := ts.OfSlice(hb.labels)
+	if err != nil {
+		x.MustDrop()
+		return nil, err
+	}
+	if l.o.Device.IsCuda() {
+		y = y.MustTo(l.o.Device, true)
+	}
+	labels := make([]int, n)
+	for i, v := range hb.labels {
+		labels[i] = int(v)
+	}
+	return &Batch{X: x, Y: y, Indices: hb.indices, Labels: labels}, nil
+}
+
+// tensorOf copies host bytes into a new CPU tensor (one copy).
+func tensorOf(buf []byte, shape []int64, dtype gotch.DType) (*ts.Tensor, error) {
+	c := lib.AtTensorOfData(unsafe.Pointer(&buf[0]), shape, uint(len(shape)), dtype.Size(), int(dtype.CKind()))
+	if err := ts.TorchErr(); err != nil {
+		return nil, err
+	}
+	return ts.New(c), nil
+}
+
+// toDevice moves a uint8 batch to the device and normalises it there.
+func (l *Loader) toDevice(buf []byte, shape []int64) (*ts.Tensor, error) {
+	if l.scale == nil {
+		sc, sh := make([]float32, 3), make([]float32, 3)
+		for c := range 3 {
+			sc[c] = 1 / (255 * Std[c])
+			sh[c] = -Mean[c] / Std[c]
+		}
+		l.scale = ts.MustOfSlice(sc).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
+		l.shift = ts.MustOfSlice(sh).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
+	}
+	u8, err := tensorOf(buf, shape, gotch.Uint8)
+	if err != nil {
+		return nil, err
+	}
+	d := u8.MustTo(l.o.Device, true)
+	f := d.MustTotype(gotch.Float, true)
+	f.MustMul_(l.scale)
+	f.MustAdd_(l.shift)
+	return f, nil
+}
+
+// Close stops the epoch's background work; call it when leaving early.
+// It is safe to call more than once.
+func (e *Epoch) Close() {
+	e.once.Do(func() { close(e.done) })
+	e.wg.Wait()
+	for _, s := range e.slots {
+		select {
+		case hb := <-s:
+			e.l.putBuf(hb.buf)
+		default:
+		}
+	}
+}
