@@ -288,7 +288,7 @@ func drawHand(img *image.RGBA, p handPose) {
 			if s.polish {
 				nail = [3]float64{190, 30, 50}
 			}
-			c.ellipse(tipx, tipy, w*0.62, 0.022, ang, nail, 0.9)
+			c.ellipse(tipx, tipy, w*0.75, 0.026, ang, nail, 1)
 			// Knuckle folds.
 			kx, ky := bx+math.Sin(ang)*l*0.45, -0.08-math.Cos(ang)*l*0.45
 			c.ellipse(kx, ky, w*0.7, 0.004, ang, scaleCol(skin, 0.75), 0.6)
@@ -308,13 +308,13 @@ func drawHand(img *image.RGBA, p handPose) {
 		c.ellipse(tb+0.1*thumbSide, -0.075, fw*0.7, 0.022, 0.7*thumbSide, [3]float64{245, 215, 205}, 0.9)
 	} else {
 		// A lighter palm with three creases.
-		c.ellipse(0, 0.01, 0.085*s.fingerW, 0.095, 0, scaleCol(skin, 1.08), 0.6)
-		crease := scaleCol(skin, 0.6)
+		c.ellipse(0, 0.01, 0.09*s.fingerW, 0.1, 0, scaleCol(skin, 1.15), 0.8)
+		crease := scaleCol(skin, 0.5)
 		for k, y := range []float64{-0.05, -0.015, 0.03} {
 			for t := -1.0; t < 1.0; t += 0.1 {
 				x0, x1 := t*0.08*s.fingerW, (t+0.1)*0.08*s.fingerW
 				curve := func(x float64) float64 { return y + 0.3*x*x*float64(k+1) + 0.1*x*thumbSide }
-				c.capsule(x0, curve(x0), x1, curve(x1), 0.0025, crease, 0.8)
+				c.capsule(x0, curve(x0), x1, curve(x1), 0.004, crease, 0.9)
 			}
 		}
 	}

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch"
-	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -256,7 +256,7 @@ func (e *Epoch) Next() (*Batch, error) {
 	var x *ts.Tensor
 	var err error
 	if l.hostFloats {
-		x, err = tensorOf(hb.buf, shape, gotch.Float)
+		x, err = torch.FromBytes(hb.buf, shape, gotch.Float)
 	} else {
 		x, err = l.toDevice(hb.buf, shape)
 	}
@@ -278,15 +278,6 @@ func (e *Epoch) Next() (*Batch, error) {
 	return &Batch{X: x, Y: y, Indices: hb.indices, Labels: labels}, nil
 }
 
-// tensorOf copies host bytes into a new CPU tensor (one copy).
-func tensorOf(buf []byte, shape []int64, dtype gotch.DType) (*ts.Tensor, error) {
-	c := lib.AtTensorOfData(unsafe.Pointer(&buf[0]), shape, uint(len(shape)), dtype.Size(), int(dtype.CKind()))
-	if err := ts.TorchErr(); err != nil {
-		return nil, err
-	}
-	return ts.New(c), nil
-}
-
 // toDevice moves a uint8 batch to the device and normalises it there.
 func (l *Loader) toDevice(buf []byte, shape []int64) (*ts.Tensor, error) {
 	if l.scale == nil {
@@ -298,7 +289,7 @@ func (l *Loader) toDevice(buf []byte, shape []int64) (*ts.Tensor, error) {
 		l.scale = ts.MustOfSlice(sc).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
 		l.shift = ts.MustOfSlice(sh).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
 	}
-	u8, err := tensorOf(buf, shape, gotch.Uint8)
+	u8, err := torch.FromBytes(buf, shape, gotch.Uint8)
 	if err != nil {
 		return nil, err
 	}
@@ -321,4 +312,30 @@ func (e *Epoch) Close() {
 		default:
 		}
 	}
+}
+
+// SplitLoaders returns train, validation and test loaders over a cache for
+// an assignment, labelled with scheme. Only the training loader shuffles
+// and augments; o's Shuffle and Augment apply to it.
+func SplitLoaders(ds *Dataset, c *Cache, a Assignment, scheme Scheme, o LoaderOptions) (train, val, test *Loader, err error) {
+	labels := scheme.Labels(ds.Records)
+	mk := func(s Split, o LoaderOptions) (*Loader, error) {
+		l, err := NewLoader(c, a.Indices(s), labels, scheme.MirrorLabel, o)
+		if err != nil {
+			return nil, fmt.Errorf("%s split: %w", s, err)
+		}
+		return l, nil
+	}
+	if train, err = mk(Train, o); err != nil {
+		return nil, nil, nil, err
+	}
+	plain := o
+	plain.Shuffle, plain.Augment = false, nil
+	if val, err = mk(Val, plain); err != nil {
+		return nil, nil, nil, err
+	}
+	if test, err = mk(Test, plain); err != nil {
+		return nil, nil, nil, err
+	}
+	return train, val, test, nil
 }

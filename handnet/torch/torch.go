@@ -12,7 +12,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -163,7 +165,11 @@ func (t *Thread) Do(fn func() error) (err error) {
 	call := func() {
 		defer func() {
 			if r := recover(); r != nil {
-				res <- fmt.Errorf("torch: %v", r)
+				if os.Getenv("HANDNET_DEBUG") != "" {
+					res <- fmt.Errorf("torch: %v\n%s", r, debug.Stack())
+					return
+				}
+				res <- fmt.Errorf("torch: %v (set HANDNET_DEBUG=1 for a stack trace)", r)
 			}
 		}()
 		res <- fn()

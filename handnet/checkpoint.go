@@ -1,0 +1,192 @@
+package handnet
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/nlpodyssey/safetensors"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Checkpoints are safetensors files: a JSON header, then raw little-endian
+// tensors. Any safetensors reader (Python's safetensors, Hugging Face
+// tools) opens them; unlike a pickle, loading one runs no code. handnet's
+// own information sits in the header's string metadata:
+//
+//	format          "handnet"
+//	format_version  "1"
+//	model           JSON Config: architecture, classes, input size, normalisation
+//	train_config    JSON training configuration (when trained by handnet)
+//	metrics         JSON final metrics (when known)
+//	train_state     JSON resume state (only in a run's last checkpoint)
+const (
+	CheckpointFormat  = "handnet"
+	CheckpointVersion = 1
+)
+
+// Checkpoint is a checkpoint file's content.
+type Checkpoint struct {
+	Model    Config
+	Metadata map[string]string     // all header metadata, the keys above included
+	Tensors  map[string]*ts.Tensor // on the CPU; drop them when done
+}
+
+// SaveCheckpoint writes m's variables, extra tensors (e.g. optimizer
+// state) and metadata to path atomically (temporary file + rename).
+func SaveCheckpoint(path string, m *Model, extra []NamedTensor, meta map[string]string) error {
+	cfg, err := json.Marshal(m.Config)
+	if err != nil {
+		return err
+	}
+	md := map[string]string{"format": CheckpointFormat, "format_version": strconv.Itoa(CheckpointVersion), "model": string(cfg)}
+	for k, v := range meta {
+		md[k] = v
+	}
+	views := map[string]safetensors.TensorView{}
+	for _, nt := range append(m.Named(), extra...) {
+		v, err := view(nt.Tensor)
+		if err != nil {
+			return fmt.Errorf("checkpoint tensor %s: %w", nt.Name, err)
+		}
+		views[nt.Name] = v
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := safetensors.SerializeToWriter(views, md, f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+var toSafe = map[gotch.DType]safetensors.DType{
+	gotch.Float: safetensors.F32, gotch.Double: safetensors.F64, gotch.Int64: safetensors.I64,
+	gotch.Int: safetensors.I32, gotch.Uint8: safetensors.U8, gotch.Int8: safetensors.I8,
+	gotch.Half: safetensors.F16, gotch.BFloat16: safetensors.BF16, gotch.Bool: safetensors.BOOL,
+}
+
+func view(t *ts.Tensor) (safetensors.TensorView, error) {
+	dt, ok := toSafe[t.DType()]
+	if !ok {
+		return safetensors.TensorView{}, fmt.Errorf("dtype %v not storable", t.DType())
+	}
+	b, err := torch.Bytes(t)
+	if err != nil {
+		return safetensors.TensorView{}, err
+	}
+	shape := []uint64{}
+	for _, d := range t.MustSize() {
+		shape = append(shape, uint64(d))
+	}
+	return safetensors.NewTensorView(dt, shape, b)
+}
+
+// ReadSafetensors reads every tensor and the metadata of any safetensors
+// file. Tensors are on the CPU.
+func ReadSafetensors(path string) (map[string]*ts.Tensor, map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := safetensors.Deserialize(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: not a safetensors file, or truncated: %v", path, err)
+	}
+	_, md, _ := safetensors.ReadMetadata(b)
+	tensors := map[string]*ts.Tensor{}
+	fromSafe := map[safetensors.DType]gotch.DType{}
+	for g, s := range toSafe {
+		fromSafe[s] = g
+	}
+	for _, nv := range st.Tensors() {
+		dt, ok := fromSafe[nv.TensorView.DType()]
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: tensor %s has unsupported dtype %v", path, nv.Name, nv.TensorView.DType())
+		}
+		shape := []int64{}
+		for _, d := range nv.TensorView.Shape() {
+			shape = append(shape, int64(d))
+		}
+		t, err := torch.FromBytes(nv.TensorView.Data(), shape, dt)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: tensor %s: %w", path, nv.Name, err)
+		}
+		tensors[nv.Name] = t
+	}
+	return tensors, md.Metadata(), nil
+}
+
+// ReadCheckpoint reads a handnet checkpoint. A truncated file, a foreign
+// safetensors file or a newer format version is a clear error.
+func ReadCheckpoint(path string) (*Checkpoint, error) {
+	tensors, md, err := ReadSafetensors(path)
+	if err != nil {
+		return nil, err
+	}
+	drop := func() {
+		for _, t := range tensors {
+			t.MustDrop()
+		}
+	}
+	if md["format"] != CheckpointFormat {
+		drop()
+		return nil, fmt.Errorf("%s: a safetensors file but not a handnet checkpoint (no format=handnet in its metadata)", path)
+	}
+	if v, err := strconv.Atoi(md["format_version"]); err != nil || v > CheckpointVersion {
+		drop()
+		return nil, fmt.Errorf("%s: checkpoint format version %q; this handnet reads up to %d", path, md["format_version"], CheckpointVersion)
+	}
+	c := &Checkpoint{Metadata: md, Tensors: tensors}
+	if err := json.Unmarshal([]byte(md["model"]), &c.Model); err != nil {
+		drop()
+		return nil, fmt.Errorf("%s: bad model description: %w", path, err)
+	}
+	return c, nil
+}
+
+// Drop frees the checkpoint's tensors.
+func (c *Checkpoint) Drop() {
+	for _, t := range c.Tensors {
+		t.MustDrop()
+	}
+	c.Tensors = nil
+}
+
+// Names returns the checkpoint's tensor names, sorted.
+func (c *Checkpoint) Names() []string {
+	n := make([]string, 0, len(c.Tensors))
+	for k := range c.Tensors {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// LoadModel rebuilds the checkpoint's model on device with its weights.
+// Tensors whose names start with "optim." (optimizer state) are ignored.
+func LoadModel(c *Checkpoint, device gotch.Device) (*Model, error) {
+	m, err := New(c.Model, device)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Load(c.Tensors, func(name string) bool { return len(name) > 6 && name[:6] == "optim." }); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

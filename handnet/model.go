@@ -1,0 +1,195 @@
+// Package handnet is the library: the study's models, checkpoints, and a
+// Classifier that loads a trained model for prediction.
+package handnet
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/nn"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Config describes a model: enough to rebuild it from a checkpoint.
+type Config struct {
+	Arch      string     `json:"arch"`              // "cnn"
+	Dropout   string     `json:"dropout,omitempty"` // CNN dropout preset
+	BatchNorm bool       `json:"batch_norm,omitempty"`
+	Classes   []string   `json:"classes"`
+	Width     int        `json:"width"`
+	Height    int        `json:"height"`
+	Mean      [3]float32 `json:"mean"`
+	Std       [3]float32 `json:"std"`
+}
+
+// Model is a network with its parameters.
+type Model struct {
+	Config Config
+	VS     *nn.VarStore
+	Net    ts.ModuleT // ForwardT(x, train) → logits
+}
+
+// Archs lists the architectures New builds.
+var Archs = []string{"cnn"}
+
+// New builds a freshly initialised model on device. Call it on a torch
+// thread.
+func New(cfg Config, device gotch.Device) (*Model, error) {
+	if len(cfg.Classes) < 2 {
+		return nil, fmt.Errorf("model needs at least 2 classes, got %d", len(cfg.Classes))
+	}
+	if cfg.Width < 40 || cfg.Height < 40 {
+		return nil, fmt.Errorf("input %dx%d too small for the CNN (three 5x5 conv + pool stages need 40x40)", cfg.Width, cfg.Height)
+	}
+	vs := nn.NewVarStore(device)
+	m := &Model{Config: cfg, VS: vs}
+	switch cfg.Arch {
+	case "cnn":
+		d, err := ParseDropout(cfg.Dropout)
+		if err != nil {
+			return nil, err
+		}
+		m.Net = NewCNN(vs.Root(), cfg.Height, cfg.Width, len(cfg.Classes), d, cfg.BatchNorm)
+	default:
+		return nil, fmt.Errorf("architecture %q: want one of %v", cfg.Arch, Archs)
+	}
+	if err := m.resetParameters(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// resetParameters initialises convolution and linear layers as PyTorch
+// does (kaiming_uniform with a=√5: weights and biases uniform in
+// ±1/√fan_in). gotch v0.9.1's Kaiming initialiser draws from N(0, 1)
+// instead, which makes the study's CNN start with losses in the millions.
+func (m *Model) resetParameters() error {
+	named := m.Named()
+	byName := map[string]*ts.Tensor{}
+	for _, nt := range named {
+		byName[nt.Name] = nt.Tensor
+	}
+	return torch.NoGrad(func() error {
+		for _, nt := range named {
+			shape := nt.Tensor.MustSize()
+			if len(shape) < 2 || !strings.HasSuffix(nt.Name, ".weight") {
+				continue
+			}
+			fanIn := int64(1)
+			for _, d := range shape[1:] {
+				fanIn *= d
+			}
+			bound := 1 / math.Sqrt(float64(fanIn))
+			if err := nt.Tensor.Uniform_(-bound, bound); err != nil {
+				return err
+			}
+			if b, ok := byName[strings.TrimSuffix(nt.Name, ".weight")+".bias"]; ok {
+				if err := b.Uniform_(-bound, bound); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Forward runs the network in evaluation or training mode.
+func (m *Model) Forward(x *ts.Tensor, train bool) *ts.Tensor { return m.Net.ForwardT(x, train) }
+
+// Named returns every variable (parameters and buffers such as BatchNorm
+// running statistics) by name, sorted by name.
+func (m *Model) Named() []NamedTensor {
+	vars := m.VS.Variables()
+	out := make([]NamedTensor, 0, len(vars))
+	for name, t := range vars {
+		tt := t
+		out = append(out, NamedTensor{Name: name, Tensor: &tt})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Trainable returns the variables that require gradients, sorted by name.
+func (m *Model) Trainable() []NamedTensor {
+	var out []NamedTensor
+	for _, nt := range m.Named() {
+		if nt.Tensor.MustRequiresGrad() {
+			out = append(out, nt)
+		}
+	}
+	return out
+}
+
+// NamedTensor is a tensor with its state-dict name.
+type NamedTensor struct {
+	Name   string
+	Tensor *ts.Tensor
+}
+
+// Load copies weights into the model's variables. Every variable must be
+// given with its exact shape; ignore lists names of weights to skip (for
+// example PyTorch's num_batches_tracked). Missing, unexpected and
+// mis-shaped names are all reported in one error.
+func (m *Model) Load(weights map[string]*ts.Tensor, ignore func(name string) bool) error {
+	var missing, unexpected, mismatched []string
+	named := m.Named()
+	have := map[string]bool{}
+	for _, nt := range named {
+		have[nt.Name] = true
+		src, ok := weights[nt.Name]
+		if !ok {
+			missing = append(missing, nt.Name)
+			continue
+		}
+		if a, b := nt.Tensor.MustSize(), src.MustSize(); !sameShape(a, b) {
+			mismatched = append(mismatched, fmt.Sprintf("%s (model %v, file %v)", nt.Name, a, b))
+		}
+	}
+	for name := range weights {
+		if !have[name] && (ignore == nil || !ignore(name)) {
+			unexpected = append(unexpected, name)
+		}
+	}
+	sort.Strings(unexpected)
+	if len(missing)+len(unexpected)+len(mismatched) > 0 {
+		msg := "weights do not fit the model:"
+		if len(missing) > 0 {
+			msg += fmt.Sprintf("\n  missing: %v", missing)
+		}
+		if len(unexpected) > 0 {
+			msg += fmt.Sprintf("\n  unexpected: %v", unexpected)
+		}
+		if len(mismatched) > 0 {
+			msg += fmt.Sprintf("\n  wrong shape: %v", mismatched)
+		}
+		return errors.New(msg)
+	}
+	return torch.NoGrad(func() error {
+		for _, nt := range named {
+			src := weights[nt.Name]
+			if src.DType() != nt.Tensor.DType() {
+				src = src.MustTotype(nt.Tensor.DType(), false)
+				defer src.MustDrop()
+			}
+			nt.Tensor.Copy_(src)
+		}
+		return nil
+	})
+}
+
+func sameShape(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,114 @@
+package train
+
+import (
+	"fmt"
+
+	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// SGD is stochastic gradient descent with momentum and weight decay, the
+// update PyTorch's torch.optim.SGD makes (dampening 0, no Nesterov):
+//
+//	g ← grad + wd·p;  buf ← momentum·buf + g (buf = g at the first step);  p ← p − lr·buf
+//
+// It is built once per run and steps only the parameters it was given; the
+// learning rate changes through SetLR, keeping the momentum buffers, which
+// checkpoints save (State) and resumed runs restore (Restore). gotch's
+// optimizer keeps its state inside libtorch where it cannot be saved, and
+// steps every variable created trainable; this one does neither.
+type SGD struct {
+	params      []handnet.NamedTensor
+	buf         []*ts.Tensor // momentum buffers, nil until the first step
+	lr          float64
+	momentum    float64
+	weightDecay float64
+}
+
+// NewSGD returns an optimizer over params.
+func NewSGD(params []handnet.NamedTensor, lr, momentum, weightDecay float64) *SGD {
+	return &SGD{params: params, buf: make([]*ts.Tensor, len(params)), lr: lr, momentum: momentum, weightDecay: weightDecay}
+}
+
+// SetLR changes the learning rate from the next step on.
+func (o *SGD) SetLR(lr float64) { o.lr = lr }
+
+// LR returns the learning rate.
+func (o *SGD) LR() float64 { return o.lr }
+
+// Step updates the parameters from their gradients, then zeroes the
+// gradients. Parameters without a gradient are left alone.
+func (o *SGD) Step() error {
+	return torch.NoGrad(func() error {
+		for i, p := range o.params {
+			g, err := p.Tensor.Grad(false)
+			if err != nil {
+				return fmt.Errorf("grad of %s: %w", p.Name, err)
+			}
+			if !g.MustDefined() {
+				g.MustDrop()
+				continue
+			}
+			d := g
+			if o.weightDecay != 0 {
+				wd := p.Tensor.MustMulScalar(ts.FloatScalar(o.weightDecay), false)
+				d = g.MustAdd(wd, false)
+				wd.MustDrop()
+			}
+			if o.momentum != 0 {
+				if o.buf[i] == nil {
+					o.buf[i] = d.MustZerosLike(false) // a copy: d may alias the gradient
+					o.buf[i].MustAdd_(d)
+				} else {
+					o.buf[i].MustMulScalar_(ts.FloatScalar(o.momentum))
+					o.buf[i].MustAdd_(d)
+				}
+				if d != g {
+					d.MustDrop()
+				}
+				d = o.buf[i]
+			}
+			upd := d.MustMulScalar(ts.FloatScalar(o.lr), false)
+			p.Tensor.MustSub_(upd)
+			upd.MustDrop()
+			if d != g && d != o.buf[i] {
+				d.MustDrop()
+			}
+			g.MustZero_()
+			g.MustDrop()
+		}
+		return nil
+	})
+}
+
+// State returns the momentum buffers as named tensors ("optim.momentum."
+// + parameter name) for a checkpoint.
+func (o *SGD) State() []handnet.NamedTensor {
+	var out []handnet.NamedTensor
+	for i, b := range o.buf {
+		if b != nil {
+			out = append(out, handnet.NamedTensor{Name: "optim.momentum." + o.params[i].Name, Tensor: b})
+		}
+	}
+	return out
+}
+
+// Restore loads momentum buffers saved by State from a checkpoint's
+// tensors, onto each parameter's device.
+func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
+	for i, p := range o.params {
+		t, ok := tensors["optim.momentum."+p.Name]
+		if !ok {
+			continue
+		}
+		if a, b := t.MustSize(), p.Tensor.MustSize(); fmt.Sprint(a) != fmt.Sprint(b) {
+			return fmt.Errorf("momentum buffer of %s has shape %v, parameter %v", p.Name, a, b)
+		}
+		if o.buf[i] != nil {
+			o.buf[i].MustDrop()
+		}
+		o.buf[i] = t.MustTo(p.Tensor.MustDevice(), false)
+	}
+	return nil
+}

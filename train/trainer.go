@@ -1,0 +1,364 @@
+// Package train is the training loop: SGD with momentum, learning-rate
+// schedules, per-epoch validation, best/last checkpoints, exact resume,
+// and the history of a run.
+package train
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/handnet/handnet/eval"
+	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/vision"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Config holds the training hyper-parameters. The defaults are the study's.
+type Config struct {
+	Epochs      int     `json:"epochs"`
+	BatchSize   int     `json:"batch_size"`
+	LR          float64 `json:"lr"`
+	Momentum    float64 `json:"momentum"`
+	WeightDecay float64 `json:"weight_decay"`
+	Schedule    string  `json:"schedule"`  // none, step or cosine
+	StepSize    int     `json:"step_size"` // epochs between step decays
+	Gamma       float64 `json:"gamma"`     // step decay factor
+	Seed        uint64  `json:"seed"`
+	// CheckpointEvery writes the last checkpoint every that many batches
+	// within an epoch too (0: at epoch ends and on interruption only).
+	CheckpointEvery int `json:"checkpoint_every,omitempty"`
+}
+
+// DefaultConfig is the study's set-up: SGD momentum 0.9, batch 16, 10
+// epochs, learning rate 0.0025, no schedule.
+func DefaultConfig() Config {
+	return Config{Epochs: 10, BatchSize: 16, LR: 0.0025, Momentum: 0.9, Schedule: "none", StepSize: 5, Gamma: 0.1, Seed: 1}
+}
+
+// Validate checks the values.
+func (c Config) Validate() error {
+	switch {
+	case c.Epochs <= 0:
+		return fmt.Errorf("epochs %d, want > 0", c.Epochs)
+	case c.BatchSize <= 0:
+		return fmt.Errorf("batch size %d, want > 0", c.BatchSize)
+	case !(c.LR > 0) || math.IsInf(c.LR, 0):
+		return fmt.Errorf("learning rate %v, want > 0", c.LR)
+	case c.Momentum < 0 || c.Momentum >= 1:
+		return fmt.Errorf("momentum %v, want 0 <= m < 1", c.Momentum)
+	case c.WeightDecay < 0:
+		return fmt.Errorf("weight decay %v, want >= 0", c.WeightDecay)
+	}
+	switch c.Schedule {
+	case "", "none", "cosine":
+	case "step":
+		if c.StepSize <= 0 || c.Gamma <= 0 {
+			return fmt.Errorf("step schedule needs step size > 0 and gamma > 0 (got %d, %v)", c.StepSize, c.Gamma)
+		}
+	default:
+		return fmt.Errorf("schedule %q: want none, step or cosine", c.Schedule)
+	}
+	return nil
+}
+
+// LRAt is the learning rate of epoch e (0-based) under the schedule.
+func (c Config) LRAt(e int) float64 {
+	switch c.Schedule {
+	case "step":
+		return c.LR * math.Pow(c.Gamma, float64(e/c.StepSize))
+	case "cosine":
+		return c.LR * 0.5 * (1 + math.Cos(math.Pi*float64(e)/float64(c.Epochs)))
+	}
+	return c.LR
+}
+
+// EpochStats are one epoch's figures.
+type EpochStats struct {
+	Epoch        int     `json:"epoch"` // 1-based
+	LR           float64 `json:"lr"`
+	TrainLoss    float64 `json:"train_loss"`
+	TrainAcc     float64 `json:"train_acc"`
+	ValLoss      float64 `json:"val_loss"`
+	ValAcc       float64 `json:"val_acc"`
+	Seconds      float64 `json:"seconds"`
+	ImagesPerSec float64 `json:"images_per_sec"` // training images per second
+}
+
+// History is a run's epochs in order.
+type History []EpochStats
+
+// Progress is reported after every training batch.
+type Progress struct {
+	Epoch, Epochs   int // 1-based epoch
+	Batch, Batches  int // batches done in this epoch
+	Loss, Acc       float64
+	ImagesPerSecond float64
+}
+
+// State is what a resumed run needs besides weights and momentum: where it
+// stopped and what it had measured. It is saved in the last checkpoint.
+type State struct {
+	Epoch      int     `json:"epoch"` // 0-based epoch in progress
+	Batch      int     `json:"batch"` // next batch of that epoch
+	LossSum    float64 `json:"loss_sum"`
+	Correct    int     `json:"correct"`
+	Seen       int     `json:"seen"`
+	Seconds    float64 `json:"seconds"` // training time spent in this epoch
+	History    History `json:"history"`
+	BestValAcc float64 `json:"best_val_acc"`
+	BestEpoch  int     `json:"best_epoch"`
+	Config     Config  `json:"config"`
+}
+
+// Checkpoint file names inside a run folder.
+const (
+	BestCheckpoint = "best.safetensors"
+	LastCheckpoint = "last.safetensors"
+)
+
+// ErrInterrupted is returned (wrapped) when the context ends a run early;
+// the last checkpoint then holds everything needed to resume.
+var ErrInterrupted = errors.New("training interrupted")
+
+// Trainer trains one model. Run it on the model's torch thread.
+type Trainer struct {
+	Model  *handnet.Model
+	Params []handnet.NamedTensor // trainable parameters; nil means Model.Trainable()
+	Train  *vision.Loader
+	Val    *vision.Loader
+	Config Config
+	Dir    string            // run folder for checkpoints and history
+	Meta   map[string]string // extra checkpoint metadata
+	// OnBatch and OnEpoch, when set, are called after every batch / epoch.
+	OnBatch func(Progress)
+	OnEpoch func(EpochStats)
+
+	opt   *SGD
+	state State
+}
+
+// stepSeed seeds libtorch's generator for one batch, so that dropout masks
+// depend only on (seed, epoch, batch): a resumed run draws the same ones.
+func stepSeed(seed uint64, epoch, batch int) int64 {
+	x := seed*0x9E3779B97F4A7C15 + uint64(epoch)<<32 + uint64(batch)
+	x ^= x >> 31
+	x *= 0xBF58476D1CE4E5B9
+	x ^= x >> 29
+	return int64(x >> 1)
+}
+
+// Run trains for the configured epochs; with resume it continues from the
+// run folder's last checkpoint. When ctx ends, it finishes the current
+// batch, saves the last checkpoint and returns ErrInterrupted.
+func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
+	if err := t.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if t.Params == nil {
+		t.Params = t.Model.Trainable()
+	}
+	t.opt = NewSGD(t.Params, t.Config.LR, t.Config.Momentum, t.Config.WeightDecay)
+	t.state = State{Config: t.Config, BestValAcc: -1}
+	if resume {
+		if err := t.restore(); err != nil {
+			return nil, err
+		}
+	}
+	cfg := t.Config
+	for e := t.state.Epoch; e < cfg.Epochs; e++ {
+		t.opt.SetLR(cfg.LRAt(e))
+		if err := t.trainEpoch(ctx, e); err != nil {
+			return t.state.History, err
+		}
+		pred, err := eval.Predict(func(x *ts.Tensor) *ts.Tensor { return t.Model.Forward(x, false) }, t.Val)
+		if err != nil {
+			return t.state.History, fmt.Errorf("validation: %w", err)
+		}
+		st := EpochStats{Epoch: e + 1, LR: t.opt.LR(), TrainLoss: t.state.LossSum / float64(t.state.Seen),
+			TrainAcc: float64(t.state.Correct) / float64(t.state.Seen), ValLoss: pred.Loss, ValAcc: pred.Accuracy(),
+			Seconds: t.state.Seconds, ImagesPerSec: float64(t.state.Seen) / t.state.Seconds}
+		t.state.History = append(t.state.History, st)
+		t.state.Epoch, t.state.Batch, t.state.LossSum, t.state.Correct, t.state.Seen, t.state.Seconds = e+1, 0, 0, 0, 0, 0
+		if st.ValAcc > t.state.BestValAcc {
+			t.state.BestValAcc, t.state.BestEpoch = st.ValAcc, st.Epoch
+			if err := t.save(BestCheckpoint, false); err != nil {
+				return t.state.History, err
+			}
+		}
+		if err := t.save(LastCheckpoint, true); err != nil {
+			return t.state.History, err
+		}
+		if err := t.writeHistory(); err != nil {
+			return t.state.History, err
+		}
+		if t.OnEpoch != nil {
+			t.OnEpoch(st)
+		}
+	}
+	return t.state.History, nil
+}
+
+func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
+	cfg := t.Config
+	ep := t.Train.Epoch(e, t.state.Batch)
+	defer ep.Close()
+	nb := t.Train.Batches()
+	start := time.Now()
+	base := t.state.Seconds
+	for b := t.state.Batch; b < nb; b++ {
+		if ctx.Err() != nil {
+			t.state.Seconds = base + time.Since(start).Seconds()
+			if err := t.save(LastCheckpoint, true); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w at epoch %d, batch %d of %d: resume with --resume", ErrInterrupted, e+1, b, nb)
+		}
+		batch, err := ep.Next()
+		if err != nil {
+			return err
+		}
+		torch.ManualSeed(stepSeed(cfg.Seed, e, b))
+		logits := t.Model.Forward(batch.X, true)
+		loss := logits.CrossEntropyForLogits(batch.Y)
+		lv := loss.Float64Values()[0]
+		if math.IsNaN(lv) || math.IsInf(lv, 0) {
+			loss.MustDrop()
+			logits.MustDrop()
+			batch.Drop()
+			return fmt.Errorf("loss is %v at epoch %d, batch %d: lower the learning rate (now %g)", lv, e+1, b+1, t.opt.LR())
+		}
+		if err := loss.Backward(); err != nil {
+			return err
+		}
+		if err := t.opt.Step(); err != nil {
+			return err
+		}
+		correct := countCorrect(logits, batch)
+		n := len(batch.Indices)
+		loss.MustDrop()
+		logits.MustDrop()
+		batch.Drop()
+		t.state.LossSum += lv * float64(n)
+		t.state.Correct += correct
+		t.state.Seen += n
+		t.state.Batch = b + 1
+		if cfg.CheckpointEvery > 0 && (b+1)%cfg.CheckpointEvery == 0 && b+1 < nb {
+			t.state.Seconds = base + time.Since(start).Seconds()
+			if err := t.save(LastCheckpoint, true); err != nil {
+				return err
+			}
+		}
+		if t.OnBatch != nil {
+			el := base + time.Since(start).Seconds()
+			t.OnBatch(Progress{Epoch: e + 1, Epochs: cfg.Epochs, Batch: b + 1, Batches: nb,
+				Loss: t.state.LossSum / float64(t.state.Seen), Acc: float64(t.state.Correct) / float64(t.state.Seen),
+				ImagesPerSecond: float64(t.state.Seen) / el})
+		}
+	}
+	t.state.Seconds = base + time.Since(start).Seconds()
+	return nil
+}
+
+func countCorrect(logits *ts.Tensor, b *vision.Batch) int {
+	am := logits.MustArgmax([]int64{-1}, false, false)
+	eq := am.MustEqTensor(b.Y, true)
+	s := eq.MustSum(gotch.Int64, true)
+	defer s.MustDrop()
+	return int(s.Int64Values()[0])
+}
+
+// save writes a checkpoint into the run folder; the last one also carries
+// the optimizer state and the resume state.
+func (t *Trainer) save(name string, withState bool) error {
+	meta := map[string]string{}
+	for k, v := range t.Meta {
+		meta[k] = v
+	}
+	cfg, _ := json.Marshal(t.Config)
+	meta["train_config"] = string(cfg)
+	if n := len(t.state.History); n > 0 {
+		m, _ := json.Marshal(t.state.History[n-1])
+		meta["metrics"] = string(m)
+	}
+	var extra []handnet.NamedTensor
+	if withState {
+		st, err := json.Marshal(t.state)
+		if err != nil {
+			return err
+		}
+		meta["train_state"] = string(st)
+		extra = t.opt.State()
+	}
+	return handnet.SaveCheckpoint(filepath.Join(t.Dir, name), t.Model, extra, meta)
+}
+
+// restore loads weights, momentum and state from the last checkpoint.
+func (t *Trainer) restore() error {
+	path := filepath.Join(t.Dir, LastCheckpoint)
+	c, err := handnet.ReadCheckpoint(path)
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	defer c.Drop()
+	var st State
+	if err := json.Unmarshal([]byte(c.Metadata["train_state"]), &st); err != nil {
+		return fmt.Errorf("resume: %s has no training state (%v)", path, err)
+	}
+	if st.Config.Seed != t.Config.Seed || st.Config.BatchSize != t.Config.BatchSize || st.Config.LR != t.Config.LR {
+		return fmt.Errorf("resume: %s was trained with seed %d, batch %d, lr %g; this run asks for seed %d, batch %d, lr %g",
+			path, st.Config.Seed, st.Config.BatchSize, st.Config.LR, t.Config.Seed, t.Config.BatchSize, t.Config.LR)
+	}
+	if err := t.Model.Load(c.Tensors, func(n string) bool { return len(n) > 6 && n[:6] == "optim." }); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	if err := t.opt.Restore(c.Tensors); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	st.Config = t.Config // more epochs may be asked for
+	t.state = st
+	return nil
+}
+
+// writeHistory writes history.json and history.csv into the run folder.
+func (t *Trainer) writeHistory() error {
+	b, err := json.MarshalIndent(t.state.History, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := vision.WriteFileAtomic(filepath.Join(t.Dir, "history.json"), append(b, '\n')); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	w := csv.NewWriter(&buf)
+	w.Write([]string{"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_sec"})
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 8, 64) }
+	for _, s := range t.state.History {
+		w.Write([]string{strconv.Itoa(s.Epoch), f(s.LR), f(s.TrainLoss), f(s.TrainAcc), f(s.ValLoss), f(s.ValAcc), f(s.Seconds), f(s.ImagesPerSec)})
+	}
+	w.Flush()
+	return vision.WriteFileAtomic(filepath.Join(t.Dir, "history.csv"), buf.Bytes())
+}
+
+// ReadHistory reads a run folder's history.json.
+func ReadHistory(dir string) (History, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "history.json"))
+	if err != nil {
+		return nil, err
+	}
+	var h History
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "history.json"), err)
+	}
+	return h, nil
+}
