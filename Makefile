@@ -22,8 +22,11 @@ build: setup
 test: setup
 	$(GO) test $(TESTFLAGS) ./...
 
+# The main job: check torch, then the end-to-end demo on synthetic hands
+# (report and plots in runs/demo/).
 run: build
 	$(BIN) doctor
+	$(BIN) demo --out runs/demo
 
 clean:
 	rm -rf bin .build go.work go.work.sum

@@ -222,7 +222,7 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 			if err := t.save(LastCheckpoint, true); err != nil {
 				return err
 			}
-			return fmt.Errorf("%w at epoch %d, batch %d of %d: resume with --resume", ErrInterrupted, e+1, b, nb)
+			return fmt.Errorf("%w at epoch %d, batch %d of %d", ErrInterrupted, e+1, b, nb)
 		}
 		batch, err := ep.Next()
 		if err != nil {
