@@ -159,6 +159,17 @@ func ensurePackages(marker string, pkgs []string) error {
 // moduleDir returns the module cache folder of mod, downloading it if the
 // cache lacks it (which works offline when it is there).
 func moduleDir(mod string) (string, error) {
+	// Already extracted in the module cache (also offline, with GOPROXY=off)?
+	_, version, _ := strings.Cut(mod, "@")
+	list := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", mod)
+	list.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	if out, err := list.Output(); err == nil {
+		if dir := strings.TrimSpace(string(out)); dir != "" && strings.HasSuffix(dir, "@"+version) {
+			if _, err := os.Stat(filepath.Join(dir, "libtch")); err == nil {
+				return dir, nil
+			}
+		}
+	}
 	cmd := exec.Command("go", "mod", "download", "-json", mod)
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
 	var stderr bytes.Buffer
