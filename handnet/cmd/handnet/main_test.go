@@ -1,0 +1,72 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sugarme/gotch"
+)
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	cuda := 1
+	if gotch.CUDA.IsAvailable() {
+		cuda = 0
+	}
+	tests := []struct {
+		args []string
+		want int
+	}{
+		{nil, 2},
+		{[]string{"help"}, 0},
+		{[]string{"help", "data", "stats"}, 0},
+		{[]string{"frobnicate"}, 2},
+		{[]string{"train", "--help"}, 0},
+		{[]string{"train", "--no-such-flag"}, 2},
+		{[]string{"fakedata"}, 2},
+		{[]string{"fakedata", "--out", dir, "--size", "big"}, 2},
+		{[]string{"data", "stats", "--data", filepath.Join(dir, "missing")}, 1},
+		{[]string{"data", "stats", "--data", dir, "--split", "sideways"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--lr", "-1"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--dropout", "lots"}, 2},
+		{[]string{"eval", "--run", filepath.Join(dir, "norun")}, 1},
+		{[]string{"doctor", "--device", "cpu"}, 0},
+		{[]string{"doctor", "--device", "cuda"}, cuda},
+		{[]string{"doctor", "--device", "tpu"}, 1},
+	}
+	for _, tt := range tests {
+		if got := run(tt.args); got != tt.want {
+			t.Errorf("handnet %q: exit %d, want %d", tt.args, got, tt.want)
+		}
+	}
+}
+
+// TestTrainEvalEndToEnd drives the commands as a user would.
+func TestTrainEvalEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	data, out, cache := filepath.Join(dir, "data"), filepath.Join(dir, "run"), filepath.Join(dir, "cache")
+	steps := [][]string{
+		{"fakedata", "--out", data, "--count", "120", "--size", "340x256", "--per-subject", "30"},
+		{"cache", "build", "--data", data, "--cache-dir", cache},
+		{"data", "stats", "--data", data, "--split", "subject", "--json"},
+		{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "1", "--batch-size", "8", "--split", "stratified"},
+		{"eval", "--run", out, "--split", "val", "--json"},
+		{"eval", "--run", out, "--checkpoint", "last"},
+	}
+	for _, args := range steps {
+		if got := run(args); got != 0 {
+			t.Fatalf("handnet %q: exit %d", args, got)
+		}
+	}
+	for _, f := range []string{"run.json", "split.csv", "best.safetensors", "last.safetensors", "history.csv", "history.json",
+		"report.md", "metrics.json", "loss.png", "loss.svg", "accuracy.png", "confusion.png", "confusion.svg"} {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	// Training into a finished run without --resume is refused.
+	if got := run(steps[3]); got != 1 {
+		t.Errorf("second train into %s: exit %d, want 1", out, got)
+	}
+}
