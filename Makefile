@@ -6,7 +6,7 @@ BIN     := bin/handnet
 # Timeout for the whole test run; the cold libtch compile is not part of it.
 TESTFLAGS ?= -timeout 30m
 
-.PHONY: all setup build test run clean
+.PHONY: all setup build test run clean fixtures
 
 all: build
 
@@ -19,8 +19,21 @@ setup:
 build: setup
 	$(GO) build -o $(BIN) ./handnet/cmd/handnet
 
-test: setup
+test: setup fixtures
 	$(GO) test $(TESTFLAGS) ./...
+
+# Golden fixtures for the parity tests, made by PyTorch itself (Debian's
+# python3-torch and python3-torchvision, installed when missing): the
+# weights and logits of torchvision's resnet18() and of the study's CNN.
+FIXTURES := testdata/fixtures
+fixtures: $(FIXTURES)/.done
+$(FIXTURES)/.done: tools/fixtures/golden.py
+	@/usr/bin/python3 -c 'import torchvision' 2>/dev/null || { \
+	  echo "installing python3-torchvision (Debian) for the golden fixtures"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torchvision >/dev/null; \
+	  else echo "run: sudo apt-get install python3-torchvision" >&2; exit 1; fi; }
+	/usr/bin/python3 tools/fixtures/golden.py $(FIXTURES)
+	@touch $@
 
 # The main job: check torch, then the end-to-end demo on synthetic hands
 # (report and plots in runs/demo/).
@@ -29,4 +42,4 @@ run: build
 	$(BIN) demo --out runs/demo
 
 clean:
-	rm -rf bin .build go.work go.work.sum
+	rm -rf bin .build go.work go.work.sum $(FIXTURES)

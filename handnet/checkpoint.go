@@ -185,7 +185,7 @@ func LoadModel(c *Checkpoint, device gotch.Device) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Load(c.Tensors, func(name string) bool { return len(name) > 6 && name[:6] == "optim." }); err != nil {
+	if err := m.Load(c.Tensors, func(name string) bool { return len(name) > 6 && name[:6] == "optim." }, nil); err != nil {
 		return nil, err
 	}
 	return m, nil

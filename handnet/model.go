@@ -17,14 +17,21 @@ import (
 
 // Config describes a model: enough to rebuild it from a checkpoint.
 type Config struct {
-	Arch      string     `json:"arch"`              // "cnn"
-	Dropout   string     `json:"dropout,omitempty"` // CNN dropout preset
-	BatchNorm bool       `json:"batch_norm,omitempty"`
-	Classes   []string   `json:"classes"`
-	Width     int        `json:"width"`
-	Height    int        `json:"height"`
-	Mean      [3]float32 `json:"mean"`
-	Std       [3]float32 `json:"std"`
+	Arch      string `json:"arch"`              // "cnn" or "resnet18"
+	Dropout   string `json:"dropout,omitempty"` // CNN dropout preset
+	BatchNorm bool   `json:"batch_norm,omitempty"`
+	// ResNet-18 transfer learning: the published weights it started from
+	// (empty: trained from scratch), which parameters train (FreezeFC,
+	// FreezeLayer4, FreezeNone), and whether frozen BatchNorm layers keep
+	// their running statistics.
+	Pretrained string     `json:"pretrained,omitempty"`
+	Freeze     string     `json:"freeze,omitempty"`
+	FreezeBN   bool       `json:"freeze_bn,omitempty"`
+	Classes    []string   `json:"classes"`
+	Width      int        `json:"width"`
+	Height     int        `json:"height"`
+	Mean       [3]float32 `json:"mean"`
+	Std        [3]float32 `json:"std"`
 }
 
 // Model is a network with its parameters.
@@ -35,7 +42,7 @@ type Model struct {
 }
 
 // Archs lists the architectures New builds.
-var Archs = []string{"cnn"}
+var Archs = []string{"cnn", "resnet18"}
 
 // New builds a freshly initialised model on device. Call it on a torch
 // thread.
@@ -55,13 +62,39 @@ func New(cfg Config, device gotch.Device) (*Model, error) {
 			return nil, err
 		}
 		m.Net = NewCNN(vs.Root(), cfg.Height, cfg.Width, len(cfg.Classes), d, cfg.BatchNorm)
+	case "resnet18":
+		switch cfg.Freeze {
+		case "":
+			m.Config.Freeze = FreezeNone
+		case FreezeFC, FreezeLayer4, FreezeNone:
+		default:
+			return nil, fmt.Errorf("freeze %q: want fc, layer4 or none", cfg.Freeze)
+		}
+		r := NewResNet18(vs.Root(), len(cfg.Classes))
+		freeze, freezeBN := m.Config.Freeze, cfg.FreezeBN
+		r.frozenBN = func(name string) bool { return freezeBN && !Trains(freeze, name+".weight") }
+		m.Net = r
 	default:
 		return nil, fmt.Errorf("architecture %q: want one of %v", cfg.Arch, Archs)
 	}
 	if err := m.resetParameters(); err != nil {
 		return nil, err
 	}
+	m.applyFreeze()
 	return m, nil
+}
+
+// applyFreeze turns gradients off for the parameters the freeze scenario
+// keeps fixed (it does nothing for other architectures).
+func (m *Model) applyFreeze() {
+	if m.Config.Freeze == "" {
+		return
+	}
+	for _, nt := range m.Named() {
+		if !Trains(m.Config.Freeze, nt.Name) && nt.Tensor.MustRequiresGrad() {
+			nt.Tensor.MustRequiresGrad_(false)
+		}
+	}
 }
 
 // resetParameters initialises convolution and linear layers as PyTorch
@@ -132,10 +165,11 @@ type NamedTensor struct {
 }
 
 // Load copies weights into the model's variables. Every variable must be
-// given with its exact shape; ignore lists names of weights to skip (for
-// example PyTorch's num_batches_tracked). Missing, unexpected and
+// given with its exact shape, except those optional says may be missing
+// (they keep their values); ignore says which weights of the map to skip
+// (for example PyTorch's num_batches_tracked). Missing, unexpected and
 // mis-shaped names are all reported in one error.
-func (m *Model) Load(weights map[string]*ts.Tensor, ignore func(name string) bool) error {
+func (m *Model) Load(weights map[string]*ts.Tensor, ignore, optional func(name string) bool) error {
 	var missing, unexpected, mismatched []string
 	named := m.Named()
 	have := map[string]bool{}
@@ -143,7 +177,9 @@ func (m *Model) Load(weights map[string]*ts.Tensor, ignore func(name string) boo
 		have[nt.Name] = true
 		src, ok := weights[nt.Name]
 		if !ok {
-			missing = append(missing, nt.Name)
+			if optional == nil || !optional(nt.Name) {
+				missing = append(missing, nt.Name)
+			}
 			continue
 		}
 		if a, b := nt.Tensor.MustSize(), src.MustSize(); !sameShape(a, b) {
@@ -171,7 +207,10 @@ func (m *Model) Load(weights map[string]*ts.Tensor, ignore func(name string) boo
 	}
 	return torch.NoGrad(func() error {
 		for _, nt := range named {
-			src := weights[nt.Name]
+			src, ok := weights[nt.Name]
+			if !ok {
+				continue
+			}
 			if src.DType() != nt.Tensor.DType() {
 				src = src.MustTotype(nt.Tensor.DType(), false)
 				defer src.MustDrop()

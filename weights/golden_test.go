@@ -1,0 +1,141 @@
+package weights
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// fixtures returns the folder `make fixtures` writes (tools/fixtures/golden.py).
+// CI generates it; elsewhere the golden tests skip when it is absent.
+func fixtures(t *testing.T) string {
+	dir := os.Getenv("HANDNET_FIXTURES")
+	if dir == "" {
+		dir = filepath.Join("..", "testdata", "fixtures")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "resnet18.pth")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("golden fixtures missing in CI (%v): `make test` runs `make fixtures` first", err)
+		}
+		t.Skipf("golden fixtures missing (%v): run `make fixtures`", err)
+	}
+	return dir
+}
+
+func classes(n int) []string {
+	c := make([]string, n)
+	for i := range c {
+		c[i] = fmt.Sprint("class ", i)
+	}
+	return c
+}
+
+// golden loads weights into a fresh model and compares its eval-mode
+// logits with PyTorch's on the saved input.
+func golden(t *testing.T, cfg handnet.Config, weightsFile, ioFile string) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	err := th.Do(func() error {
+		m, err := handnet.New(cfg, gotch.CPU)
+		if err != nil {
+			return err
+		}
+		w, err := Read(weightsFile)
+		if err != nil {
+			return err
+		}
+		if err := m.Load(w, func(n string) bool { return strings.HasSuffix(n, "num_batches_tracked") }, nil); err != nil {
+			return err
+		}
+		io, err := Read(ioFile)
+		if err != nil {
+			return err
+		}
+		var diff float64
+		err = torch.NoGrad(func() error {
+			got := m.Forward(io["input"], false)
+			d := got.MustSub(io["logits"], true).MustAbs(true).MustMax(true)
+			diff = d.Float64Values()[0]
+			d.MustDrop()
+			return nil
+		})
+		t.Logf("%s: max |logits - PyTorch's| = %.3g", filepath.Base(weightsFile), diff)
+		if err == nil && !(diff <= 1e-4) || math.IsNaN(diff) {
+			return fmt.Errorf("%s: logits differ from PyTorch's by up to %g, want <= 1e-4", filepath.Base(weightsFile), diff)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGoldenResNet18(t *testing.T) {
+	dir := fixtures(t)
+	cfg := handnet.Config{Arch: "resnet18", Classes: classes(1000), Width: 170, Height: 128}
+	golden(t, cfg, filepath.Join(dir, "resnet18.pth"), filepath.Join(dir, "resnet18-io.pth"))
+	golden(t, cfg, filepath.Join(dir, "resnet18-legacy.pth"), filepath.Join(dir, "resnet18-io.pth"))
+}
+
+func TestGoldenStudyCNN(t *testing.T) {
+	dir := fixtures(t)
+	cfg := handnet.Config{Arch: "cnn", Dropout: "none", Classes: classes(8), Width: 170, Height: 128}
+	golden(t, cfg, filepath.Join(dir, "cnn.pth"), filepath.Join(dir, "cnn-io.pth"))
+}
+
+// TestLoadPretrained: the 1000-class head is replaced by an 8-class one;
+// anything else that does not fit is an error naming it.
+func TestLoadPretrained(t *testing.T) {
+	dir := fixtures(t)
+	th := torch.NewThread(0)
+	defer th.Close()
+	err := th.Do(func() error {
+		m, err := handnet.New(handnet.Config{Arch: "resnet18", Classes: classes(8), Width: 170, Height: 128}, gotch.CPU)
+		if err != nil {
+			return err
+		}
+		if err := LoadPretrained(m, filepath.Join(dir, "resnet18.pth")); err != nil {
+			return err
+		}
+		if m.Config.Pretrained != "resnet18.pth" {
+			return fmt.Errorf("Pretrained = %q", m.Config.Pretrained)
+		}
+		w, err := Read(filepath.Join(dir, "resnet18.pth"))
+		if err != nil {
+			return err
+		}
+		// Equal weights where names match.
+		for _, nt := range m.Named() {
+			if src, ok := w[nt.Name]; ok && !strings.HasPrefix(nt.Name, "fc.") {
+				if !nt.Tensor.MustEqual(src, false) {
+					return fmt.Errorf("%s not loaded", nt.Name)
+				}
+			}
+		}
+		// A model that does not fit: wrong shape, missing and unexpected names.
+		w["layer1.0.conv1.weight"] = ts.MustZeros([]int64{3, 3}, gotch.Float, gotch.CPU)
+		delete(w, "layer2.0.bn1.running_var")
+		w["layer9.weight"] = ts.MustZeros([]int64{1}, gotch.Float, gotch.CPU)
+		err = m.Load(w, func(n string) bool { return strings.HasSuffix(n, "num_batches_tracked") }, func(n string) bool { return strings.HasPrefix(n, "fc.") })
+		if err == nil {
+			return fmt.Errorf("mismatched weights accepted")
+		}
+		for _, want := range []string{"layer1.0.conv1.weight", "layer2.0.bn1.running_var", "layer9.weight"} {
+			if !strings.Contains(err.Error(), want) {
+				return fmt.Errorf("error %q does not name %s", err, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
