@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -39,6 +40,7 @@ type Model struct {
 	Config Config
 	VS     *nn.VarStore
 	Net    ts.ModuleT // ForwardT(x, train) → logits
+	named  []NamedTensor
 }
 
 // Archs lists the architectures New builds.
@@ -135,16 +137,22 @@ func (m *Model) resetParameters() error {
 func (m *Model) Forward(x *ts.Tensor, train bool) *ts.Tensor { return m.Net.ForwardT(x, train) }
 
 // Named returns every variable (parameters and buffers such as BatchNorm
-// running statistics) by name, sorted by name.
+// running statistics) by name, sorted by name. The tensors are handles of
+// their own on the same data (shallow clones), valid while they are
+// referenced: gotch's VarStore.Variables returns struct copies whose C
+// handle is freed when the VarStore is garbage-collected, which can happen
+// in the middle of a loop over them.
 func (m *Model) Named() []NamedTensor {
-	vars := m.VS.Variables()
-	out := make([]NamedTensor, 0, len(vars))
-	for name, t := range vars {
-		tt := t
-		out = append(out, NamedTensor{Name: name, Tensor: &tt})
+	if m.named == nil {
+		vars := m.VS.Variables()
+		m.named = make([]NamedTensor, 0, len(vars))
+		for name, t := range vars {
+			m.named = append(m.named, NamedTensor{Name: name, Tensor: t.MustShallowClone()})
+		}
+		runtime.KeepAlive(m.VS)
+		sort.Slice(m.named, func(i, j int) bool { return m.named[i].Name < m.named[j].Name })
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return append([]NamedTensor(nil), m.named...)
 }
 
 // Trainable returns the variables that require gradients, sorted by name.

@@ -2,6 +2,8 @@ package vision
 
 import (
 	"fmt"
+	"image"
+	"image/color"
 	"math"
 	"os"
 )
@@ -229,4 +231,28 @@ func (r *resizer) resize(src rgbImage, w, h int, dst []byte) {
 			dst[o], dst[plane+o], dst[2*plane+o] = clip8(s0), clip8(s1), clip8(s2)
 		}
 	}
+}
+
+// Image preprocesses a decoded image (any image.Image) into dst (3·w·h
+// bytes, CHW) with the same PIL-exact antialiased bilinear resize.
+func Image(img image.Image, w, h int, dst []byte) error {
+	if len(dst) != 3*w*h {
+		return fmt.Errorf("destination holds %d bytes, want %d", len(dst), 3*w*h)
+	}
+	b := img.Bounds()
+	if b.Dx() <= 0 || b.Dy() <= 0 {
+		return fmt.Errorf("empty image (%dx%d)", b.Dx(), b.Dy())
+	}
+	src := rgbImage{W: b.Dx(), H: b.Dy(), Pix: make([]byte, 3*b.Dx()*b.Dy())}
+	i := 0
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			src.Pix[i], src.Pix[i+1], src.Pix[i+2] = c.R, c.G, c.B
+			i += 3
+		}
+	}
+	var r resizer
+	r.resize(src, w, h, dst)
+	return nil
 }

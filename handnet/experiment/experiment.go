@@ -22,6 +22,7 @@ import (
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
+	"github.com/handnet/handnet/weights"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
@@ -36,7 +37,8 @@ type Spec struct {
 	Scheme   string         `json:"scheme"` // class8, gender or aspect
 	Augment  string         `json:"augment,omitempty"`
 	Device   string         `json:"device"`
-	Model    handnet.Config `json:"model"` // Arch, Dropout, BatchNorm; classes and size are filled in
+	Model    handnet.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
+	Weights  string         `json:"weights,omitempty"` // published ResNet-18 weights to start from
 	Train    train.Config   `json:"train"`
 	Title    string         `json:"title,omitempty"`
 }
@@ -167,7 +169,17 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 	if err := vision.WriteFileAtomic(filepath.Join(dir, "run.json"), append(b, '\n')); err != nil {
 		return nil, err
 	}
+	if s.Weights != "" {
+		s.Model.Pretrained = filepath.Base(s.Weights)
+	}
 	r := &report.Run{Title: s.Title, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Model: s.Model, Train: s.Train}
+	if s.Model.Arch == "resnet18" {
+		if s.Weights == "" {
+			r.Notes = append(r.Notes, "ResNet-18 trained from scratch: no --weights were given, so this is not the study's transfer learning.")
+		} else {
+			r.Notes = append(r.Notes, fmt.Sprintf("ResNet-18 fine-tuned from %s with freeze scenario %q (frozen BatchNorm statistics: %v).", filepath.Base(s.Weights), s.Model.Freeze, s.Model.FreezeBN))
+		}
+	}
 	if r.Title == "" {
 		r.Title = "handnet run " + filepath.Base(dir)
 	}
@@ -186,6 +198,12 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 		m, err := handnet.New(s.Model, dev)
 		if err != nil {
 			return err
+		}
+		if s.Weights != "" {
+			if err := weights.LoadPretrained(m, s.Weights); err != nil {
+				return err
+			}
+			h.logf("started from %s", s.Weights)
 		}
 		tr := &train.Trainer{Model: m, Train: trainL, Val: valL, Config: s.Train, Dir: dir,
 			Meta: map[string]string{"split": s.Split, "data": s.Data}, OnBatch: h.OnBatch, OnEpoch: h.OnEpoch}
@@ -211,7 +229,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 func sameExperiment(a, b Spec) bool {
 	norm := func(s Spec) Spec {
 		s.Train.Epochs, s.Device, s.Title = 0, "", ""
-		s.Model = handnet.Config{Arch: s.Model.Arch, Dropout: s.Model.Dropout, BatchNorm: s.Model.BatchNorm}
+		s.Model = handnet.Config{Arch: s.Model.Arch, Dropout: s.Model.Dropout, BatchNorm: s.Model.BatchNorm, Freeze: s.Model.Freeze, FreezeBN: s.Model.FreezeBN}
 		return s
 	}
 	return reflect.DeepEqual(norm(a), norm(b))

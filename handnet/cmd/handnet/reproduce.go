@@ -37,6 +37,8 @@ func init() {
 			var f specFlags
 			f.register(fs, false)
 			out := fs.String("out", "", "output folder (required)")
+			w := fs.String("weights", "", "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18): adds Part 2, the three freeze scenarios")
+			tlr := fs.Float64("transfer-lr", 0.001, "learning rate of the Part 2 fine-tuning")
 			return func(args []string) error {
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
@@ -53,7 +55,12 @@ func init() {
 				defer th.Close()
 				ctx, stop := interruptible()
 				defer stop()
-				return reproduce(ctx, th, base, *out)
+				if *w != "" {
+					if _, err := os.Stat(*w); err != nil {
+						return fmt.Errorf("--weights: %w (fetch them with: handnet weights fetch resnet18)", err)
+					}
+				}
+				return reproduce(ctx, th, base, *out, *w, *tlr)
 			}
 		},
 	})
@@ -104,7 +111,7 @@ func runOrReuse(ctx context.Context, th *torch.Thread, s experiment.Spec, dir, p
 	return res, nil
 }
 
-func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out string) error {
+func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out, weightsFile string, transferLR float64) error {
 	start := time.Now()
 	var lrRuns, dropRuns []*experimentResult
 	for i, lr := range studyLRs {
@@ -144,7 +151,22 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out 
 			final = r
 		}
 	}
-	if err := writeStudyReport(out, base, lrRuns, dropRuns, best, final); err != nil {
+	var transfer []*experimentResult
+	if weightsFile != "" {
+		for i, fr := range []string{handnet.FreezeFC, handnet.FreezeLayer4, handnet.FreezeNone} {
+			s := base
+			s.Train.LR, s.Weights = transferLR, weightsFile
+			s.Model = handnet.Config{Arch: "resnet18", Freeze: fr, FreezeBN: fr == handnet.FreezeFC}
+			s.Title = fmt.Sprintf("Part 2, ResNet-18 transfer learning, freeze %s", fr)
+			r, err := runOrReuse(ctx, th, s, filepath.Join(out, "resnet18-freeze-"+fr), fmt.Sprintf("[resnet18 %d/3]", i+1))
+			if err != nil {
+				return err
+			}
+			r.Dropout = "ResNet-18, freeze " + fr
+			transfer = append(transfer, r)
+		}
+	}
+	if err := writeStudyReport(out, base, lrRuns, dropRuns, best, final, transfer); err != nil {
 		return err
 	}
 	fmt.Printf("final model: dropout %s, lr %g: test accuracy %.2f %%\nreport: %s (%.1f min)\n",
@@ -152,7 +174,7 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out 
 	return nil
 }
 
-func writeStudyReport(out string, base experiment.Spec, lrRuns, dropRuns []*experimentResult, best, final *experimentResult) error {
+func writeStudyReport(out string, base experiment.Spec, lrRuns, dropRuns []*experimentResult, best, final *experimentResult, transfer []*experimentResult) error {
 	sweep := func(runs []*experimentResult, label func(*experimentResult) string, file string) error {
 		var series []report.Series
 		for _, r := range runs {
@@ -198,7 +220,19 @@ func writeStudyReport(out string, base experiment.Spec, lrRuns, dropRuns []*expe
 		}
 		b.WriteString("\n" + body + "\n")
 	}
-	res := map[string]any{"lr_runs": lrRuns, "dropout_runs": dropRuns, "best_lr": best.LR, "final": final.Name, "final_test_acc": final.Test}
+	if len(transfer) > 0 {
+		fmt.Fprintf(&b, "\n## Part 2: ResNet-18 transfer learning\n\nStarting from %s, learning rate %g.\n\n", filepath.Base(transfer[0].run.Model.Pretrained), transfer[0].LR)
+		b.WriteString("| model | final train acc | best val acc | test acc | |\n|---|---:|---:|---:|---|\n")
+		rel, _ := filepath.Rel(out, filepath.Join(final.Dir, "report.md"))
+		last := final.History[len(final.History)-1]
+		fmt.Fprintf(&b, "| Part 1: CNN, dropout %s | %.2f %% | %.2f %% | %.2f %% | [report](%s) |\n", final.Dropout, 100*last.TrainAcc, 100*final.BestVal, 100*final.Test, rel)
+		for _, r := range transfer {
+			rel, _ := filepath.Rel(out, filepath.Join(r.Dir, "report.md"))
+			last := r.History[len(r.History)-1]
+			fmt.Fprintf(&b, "| Part 2: %s | %.2f %% | %.2f %% | %.2f %% | [report](%s) |\n", r.Dropout, 100*last.TrainAcc, 100*r.BestVal, 100*r.Test, rel)
+		}
+	}
+	res := map[string]any{"lr_runs": lrRuns, "dropout_runs": dropRuns, "best_lr": best.LR, "final": final.Name, "final_test_acc": final.Test, "transfer_runs": transfer}
 	js, _ := json.MarshalIndent(res, "", "  ")
 	if err := vision.WriteFileAtomic(filepath.Join(out, "metrics.json"), append(js, '\n')); err != nil {
 		return err

@@ -26,6 +26,9 @@ import (
 type specFlags struct {
 	cache    cacheFlags
 	model    string
+	weights  string
+	freeze   string
+	freezeBN string
 	dropout  string
 	bn       bool
 	split    string
@@ -41,7 +44,10 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 	d := train.DefaultConfig()
 	f.cache.register(fs)
 	if withModel {
-		fs.StringVar(&f.model, "model", "cnn", "architecture: cnn (the study's seed CNN)")
+		fs.StringVar(&f.model, "model", "cnn", "architecture: cnn (the study's seed CNN) or resnet18")
+		fs.StringVar(&f.weights, "weights", "", "resnet18: published ImageNet weights to fine-tune (handnet weights fetch resnet18); none: train from scratch")
+		fs.StringVar(&f.freeze, "freeze", "none", "resnet18: fc (only the new head trains), layer4 (layer4 and the head) or none (everything)")
+		fs.StringVar(&f.freezeBN, "freeze-bn", "auto", "resnet18: frozen BatchNorm layers keep their running statistics: true, false, or auto (true for --freeze fc)")
 		fs.StringVar(&f.dropout, "dropout", handnet.FinalDropout, "CNN dropout placement: fc1-0.4, flat0.4-fc1-0.4 (the study's final), fc1-0.5, conv0.2-fc1-0.5, none")
 		fs.BoolVar(&f.bn, "batch-norm", false, "add BatchNorm after each convolution (the study's improvement idea)")
 		fs.Float64Var(&f.cfg.LR, "lr", d.LR, "learning rate")
@@ -65,15 +71,44 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 func (f *specFlags) spec() (experiment.Spec, error) {
 	s := experiment.Spec{Data: f.cache.data, CacheDir: f.cache.dir, SkipBad: f.cache.skipBad, Exact: f.cache.exact,
 		Split: f.split, Scheme: f.scheme, Augment: f.augment, Device: f.device, Train: f.cfg,
-		Model: handnet.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}}
+		Model: handnet.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
 	if s.Data == "" {
 		return s, usagef("--data is required")
 	}
 	if err := s.Train.Validate(); err != nil {
 		return s, usagef("%v", err)
 	}
-	if _, err := handnet.ParseDropout(f.dropout); f.model == "cnn" && err != nil {
-		return s, usagef("--dropout: %v", err)
+	switch f.model {
+	case "cnn":
+		if _, err := handnet.ParseDropout(f.dropout); err != nil {
+			return s, usagef("--dropout: %v", err)
+		}
+		if f.weights != "" {
+			return s, usagef("--weights is for --model resnet18")
+		}
+		s.Model.Dropout = f.dropout
+	case "resnet18":
+		switch f.freeze {
+		case handnet.FreezeFC, handnet.FreezeLayer4, handnet.FreezeNone:
+		default:
+			return s, usagef("--freeze %q: want fc, layer4 or none", f.freeze)
+		}
+		s.Model.Dropout, s.Model.BatchNorm, s.Model.Freeze = "", false, f.freeze
+		switch f.freezeBN {
+		case "auto":
+			s.Model.FreezeBN = f.freeze == handnet.FreezeFC
+		case "true", "false":
+			s.Model.FreezeBN = f.freezeBN == "true"
+		default:
+			return s, usagef("--freeze-bn %q: want true, false or auto", f.freezeBN)
+		}
+		if f.weights != "" {
+			if _, err := os.Stat(f.weights); err != nil {
+				return s, fmt.Errorf("--weights: %w (fetch them with: handnet weights fetch resnet18)", err)
+			}
+		}
+	default:
+		return s, usagef("--model %q: want cnn or resnet18", f.model)
 	}
 	return s, nil
 }

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/weights"
+	"github.com/spf13/pflag"
+)
+
+var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".gif": true}
+
+func init() {
+	register(&command{
+		name:  "predict",
+		usage: "--checkpoint FILE [--top K] [--json] IMG|DIR...",
+		summary: "Classify images with a trained checkpoint (a run's best.safetensors). Folders are walked for\n" +
+			".jpg/.jpeg/.png/.gif files. Unreadable images are reported and skipped; the exit code is 1 if any failed.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			ckpt := fs.String("checkpoint", "", "handnet checkpoint (required)")
+			top := fs.Int("top", 1, "show the K most likely classes")
+			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
+			device := fs.String("device", "auto", "device: auto, cpu, cuda or cuda:N")
+			threads := fs.Int("threads", 0, "CPU threads for torch (0: all usable CPUs)")
+			return func(args []string) error {
+				if *ckpt == "" {
+					return usagef("--checkpoint is required")
+				}
+				if len(args) == 0 {
+					return usagef("name at least one image or folder")
+				}
+				if *top < 1 {
+					return usagef("--top must be at least 1")
+				}
+				return predict(*ckpt, *top, *asJSON, *device, *threads, args)
+			}
+		},
+	})
+	register(&command{
+		name:    "weights fetch",
+		usage:   "NAME|URL [--dir DIR]",
+		summary: "Download published weights (resnet18: torchvision's ImageNet ResNet-18) into a cache folder,\nresuming a partial download and verifying the SHA-256 in the file name.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			dir := fs.String("dir", weights.DefaultDir(), "folder for weights files")
+			return func(args []string) error {
+				if len(args) != 1 {
+					return usagef("name one of: resnet18 (or a URL)")
+				}
+				url := args[0]
+				if k, ok := weights.Known[url]; ok {
+					url = k.URL
+				} else if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+					return usagef("unknown weights %q: want resnet18 or an http(s) URL", url)
+				}
+				var bar interface{ Set64(int64) error }
+				start := time.Now()
+				p, err := weights.Fetch(context.Background(), url, *dir, func(done, total int64) {
+					if bar == nil {
+						bar = newBar(int(total), "downloading", "bytes")
+					}
+					bar.Set64(done)
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%s (verified, %.1fs)\n", p, time.Since(start).Seconds())
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "weights info",
+		usage:   "FILE [--json]",
+		summary: "List a weights file's tensors, shapes and dtypes, and its SHA-256 (PyTorch .pth or handnet .safetensors).",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			asJSON := fs.Bool("json", false, "print JSON")
+			return func(args []string) error {
+				if len(args) != 1 {
+					return usagef("name one weights file")
+				}
+				tensors, sum, err := weights.Info(args[0])
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					return json.NewEncoder(os.Stdout).Encode(map[string]any{"file": args[0], "sha256": sum, "tensors": tensors})
+				}
+				params := int64(0)
+				for _, t := range tensors {
+					n := int64(1)
+					for _, d := range t.Shape {
+						n *= d
+					}
+					params += n
+					fmt.Printf("%-45s %-20s %s\n", t.Name, fmt.Sprint(t.Shape), t.DType)
+				}
+				check := "no hash in its name"
+				if h := weights.NameHash(args[0]); h != "" {
+					check = "matches " + h + " in its name"
+				}
+				fmt.Printf("\n%d tensors, %d values\nsha256 %s (%s)\n", len(tensors), params, sum, check)
+				return nil
+			}
+		},
+	})
+}
+
+func predict(ckpt string, top int, asJSON bool, device string, threads int, args []string) error {
+	var files []string
+	for _, a := range args {
+		fi, err := os.Stat(a)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			files = append(files, a)
+			continue
+		}
+		filepath.WalkDir(a, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && imageExts[strings.ToLower(filepath.Ext(p))] {
+				files = append(files, p)
+			}
+			return nil
+		})
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("no images found in %v", args)
+	}
+	c, err := handnet.LoadWith(ckpt, handnet.Options{Device: device, Threads: threads})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var bar interface{ Add(int) error }
+	if len(files) > 20 && !asJSON {
+		bar = newBar(len(files), "predicting", "images")
+	}
+	failed := 0
+	enc := json.NewEncoder(os.Stdout)
+	for _, f := range files {
+		p, err := c.PredictFile(f)
+		if bar != nil {
+			bar.Add(1)
+		}
+		if err != nil {
+			failed++
+			if asJSON {
+				enc.Encode(map[string]string{"file": f, "error": err.Error()})
+			} else {
+				fmt.Fprintf(os.Stderr, "skipped %s: %v\n", f, err)
+			}
+			continue
+		}
+		if len(p.Top) > top {
+			p.Top = p.Top[:top]
+		}
+		if asJSON {
+			enc.Encode(struct {
+				File string `json:"file"`
+				handnet.Prediction
+			}{f, p})
+			continue
+		}
+		var alts []string
+		for _, t := range p.Top[1:] {
+			alts = append(alts, fmt.Sprintf("%s %.3f", t.Class, t.Probability))
+		}
+		line := fmt.Sprintf("%s\t%s\t%.3f", f, p.Class, p.Probability)
+		if len(alts) > 0 {
+			line += "\t(" + strings.Join(alts, ", ") + ")"
+		}
+		fmt.Println(line)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d images could not be read", failed, len(files))
+	}
+	return nil
+}
