@@ -21,6 +21,8 @@ build: setup
 
 test: setup fixtures
 	$(GO) test $(TESTFLAGS) ./...
+	@echo "== the library under the race detector (32 goroutines predicting at once)"
+	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
 
 # Golden fixtures for the parity tests, made by PyTorch itself (Debian's
 # python3-torch and python3-torchvision, installed when missing): the
