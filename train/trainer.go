@@ -216,8 +216,33 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 	nb := t.Train.Batches()
 	start := time.Now()
 	base := t.state.Seconds
+	m := &meter{}
+	defer m.drop()
+	// Reading the loss makes the CPU wait for the GPU: on CUDA, read the
+	// sums every few steps only.
+	every := 1
+	if t.Model.VS.Device().IsCuda() {
+		every = 25
+	}
+	flushedSeen := t.state.Seen
+	flush := func(b int) error {
+		if m.pending == 0 {
+			return nil
+		}
+		loss, correct := m.flush()
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return fmt.Errorf("loss is %v at epoch %d, batches up to %d: lower the learning rate (now %g)", loss, e+1, b, t.opt.LR())
+		}
+		t.state.LossSum += loss
+		t.state.Correct += correct
+		flushedSeen = t.state.Seen
+		return nil
+	}
 	for b := t.state.Batch; b < nb; b++ {
 		if ctx.Err() != nil {
+			if err := flush(b); err != nil {
+				return err
+			}
 			t.state.Seconds = base + time.Since(start).Seconds()
 			if err := t.save(LastCheckpoint, true); err != nil {
 				return err
@@ -231,38 +256,35 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 		torch.ManualSeed(stepSeed(cfg.Seed, e, b))
 		logits := t.Model.Forward(batch.X, true)
 		loss := logits.CrossEntropyForLogits(batch.Y)
-		lv := loss.Float64Values()[0]
-		if math.IsNaN(lv) || math.IsInf(lv, 0) {
-			loss.MustDrop()
-			logits.MustDrop()
-			batch.Drop()
-			return fmt.Errorf("loss is %v at epoch %d, batch %d: lower the learning rate (now %g)", lv, e+1, b+1, t.opt.LR())
-		}
 		if err := loss.Backward(); err != nil {
 			return err
 		}
 		if err := t.opt.Step(); err != nil {
 			return err
 		}
-		correct := countCorrect(logits, batch)
 		n := len(batch.Indices)
+		m.add(loss, logits, batch.Y, n)
 		loss.MustDrop()
 		logits.MustDrop()
 		batch.Drop()
-		t.state.LossSum += lv * float64(n)
-		t.state.Correct += correct
 		t.state.Seen += n
 		t.state.Batch = b + 1
-		if cfg.CheckpointEvery > 0 && (b+1)%cfg.CheckpointEvery == 0 && b+1 < nb {
+		checkpoint := cfg.CheckpointEvery > 0 && (b+1)%cfg.CheckpointEvery == 0 && b+1 < nb
+		if (b+1)%every == 0 || b+1 == nb || checkpoint {
+			if err := flush(b + 1); err != nil {
+				return err
+			}
+		}
+		if checkpoint {
 			t.state.Seconds = base + time.Since(start).Seconds()
 			if err := t.save(LastCheckpoint, true); err != nil {
 				return err
 			}
 		}
-		if t.OnBatch != nil {
+		if t.OnBatch != nil && flushedSeen > 0 {
 			el := base + time.Since(start).Seconds()
 			t.OnBatch(Progress{Epoch: e + 1, Epochs: cfg.Epochs, Batch: b + 1, Batches: nb,
-				Loss: t.state.LossSum / float64(t.state.Seen), Acc: float64(t.state.Correct) / float64(t.state.Seen),
+				Loss: t.state.LossSum / float64(flushedSeen), Acc: float64(t.state.Correct) / float64(flushedSeen),
 				ImagesPerSecond: float64(t.state.Seen) / el})
 		}
 	}
@@ -270,12 +292,41 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 	return nil
 }
 
-func countCorrect(logits *ts.Tensor, b *vision.Batch) int {
+// meter sums an epoch's loss (times batch size) and correct predictions
+// on the device, so that a step need not wait for the GPU to read them.
+type meter struct {
+	loss, correct *ts.Tensor // float64 and int64 scalars
+	pending       int
+}
+
+func (m *meter) add(loss, logits, y *ts.Tensor, n int) {
+	l := loss.MustDetach(false).MustTotype(gotch.Double, true).MustMulScalar(ts.FloatScalar(float64(n)), true)
 	am := logits.MustArgmax([]int64{-1}, false, false)
-	eq := am.MustEqTensor(b.Y, true)
-	s := eq.MustSum(gotch.Int64, true)
-	defer s.MustDrop()
-	return int(s.Int64Values()[0])
+	c := am.MustEqTensor(y, true).MustSum(gotch.Int64, true)
+	if m.loss == nil {
+		m.loss, m.correct = l, c
+	} else {
+		m.loss.MustAdd_(l)
+		m.correct.MustAdd_(c)
+		l.MustDrop()
+		c.MustDrop()
+	}
+	m.pending++
+}
+
+// flush reads and clears the sums.
+func (m *meter) flush() (loss float64, correct int) {
+	loss, correct = m.loss.Float64Values()[0], int(m.correct.Int64Values()[0])
+	m.drop()
+	return loss, correct
+}
+
+func (m *meter) drop() {
+	if m.loss != nil {
+		m.loss.MustDrop()
+		m.correct.MustDrop()
+	}
+	m.loss, m.correct, m.pending = nil, nil, 0
 }
 
 // save writes a checkpoint into the run folder; the last one also carries
