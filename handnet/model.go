@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -190,7 +191,7 @@ func (m *Model) Load(weights map[string]*ts.Tensor, ignore, optional func(name s
 			}
 			continue
 		}
-		if a, b := nt.Tensor.MustSize(), src.MustSize(); !sameShape(a, b) {
+		if a, b := nt.Tensor.MustSize(), src.MustSize(); !slices.Equal(a, b) {
 			mismatched = append(mismatched, fmt.Sprintf("%s (model %v, file %v)", nt.Name, a, b))
 		}
 	}
@@ -227,16 +228,4 @@ func (m *Model) Load(weights map[string]*ts.Tensor, ignore, optional func(name s
 		}
 		return nil
 	})
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

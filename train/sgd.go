@@ -2,6 +2,7 @@ package train
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/handnet/handnet/handnet"
 	"github.com/handnet/handnet/handnet/torch"
@@ -102,7 +103,7 @@ func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 		if !ok {
 			continue
 		}
-		if a, b := t.MustSize(), p.Tensor.MustSize(); fmt.Sprint(a) != fmt.Sprint(b) {
+		if a, b := t.MustSize(), p.Tensor.MustSize(); !slices.Equal(a, b) {
 			return fmt.Errorf("momentum buffer of %s has shape %v, parameter %v", p.Name, a, b)
 		}
 		if o.buf[i] != nil {

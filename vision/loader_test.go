@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -205,10 +206,10 @@ func TestLoaderEpochs(t *testing.T) {
 			t.Fatalf("epoch %d covered %d of 45 images", epoch, len(seen))
 		}
 	}
-	if equalInts(orders[0], orders[1]) {
+	if slices.Equal(orders[0], orders[1]) {
 		t.Error("two epochs in the same order")
 	}
-	if !equalInts(orders[1], l.Order(1)) {
+	if !slices.Equal(orders[1], l.Order(1)) {
 		t.Error("epoch 1 order differs from Order(1)")
 	}
 	// Resuming mid-epoch serves the rest of the same order.
@@ -223,7 +224,7 @@ func TestLoaderEpochs(t *testing.T) {
 		b.Drop()
 	}
 	e.Close()
-	if !equalInts(rest, orders[1][32:]) {
+	if !slices.Equal(rest, orders[1][32:]) {
 		t.Errorf("resumed epoch served %v, want %v", rest, orders[1][32:])
 	}
 	// Leaving early does not block.
@@ -231,18 +232,6 @@ func TestLoaderEpochs(t *testing.T) {
 	b, _ := e.Next()
 	b.Drop()
 	e.Close()
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestAugmentFlipMirrorsImageAndLabel(t *testing.T) {

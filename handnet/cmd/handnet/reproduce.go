@@ -124,12 +124,7 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 		}
 		lrRuns = append(lrRuns, r)
 	}
-	best := lrRuns[0]
-	for _, r := range lrRuns {
-		if r.BestVal > best.BestVal {
-			best = r
-		}
-	}
+	best := bestByVal(lrRuns)
 	log.Infof("best learning rate by validation accuracy: %g (%.4f)", best.LR, best.BestVal)
 	for i, d := range handnet.StudyDropouts {
 		if d == lrSweepDropout {
@@ -145,12 +140,7 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 		}
 		dropRuns = append(dropRuns, r)
 	}
-	final := dropRuns[0]
-	for _, r := range dropRuns {
-		if r.BestVal > final.BestVal {
-			final = r
-		}
-	}
+	final := bestByVal(dropRuns)
 	var transfer []*experimentResult
 	if weightsFile != "" {
 		for i, fr := range []string{handnet.FreezeFC, handnet.FreezeLayer4, handnet.FreezeNone} {
@@ -172,6 +162,17 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 	fmt.Printf("final model: dropout %s, lr %g: test accuracy %.2f %%\nreport: %s (%.1f min)\n",
 		final.Dropout, final.LR, 100*final.Test, filepath.Join(out, "report.md"), time.Since(start).Minutes())
 	return nil
+}
+
+// bestByVal picks the run with the best validation accuracy (the first on ties).
+func bestByVal(runs []*experimentResult) *experimentResult {
+	best := runs[0]
+	for _, r := range runs {
+		if r.BestVal > best.BestVal {
+			best = r
+		}
+	}
+	return best
 }
 
 func writeStudyReport(out string, base experiment.Spec, lrRuns, dropRuns []*experimentResult, best, final *experimentResult, transfer []*experimentResult) error {
