@@ -50,6 +50,7 @@ type Run struct {
 	Split     string         `json:"split"`
 	Seed      uint64         `json:"seed"`
 	Device    string         `json:"device"`
+	Augment   string         `json:"augment,omitempty"`
 	Model     handnet.Config `json:"model"`
 	Train     train.Config   `json:"train"`
 	History   train.History  `json:"history"`
@@ -80,6 +81,13 @@ func Write(dir string, r *Run) error {
 	return vision.WriteFileAtomic(filepath.Join(dir, "report.md"), []byte(Markdown(r)))
 }
 
+func augmentText(a string) string {
+	if a == "" || a == "none" {
+		return "none"
+	}
+	return a
+}
+
 func pct(v float64) string { return fmt.Sprintf("%.2f %%", 100*v) }
 
 // Markdown renders the report.
@@ -99,6 +107,7 @@ func Markdown(r *Run) string {
 		{"model", fmt.Sprintf("%s (%s), %d classes, input %dx%d", r.Model.Arch, dropout, len(r.Model.Classes), r.Model.Width, r.Model.Height)},
 		{"optimizer", fmt.Sprintf("SGD lr %g, momentum %g, weight decay %g, schedule %s", r.Train.LR, r.Train.Momentum, r.Train.WeightDecay, r.Train.Schedule)},
 		{"batch size / epochs", fmt.Sprintf("%d / %d", r.Train.BatchSize, r.Train.Epochs)},
+		{"augmentation", augmentText(r.Augment)},
 		{"seed / device", fmt.Sprintf("%d / %s", r.Train.Seed, r.Device)},
 		{"loss", "cross-entropy on logits (the study's softmax before CrossEntropyLoss, a double softmax, is not copied)"},
 	}

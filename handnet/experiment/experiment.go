@@ -172,7 +172,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 	if s.Weights != "" {
 		s.Model.Pretrained = filepath.Base(s.Weights)
 	}
-	r := &report.Run{Title: s.Title, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Model: s.Model, Train: s.Train}
+	r := &report.Run{Title: s.Title, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Augment: s.Augment, Model: s.Model, Train: s.Train}
 	if s.Model.Arch == "resnet18" {
 		if s.Weights == "" {
 			r.Notes = append(r.Notes, "ResNet-18 trained from scratch: no --weights were given, so this is not the study's transfer learning.")

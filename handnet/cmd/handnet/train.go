@@ -16,6 +16,7 @@ import (
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
+	"github.com/handnet/handnet/vision"
 	"github.com/schollz/progressbar/v3"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -77,6 +78,15 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 	}
 	if err := s.Train.Validate(); err != nil {
 		return s, usagef("%v", err)
+	}
+	if _, err := vision.ParseAugment(f.augment); err != nil {
+		return s, usagef("--augment: %v", err)
+	}
+	if _, err := vision.ParseSplitMethod(f.split); err != nil {
+		return s, usagef("--split: %v", err)
+	}
+	if _, err := vision.ParseScheme(f.scheme); err != nil {
+		return s, usagef("--labels: %v", err)
 	}
 	switch f.model {
 	case "cnn":
