@@ -139,3 +139,28 @@ func TestLoadPretrained(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReadBadFiles: truncated and foreign files are errors, not crashes.
+func TestReadBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string][]byte{"garbage.pth": []byte("garbage\n"), "empty.pth": nil}
+	fx := os.Getenv("HANDNET_FIXTURES")
+	if fx == "" {
+		fx = filepath.Join("..", "testdata", "fixtures")
+	}
+	for _, name := range []string{"resnet18.pth", "resnet18-legacy.pth"} {
+		if b, err := os.ReadFile(filepath.Join(fx, name)); err == nil {
+			files["truncated-"+name] = b[:len(b)/40]
+		}
+	}
+	th := torch.NewThread(1)
+	defer th.Close()
+	for name, b := range files {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		err := th.Do(func() error { _, err := Read(p); return err })
+		if err == nil {
+			t.Errorf("%s: read without error", name)
+		}
+	}
+}

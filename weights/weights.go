@@ -197,7 +197,7 @@ func Read(p string) (map[string]*ts.Tensor, error) {
 	if err := Verify(p, ""); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(p); err != nil {
+	if err := checkMagic(p); err != nil {
 		return nil, err
 	}
 	t, err := pickle.Decode(p)
@@ -205,6 +205,29 @@ func Read(p string) (map[string]*ts.Tensor, error) {
 		return nil, fmt.Errorf("%s: not a PyTorch state dict: %w", p, err)
 	}
 	return t, nil
+}
+
+// checkMagic accepts the two formats torch.save writes: a zip archive
+// (PyTorch >= 1.6) or a pickle stream (legacy). gotch's unpickler loops
+// forever on an empty file, so anything else stops here.
+func checkMagic(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	n, _ := io.ReadFull(f, head)
+	switch {
+	case n == 4 && string(head) == "PK\x03\x04":
+		return nil
+	case n >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5:
+		return nil
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: empty file, not PyTorch weights", p)
+	}
+	return fmt.Errorf("%s: not a PyTorch weights file (torch.save writes a zip archive or a pickle; this starts with % x)", p, head[:n])
 }
 
 // Tensor describes one tensor of a file.

@@ -29,9 +29,10 @@ const lrSweepDropout = "fc1-0.4"
 func init() {
 	register(&command{
 		name:  "reproduce",
-		usage: "--data DIR --out DIR [--epochs N] [--split METHOD] [--seed S] [--device DEV]",
+		usage: "--data DIR --out DIR [--epochs N] [--split METHOD] [--seed S] [--device DEV] [--weights FILE]",
 		summary: "Run the study's Part 1: the CNN at 4 learning rates, then its 4 dropout placements at the best one,\n" +
 			"choose the final model by validation accuracy and report its test accuracy and confusion matrix.\n" +
+			"With --weights, also Part 2: ResNet-18 fine-tuned with freeze fc, layer4 and none, compared with Part 1.\n" +
 			"Each experiment is a run folder under --out; finished ones are reused when the command is run again.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var f specFlags
