@@ -245,11 +245,22 @@ func Image(img image.Image, w, h int, dst []byte) error {
 	}
 	src := rgbImage{W: b.Dx(), H: b.Dy(), Pix: make([]byte, 3*b.Dx()*b.Dy())}
 	i := 0
-	for y := b.Min.Y; y < b.Max.Y; y++ {
-		for x := b.Min.X; x < b.Max.X; x++ {
-			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-			src.Pix[i], src.Pix[i+1], src.Pix[i+2] = c.R, c.G, c.B
-			i += 3
+	switch m := img.(type) {
+	case *image.YCbCr: // what image/jpeg decodes to: no per-pixel interface calls
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				yi, ci := m.YOffset(x, y), m.COffset(x, y)
+				src.Pix[i], src.Pix[i+1], src.Pix[i+2] = color.YCbCrToRGB(m.Y[yi], m.Cb[ci], m.Cr[ci])
+				i += 3
+			}
+		}
+	default:
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+				src.Pix[i], src.Pix[i+1], src.Pix[i+2] = c.R, c.G, c.B
+				i += 3
+			}
 		}
 	}
 	var r resizer

@@ -2,7 +2,10 @@ package vision
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
+	"image"
+	"image/jpeg"
 	"io"
 	"os"
 	"path/filepath"
@@ -112,5 +115,35 @@ func TestBadImages(t *testing.T) {
 	// The decoder still works after errors.
 	if err := p.Bytes(good, dst); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// hidden hides an image's concrete type, forcing Image's generic path.
+type hidden struct{ image.Image }
+
+func TestImageFastPathMatchesGeneric(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(realSample, "Hand_0000033.jpg"))
+	if err != nil {
+		t.Skip(err)
+	}
+	img, err := jpeg.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := img.(*image.YCbCr); !ok {
+		t.Fatalf("decoded to %T, want *image.YCbCr", img)
+	}
+	fast, slow := make([]byte, 3*Width*Height), make([]byte, 3*Width*Height)
+	if err := Image(img, Width, Height, fast); err != nil {
+		t.Fatal(err)
+	}
+	if err := Image(hidden{img}, Width, Height, slow); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(fast, slow) {
+		t.Fatal("YCbCr fast path differs from the generic path")
+	}
+	if err := Image(img, Width, Height, fast[:10]); err == nil {
+		t.Fatal("short destination accepted")
 	}
 }
