@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/nlpodyssey/safetensors"
@@ -178,6 +179,14 @@ func (c *Checkpoint) Names() []string {
 	return n
 }
 
+// OptimizerPrefix starts the names of optimizer-state tensors stored in a
+// checkpoint beside the weights (e.g. "optim.momentum.fc1.weight").
+const OptimizerPrefix = "optim."
+
+// IsOptimizerState tells whether a checkpoint tensor is optimizer state
+// rather than a model weight.
+func IsOptimizerState(name string) bool { return strings.HasPrefix(name, OptimizerPrefix) }
+
 // LoadModel rebuilds the checkpoint's model on device with its weights.
 // Tensors whose names start with "optim." (optimizer state) are ignored.
 func LoadModel(c *Checkpoint, device gotch.Device) (*Model, error) {
@@ -185,7 +194,7 @@ func LoadModel(c *Checkpoint, device gotch.Device) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Load(c.Tensors, func(name string) bool { return len(name) > 6 && name[:6] == "optim." }, nil); err != nil {
+	if err := m.Load(c.Tensors, IsOptimizerState, nil); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -30,6 +30,7 @@ type Classifier struct {
 	th     *torch.Thread
 	device gotch.Device
 	pre    sync.Pool // *vision.Preprocessor
+	norm   *vision.Normalizer
 	closed sync.Once
 }
 
@@ -83,6 +84,7 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		return nil, err
 	}
 	cfg := c.model.Config
+	c.norm = vision.NewNormalizer(cfg.Mean, cfg.Std)
 	c.pre.New = func() any {
 		p, err := vision.NewPreprocessor(cfg.Width, cfg.Height)
 		if err != nil {
@@ -191,14 +193,9 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	}
 	cfg := c.model.Config
 	n := len(imgs[0])
-	plane := cfg.Width * cfg.Height
 	x := make([]float32, len(imgs)*n)
 	for i, img := range imgs {
-		for ch := range 3 {
-			for j, v := range img[ch*plane : (ch+1)*plane] {
-				x[i*n+ch*plane+j] = (float32(v)/255 - cfg.Mean[ch]) / cfg.Std[ch]
-			}
-		}
+		c.norm.Apply(x[i*n:(i+1)*n], img)
 	}
 	var probs []float32
 	err := c.th.Do(func() error {

@@ -89,7 +89,7 @@ func (o *SGD) State() []handnet.NamedTensor {
 	var out []handnet.NamedTensor
 	for i, b := range o.buf {
 		if b != nil {
-			out = append(out, handnet.NamedTensor{Name: "optim.momentum." + o.params[i].Name, Tensor: b})
+			out = append(out, handnet.NamedTensor{Name: handnet.OptimizerPrefix + "momentum." + o.params[i].Name, Tensor: b})
 		}
 	}
 	return out
@@ -99,7 +99,7 @@ func (o *SGD) State() []handnet.NamedTensor {
 // tensors, onto each parameter's device.
 func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 	for i, p := range o.params {
-		t, ok := tensors["optim.momentum."+p.Name]
+		t, ok := tensors[handnet.OptimizerPrefix+"momentum."+p.Name]
 		if !ok {
 			continue
 		}

@@ -370,7 +370,7 @@ func (t *Trainer) restore() error {
 		return fmt.Errorf("resume: %s was trained with seed %d, batch %d, lr %g; this run asks for seed %d, batch %d, lr %g",
 			path, st.Config.Seed, st.Config.BatchSize, st.Config.LR, t.Config.Seed, t.Config.BatchSize, t.Config.LR)
 	}
-	if err := t.Model.Load(c.Tensors, func(n string) bool { return len(n) > 6 && n[:6] == "optim." }, nil); err != nil {
+	if err := t.Model.Load(c.Tensors, handnet.IsOptimizerState, nil); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	if err := t.opt.Restore(c.Tensors); err != nil {

@@ -35,9 +35,9 @@ type Loader struct {
 	mirror  func(int) int
 	o       LoaderOptions
 
-	lut        [3][256]float32 // uint8 → normalised value, per channel
-	scale      *ts.Tensor      // per-channel 1/(255·std), on device (CUDA path)
-	shift      *ts.Tensor      // per-channel −mean/std
+	norm       *Normalizer
+	scale      *ts.Tensor // per-channel 1/(255·std), on device (CUDA path)
+	shift      *ts.Tensor // per-channel −mean/std
 	pool       chan []byte
 	hostFloats bool // normalise on the host (CPU device) rather than on the device
 }
@@ -71,11 +71,7 @@ func NewLoader(cache *Cache, indices, labels []int, mirror func(int) int, o Load
 	if len(l.indices) == 0 {
 		return nil, errors.New("no usable images in this selection")
 	}
-	for c := range 3 {
-		for v := range 256 {
-			l.lut[c][v] = (float32(v)/255 - Mean[c]) / Std[c]
-		}
-	}
+	l.norm = NewNormalizer(Mean, Std)
 	l.pool = make(chan []byte, o.Prefetch+o.Workers+1)
 	return l, nil
 }
@@ -199,7 +195,6 @@ func (l *Loader) putBuf(b []byte) {
 // CPU, uint8 for CUDA (a quarter of the bytes to copy; normalised there).
 func (l *Loader) prepare(epoch int, idx []int) hostBatch {
 	size := l.cache.ImageSize()
-	plane := l.cache.W * l.cache.H
 	elem := 1
 	if l.hostFloats {
 		elem = 4
@@ -224,14 +219,7 @@ func (l *Loader) prepare(epoch int, idx []int) hostBatch {
 			copy(hb.buf[k*size:], img)
 			continue
 		}
-		out := unsafe.Slice((*float32)(unsafe.Pointer(&hb.buf[k*size*4])), size)
-		for c := range 3 {
-			lut := &l.lut[c]
-			src, dst := img[c*plane:(c+1)*plane], out[c*plane:(c+1)*plane]
-			for j, v := range src {
-				dst[j] = lut[v]
-			}
-		}
+		l.norm.Apply(unsafe.Slice((*float32)(unsafe.Pointer(&hb.buf[k*size*4])), size), img)
 	}
 	return hb
 }

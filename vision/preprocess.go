@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"io"
 	"math"
 	"os"
 )
@@ -20,6 +21,34 @@ var (
 	Mean = [3]float32{0.485, 0.456, 0.406}
 	Std  = [3]float32{0.229, 0.224, 0.225}
 )
+
+// Normalizer turns uint8 CHW pixels into float32, (v/255 − mean)/std per
+// channel in float32 arithmetic: exactly torchvision's ToTensor followed
+// by Normalize. It is a lookup table, safe for concurrent use.
+type Normalizer struct{ lut [3][256]float32 }
+
+// NewNormalizer returns a Normalizer for per-channel mean and std.
+func NewNormalizer(mean, std [3]float32) *Normalizer {
+	n := &Normalizer{}
+	for c := range 3 {
+		for v := range 256 {
+			n.lut[c][v] = (float32(v)/255 - mean[c]) / std[c]
+		}
+	}
+	return n
+}
+
+// Apply normalises one image: src holds three planes, dst as many floats.
+func (n *Normalizer) Apply(dst []float32, src []byte) {
+	plane := len(src) / 3
+	for c := range 3 {
+		lut := &n.lut[c]
+		in, out := src[c*plane:(c+1)*plane], dst[c*plane:(c+1)*plane]
+		for j, v := range in {
+			out[j] = lut[v]
+		}
+	}
+}
 
 // PipelineVersion changes whenever preprocessing output changes; it is part
 // of the cache key.
@@ -72,7 +101,7 @@ func (p *Preprocessor) File(path string, dst []byte) error {
 		p.file = make([]byte, st.Size())
 	}
 	p.file = p.file[:st.Size()]
-	if _, err := readFull(f, p.file); err != nil {
+	if _, err := io.ReadFull(f, p.file); err != nil {
 		return err
 	}
 	return p.Bytes(p.file, dst)
@@ -90,18 +119,6 @@ func (p *Preprocessor) Bytes(jpeg []byte, dst []byte) error {
 	}
 	p.rs.resize(img, p.W, p.H, dst)
 	return nil
-}
-
-func readFull(f *os.File, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := f.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // PIL's fixed-point resampling (Imaging/Resample.c): 8-bit images are

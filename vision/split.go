@@ -210,6 +210,25 @@ func assignSubjects(a Assignment, recs []Record, rng *rand.Rand) {
 	}
 }
 
+// SplitWithManifest reads the split from manifest when that file exists
+// (a later run of the same experiment); otherwise it makes one with
+// MakeSplit and, when manifest is not empty, saves it there.
+func SplitWithManifest(recs []Record, method SplitMethod, seed uint64, manifest string) (a Assignment, loaded bool, err error) {
+	if manifest != "" {
+		if _, err := os.Stat(manifest); err == nil {
+			a, err := LoadManifest(manifest, recs)
+			return a, true, err
+		}
+	}
+	if a, err = MakeSplit(recs, method, seed); err != nil {
+		return nil, false, err
+	}
+	if manifest != "" {
+		err = SaveManifest(manifest, recs, a)
+	}
+	return a, false, err
+}
+
 // SaveManifest writes the assignment as CSV (imageName,split), atomically.
 func SaveManifest(path string, recs []Record, a Assignment) error {
 	var buf bytes.Buffer

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -295,6 +294,3 @@ func LoadPretrained(m *handnet.Model, p string) error {
 	m.Config.Pretrained = filepath.Base(p)
 	return nil
 }
-
-// ErrUnknown is returned for weights names Fetch does not know.
-var ErrUnknown = errors.New("unknown weights")

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"time"
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/eval/report"
@@ -45,11 +46,10 @@ type Spec struct {
 
 // Hooks receive progress; every field is optional.
 type Hooks struct {
-	Logf     func(format string, args ...any)
-	Cache    func(done, total int) // while the image cache is built
-	OnBatch  func(train.Progress)
-	OnEpoch  func(train.EpochStats)
-	OnCached func(*vision.Cache)
+	Logf    func(format string, args ...any)
+	Cache   func(done, total int) // while the image cache is built
+	OnBatch func(train.Progress)
+	OnEpoch func(train.EpochStats)
 }
 
 func (h Hooks) logf(format string, args ...any) {
@@ -85,32 +85,39 @@ func OpenData(s Spec, manifest string, h Hooks) (*Data, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact}
-	if !vision.CacheIsCurrent(ds, o) {
-		h.logf("building the image cache for %s (%d images, decoded once)", ds.Dir, len(ds.Records))
-		o.Progress = h.Cache
-	}
-	c, err := vision.OpenCache(ds, o)
+	c, err := OpenCache(ds, vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact}, h)
 	if err != nil {
 		return nil, err
 	}
-	for i, why := range c.Bad {
-		h.logf("skipped %s: %s", ds.Records[i].ImageName, why)
-	}
 	d := &Data{Set: ds, Cache: c, Scheme: scheme}
-	if _, err := os.Stat(manifest); manifest != "" && err == nil {
-		d.Split, err = vision.LoadManifest(manifest, ds.Records)
-	} else {
-		d.Split, err = vision.MakeSplit(ds.Records, method, s.Train.Seed)
-		if err == nil && manifest != "" {
-			err = vision.SaveManifest(manifest, ds.Records, d.Split)
-		}
-	}
+	d.Split, _, err = vision.SplitWithManifest(ds.Records, method, s.Train.Seed, manifest)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// OpenCache opens ds's image cache, building it when it is not current
+// (reporting progress through h.Cache), and logs the images it skipped.
+func OpenCache(ds *vision.Dataset, o vision.CacheOptions, h Hooks) (*vision.Cache, error) {
+	building := !vision.CacheIsCurrent(ds, o)
+	if building {
+		h.logf("building the image cache for %s (%d images, decoded once)", ds.Dir, len(ds.Records))
+		o.Progress = h.Cache
+	}
+	start := time.Now()
+	c, err := vision.OpenCache(ds, o)
+	if err != nil {
+		return nil, err
+	}
+	if building {
+		h.logf("cache built in %.1fs: %s", time.Since(start).Seconds(), c.Path)
+	}
+	for i, why := range c.Bad {
+		h.logf("skipped %s: %s", ds.Records[i].ImageName, why)
+	}
+	return c, nil
 }
 
 // Loaders returns the train, validation and test loaders for the spec.

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/vision"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -103,9 +104,14 @@ func init() {
 				if err != nil {
 					return err
 				}
-				a, err := splitWithManifest(ds, m, *seed, *manifest)
+				a, loaded, err := vision.SplitWithManifest(ds.Records, m, *seed, *manifest)
 				if err != nil {
 					return err
+				}
+				if loaded {
+					log.Infof("split read from %s", *manifest)
+				} else if *manifest != "" {
+					log.Infof("split saved to %s", *manifest)
 				}
 				return dataStats(ds, a, m, *seed, *asJSON)
 			}
@@ -135,24 +141,9 @@ func (c *cacheFlags) open() (*vision.Dataset, *vision.Cache, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	o := vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact}
-	if !vision.CacheIsCurrent(ds, o) {
-		log.Infof("building the image cache for %s (%d images, decoded once)", ds.Dir, len(ds.Records))
-		bar := newBar(len(ds.Records), "decoding", "images")
-		var mu sync.Mutex
-		o.Progress = func(done, total int) { mu.Lock(); bar.Set(done); mu.Unlock() }
-		defer bar.Finish()
-	}
-	start := time.Now()
-	cache, err := vision.OpenCache(ds, o)
+	cache, err := experiment.OpenCache(ds, vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact}, hooks(""))
 	if err != nil {
 		return nil, nil, err
-	}
-	if o.Progress != nil {
-		log.Infof("cache built in %.1fs: %s", time.Since(start).Seconds(), cache.Path)
-	}
-	for i, why := range cache.Bad {
-		log.Warnf("skipped %s: %s", ds.Records[i].ImageName, why)
 	}
 	return ds, cache, nil
 }
@@ -178,28 +169,6 @@ type statsReport struct {
 	SplitSizes  map[string]int   `json:"split_sizes"`
 	SplitClass  map[string][]int `json:"split_class_counts"`
 	SplitSubj   map[string]int   `json:"split_subjects"`
-}
-
-// splitWithManifest loads the split from manifest when that file exists;
-// otherwise it makes one and, when manifest is set, saves it there.
-func splitWithManifest(ds *vision.Dataset, m vision.SplitMethod, seed uint64, manifest string) (vision.Assignment, error) {
-	if manifest != "" {
-		if _, err := os.Stat(manifest); err == nil {
-			log.Infof("split read from %s", manifest)
-			return vision.LoadManifest(manifest, ds.Records)
-		}
-	}
-	a, err := vision.MakeSplit(ds.Records, m, seed)
-	if err != nil {
-		return nil, err
-	}
-	if manifest != "" {
-		if err := vision.SaveManifest(manifest, ds.Records, a); err != nil {
-			return nil, err
-		}
-		log.Infof("split saved to %s", manifest)
-	}
-	return a, nil
 }
 
 func dataStats(ds *vision.Dataset, a vision.Assignment, m vision.SplitMethod, seed uint64, asJSON bool) error {
