@@ -44,4 +44,4 @@ run: build
 	$(BIN) demo --out runs/demo
 
 clean:
-	rm -rf bin .build go.work go.work.sum $(FIXTURES)
+	rm -rf bin .build go.work go.work.sum $(FIXTURES) handnet/native/flags.go

@@ -30,7 +30,7 @@ const (
 	gotchVersion = "v0.9.1"
 	// formatVersion changes whenever what this program writes changes, so
 	// that older prepared copies are rebuilt.
-	formatVersion = "6"
+	formatVersion = "7"
 )
 
 // Debian packages the project needs: libtorch (when no other is named) and
@@ -117,6 +117,11 @@ func run(outDir, workFile string) error {
 		}
 		fmt.Printf("setup: %d wrappers replaced (listed in %s)\n", len(st.ReplacedOps), filepath.Join(dest, "replaced-ops.txt"))
 	}
+	plan, err := prepareNative(in, cxx, strings.TrimSpace(string(compiler)), filepath.Join(outDir, "native.json"))
+	if err != nil {
+		return fmt.Errorf("native layer: %w", err)
+	}
+	fmt.Printf("setup: native layer features: %s\n", strings.Join(append([]string{"store"}, plan.Have...), ", "))
 	abs, _ := filepath.Abs(dest)
 	rel, err := filepath.Rel(filepath.Dir(mustAbs(workFile)), abs)
 	if err != nil {

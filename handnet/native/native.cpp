@@ -1,0 +1,307 @@
+// handnet's native layer; see native.h. Compiled by cgo against the libtorch
+// that tools/setup found, with the flags setup writes into flags.go:
+//   HANDNET_GLOO  c10d's Gloo backend (gloo headers found)
+//   HANDNET_NCCL  c10d's NCCL backend (CUDA build, nccl.h found)
+//   HANDNET_CUDA  CUDA build with CUDA runtime headers
+// Version differences are guarded with TORCH_VERSION_MAJOR/MINOR.
+#include "native.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/version.h>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef HANDNET_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef HANDNET_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+// PyTorch 2 split ProcessGroup into a front and per-device Backends; the
+// Gloo and NCCL classes derive from Backend there, from ProcessGroup before.
+#if TORCH_VERSION_MAJOR >= 2
+using Backend = c10d::Backend;
+#else
+using Backend = c10d::ProcessGroup;
+#endif
+
+char* dup(const std::string& s) {
+  char* p = static_cast<char*>(std::malloc(s.size() + 1));
+  if (p != nullptr) std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+// HN_TRY/HN_CATCH turn every C++ exception into an error string (c10 errors
+// without their C++ backtrace: Go adds the context).
+#define HN_TRY try {
+#define HN_CATCH                                             \
+  }                                                          \
+  catch (const c10::Error& e) {                              \
+    return dup(e.what_without_backtrace());                  \
+  }                                                          \
+  catch (const std::exception& e) {                          \
+    return dup(e.what());                                    \
+  }                                                          \
+  catch (...) {                                              \
+    return dup("unknown C++ exception in handnet's native layer"); \
+  }                                                          \
+  return nullptr;
+
+at::Tensor& T(hn_tensor t) { return *static_cast<at::Tensor*>(t); }
+
+std::chrono::milliseconds ms(int64_t v) { return std::chrono::milliseconds(v); }
+
+}  // namespace
+
+struct hn_store {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+struct hn_group {
+  c10::intrusive_ptr<Backend> pg;
+  int rank = 0;
+  int size = 1;
+  int device = -1;  // -1: CPU
+  std::chrono::milliseconds timeout{0};
+};
+
+namespace {
+
+void wait(hn_group* g, c10::intrusive_ptr<c10d::Work> w) {
+  // Gloo's own timeout (the group's) ends a stuck collective; the wait adds
+  // the same bound for backends that do not.
+  w->wait(g->timeout);
+}
+
+// forBuckets flattens runs of tensors that share dtype and device into
+// buckets of at most bucket_bytes, calls op on each flat bucket, and copies
+// the results back.
+template <typename Op>
+void forBuckets(hn_tensor* ts, int n, int64_t bucket_bytes, Op op) {
+  int i = 0;
+  while (i < n) {
+    const at::Tensor& first = T(ts[i]);
+    int j = i;
+    int64_t bytes = 0;
+    while (j < n) {
+      const at::Tensor& t = T(ts[j]);
+      if (t.scalar_type() != first.scalar_type() || t.device() != first.device()) break;
+      int64_t b = t.numel() * static_cast<int64_t>(t.element_size());
+      if (j > i && bytes + b > bucket_bytes) break;
+      bytes += b;
+      j++;
+    }
+    std::vector<at::Tensor> parts;
+    parts.reserve(j - i);
+    for (int k = i; k < j; k++) parts.push_back(T(ts[k]).reshape({-1}));
+    at::Tensor flat = parts.size() == 1 ? parts[0].clone() : at::cat(parts);
+    op(flat);
+    int64_t off = 0;
+    for (int k = i; k < j; k++) {
+      at::Tensor& t = T(ts[k]);
+      int64_t m = t.numel();
+      t.copy_(flat.narrow(0, off, m).view(t.sizes()));
+      off += m;
+    }
+    i = j;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+char* hn_features(void) {
+  std::ostringstream o;
+  o << "{\"torch\":\"" << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH << "\"";
+  o << ",\"store\":true";
+#ifdef HANDNET_GLOO
+  o << ",\"gloo\":true";
+#else
+  o << ",\"gloo\":false";
+#endif
+#ifdef HANDNET_NCCL
+  o << ",\"nccl\":true";
+#else
+  o << ",\"nccl\":false";
+#endif
+#ifdef HANDNET_CUDA
+  o << ",\"cuda\":true";
+#else
+  o << ",\"cuda\":false";
+#endif
+  o << "}";
+  return dup(o.str());
+}
+
+char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, hn_store** out) {
+  HN_TRY
+  c10d::TCPStoreOptions o;
+  o.port = static_cast<std::uint16_t>(port);
+  o.isServer = is_server != 0;
+  if (world_size > 0) o.numWorkers = static_cast<std::size_t>(world_size);
+  // handnet waits for the ranks itself, naming the ones that never came.
+  o.waitWorkers = false;
+  o.timeout = ms(timeout_ms);
+  auto s = new hn_store();
+  try {
+    s->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+  } catch (...) {
+    delete s;
+    throw;
+  }
+  *out = s;
+  HN_CATCH
+}
+
+char* hn_store_set(hn_store* s, const char* key, const uint8_t* val, size_t n) {
+  HN_TRY
+  std::vector<uint8_t> v(val, val + n);
+  s->store->set(std::string(key), v);
+  HN_CATCH
+}
+
+char* hn_store_get(hn_store* s, const char* key, uint8_t** val, size_t* n) {
+  HN_TRY
+  auto v = s->store->get(std::string(key));
+  *n = v.size();
+  *val = static_cast<uint8_t*>(std::malloc(v.size() + 1));
+  if (!v.empty()) std::memcpy(*val, v.data(), v.size());
+  HN_CATCH
+}
+
+char* hn_store_add(hn_store* s, const char* key, int64_t delta, int64_t* out) {
+  HN_TRY
+  *out = s->store->add(std::string(key), delta);
+  HN_CATCH
+}
+
+char* hn_store_check(hn_store* s, const char* key, int* present) {
+  HN_TRY
+  *present = s->store->check({std::string(key)}) ? 1 : 0;
+  HN_CATCH
+}
+
+void hn_store_free(hn_store* s) {
+  try {
+    delete s;
+  } catch (...) {
+  }
+}
+
+char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms, hn_group** out) {
+  HN_TRY
+  std::string b(backend);
+  auto g = new hn_group();
+  g->rank = rank;
+  g->size = size;
+  g->device = device;
+  g->timeout = ms(timeout_ms);
+  try {
+    if (b == "gloo") {
+#ifdef HANDNET_GLOO
+      auto opts = c10d::ProcessGroupGloo::Options::create(ms(timeout_ms));
+      // As torch.distributed does: the interfaces in GLOO_SOCKET_IFNAME, else
+      // the address this host's name resolves to (loopback as a fallback).
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      const char* hostname = std::getenv("HANDNET_GLOO_HOSTNAME");
+      if (ifname != nullptr && *ifname != 0) {
+        std::stringstream list(ifname);
+        std::string name;
+        while (std::getline(list, name, ',')) {
+          if (!name.empty()) opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+        }
+      } else if (hostname != nullptr && *hostname != 0) {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+      } else {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      opts->threads = 2;
+      g->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(s->store, rank, size, opts);
+#else
+      throw std::runtime_error("this handnet was built without c10d's Gloo backend (no gloo headers when tools/setup ran)");
+#endif
+    } else if (b == "nccl") {
+#ifdef HANDNET_NCCL
+      if (device < 0) throw std::runtime_error("the NCCL backend needs a CUDA device");
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = ms(timeout_ms);
+      g->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(s->store, rank, size, opts);
+#else
+      throw std::runtime_error("this handnet was built without c10d's NCCL backend (a CUDA libtorch and nccl.h are needed when tools/setup runs)");
+#endif
+    } else {
+      throw std::runtime_error("unknown backend \"" + b + "\": want gloo or nccl");
+    }
+  } catch (...) {
+    delete g;
+    throw;
+  }
+  *out = g;
+  HN_CATCH
+}
+
+
+char* hn_group_allreduce_mean(hn_group* g, hn_tensor* ts, int n, int64_t bucket_bytes) {
+  HN_TRY
+  at::NoGradGuard no_grad;
+  forBuckets(ts, n, bucket_bytes, [g](at::Tensor& flat) {
+    std::vector<at::Tensor> v{flat};
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = g->timeout;
+    wait(g, g->pg->allreduce(v, o));
+    flat.div_(g->size);
+  });
+  HN_CATCH
+}
+
+char* hn_group_broadcast(hn_group* g, hn_tensor* ts, int n, int root, int64_t bucket_bytes) {
+  HN_TRY
+  at::NoGradGuard no_grad;
+  forBuckets(ts, n, bucket_bytes, [g, root](at::Tensor& flat) {
+    std::vector<at::Tensor> v{flat};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    o.timeout = g->timeout;
+    wait(g, g->pg->broadcast(v, o));
+  });
+  HN_CATCH
+}
+
+char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n) {
+  HN_TRY
+  at::NoGradGuard no_grad;
+  at::Tensor host = at::from_blob(vals, {n}, at::TensorOptions().dtype(at::kDouble)).clone();
+  at::Tensor t = g->device >= 0 ? host.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(g->device))) : host;
+  std::vector<at::Tensor> v{t};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  o.timeout = g->timeout;
+  wait(g, g->pg->allreduce(v, o));
+  at::Tensor back = t.cpu().contiguous();
+  std::memcpy(vals, back.data_ptr<double>(), sizeof(double) * n);
+  HN_CATCH
+}
+
+void hn_group_free(hn_group* g) {
+  try {
+    delete g;
+  } catch (...) {
+  }
+}
+
+}  // extern "C"

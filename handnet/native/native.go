@@ -1,0 +1,307 @@
+// Package native is handnet's own C++ layer over libtorch, for what gotch's
+// generated ops do not reach: c10d's TCP store and process groups (Gloo on the
+// CPU, NCCL on CUDA) today; CUDA graphs, memory formats, autocast dtypes and
+// multi-tensor kernels belong here too.
+//
+// The C++ (native.cpp) is compiled by cgo against the libtorch that `make
+// setup` (tools/setup) found, with the flags it writes into flags.go: the same
+// include and library folders, C++ ABI and CUDA choice as gotch's copy, plus
+// the features whose headers were found. Every C++ exception is caught at the
+// boundary and comes back as a Go error. Features reports what this build has.
+package native
+
+// #include <stdlib.h>
+// #include "native.h"
+import "C"
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/sugarme/gotch/ts"
+)
+
+// Features says what this build of the native layer can do.
+type Features struct {
+	Torch string `json:"torch"` // libtorch version it was compiled against
+	Store bool   `json:"store"` // c10d TCPStore
+	Gloo  bool   `json:"gloo"`  // c10d ProcessGroupGloo (CPU collectives)
+	NCCL  bool   `json:"nccl"`  // c10d ProcessGroupNCCL (CUDA collectives)
+	CUDA  bool   `json:"cuda"`  // CUDA-only native code compiled in
+	// Missing says, for features this build lacks, why tools/setup left
+	// them out.
+	Missing map[string]string `json:"missing,omitempty"`
+}
+
+var (
+	featuresOnce sync.Once
+	features     Features
+)
+
+// BuildFeatures returns what this build has, as compiled (and, for what it
+// lacks, why).
+func BuildFeatures() Features {
+	featuresOnce.Do(func() {
+		p := C.hn_features()
+		s := C.GoString(p)
+		C.free(unsafe.Pointer(p))
+		if err := json.Unmarshal([]byte(s), &features); err != nil {
+			panic("native: malformed feature list " + s)
+		}
+		features.Missing = map[string]string{}
+		for k, v := range setupMissing {
+			features.Missing[k] = v
+		}
+	})
+	return features
+}
+
+// String lists the features, e.g. "gloo, store; missing: nccl (not a CUDA build)".
+func (f Features) String() string {
+	var have, miss []string
+	for _, x := range []struct {
+		name string
+		ok   bool
+	}{{"store", f.Store}, {"gloo", f.Gloo}, {"nccl", f.NCCL}, {"cuda", f.CUDA}} {
+		if x.ok {
+			have = append(have, x.name)
+		} else if why := f.Missing[x.name]; why != "" {
+			miss = append(miss, x.name+" ("+why+")")
+		} else {
+			miss = append(miss, x.name)
+		}
+	}
+	s := strings.Join(have, ", ")
+	if len(miss) > 0 {
+		s += "; missing: " + strings.Join(miss, ", ")
+	}
+	return s
+}
+
+// cerr turns a C error string into a Go error, freeing it.
+func cerr(p *C.char) error {
+	if p == nil {
+		return nil
+	}
+	s := C.GoString(p)
+	C.free(unsafe.Pointer(p))
+	return errors.New(strings.TrimSpace(s))
+}
+
+func millis(d time.Duration) C.int64_t { return C.int64_t(d / time.Millisecond) }
+
+// Store is a c10d TCPStore: a key/value server hosted by one process (rank
+// 0, or torchrun's agent) that every rank connects to. Safe for concurrent
+// use.
+type Store struct {
+	mu sync.Mutex
+	p  *C.hn_store
+}
+
+// NewStore starts (server) or connects to (client) the TCP store at
+// host:port. A client retries until timeout while the server is not up.
+// worldSize is the number of clients the server expects (0: unknown).
+// timeout also bounds Get.
+func NewStore(host string, port int, server bool, worldSize int, timeout time.Duration) (*Store, error) {
+	ch := C.CString(host)
+	defer C.free(unsafe.Pointer(ch))
+	srv := C.int(0)
+	if server {
+		srv = 1
+	}
+	s := &Store{}
+	if err := cerr(C.hn_store_new(ch, C.int(port), srv, C.int(worldSize), millis(timeout), &s.p)); err != nil {
+		return nil, err
+	}
+	runtime.SetFinalizer(s, (*Store).Close)
+	return s, nil
+}
+
+func (s *Store) handle() (*C.hn_store, error) {
+	if s.p == nil {
+		return nil, errors.New("store closed")
+	}
+	return s.p, nil
+}
+
+// Set stores val under key.
+func (s *Store) Set(key string, val []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.handle()
+	if err != nil {
+		return err
+	}
+	ck := C.CString(key)
+	defer C.free(unsafe.Pointer(ck))
+	cv := C.CBytes(append(val, 0))
+	defer C.free(cv)
+	return cerr(C.hn_store_set(p, ck, (*C.uint8_t)(cv), C.size_t(len(val))))
+}
+
+// Get returns key's value, waiting up to the store's timeout for it.
+func (s *Store) Get(key string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.handle()
+	if err != nil {
+		return nil, err
+	}
+	ck := C.CString(key)
+	defer C.free(unsafe.Pointer(ck))
+	var v *C.uint8_t
+	var n C.size_t
+	if err := cerr(C.hn_store_get(p, ck, &v, &n)); err != nil {
+		return nil, err
+	}
+	defer C.free(unsafe.Pointer(v))
+	return C.GoBytes(unsafe.Pointer(v), C.int(n)), nil
+}
+
+// Add adds delta to the integer under key (0 when absent) and returns the sum.
+func (s *Store) Add(key string, delta int64) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.handle()
+	if err != nil {
+		return 0, err
+	}
+	ck := C.CString(key)
+	defer C.free(unsafe.Pointer(ck))
+	var out C.int64_t
+	if err := cerr(C.hn_store_add(p, ck, C.int64_t(delta), &out)); err != nil {
+		return 0, err
+	}
+	return int64(out), nil
+}
+
+// Check tells whether key is set, without waiting.
+func (s *Store) Check(key string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.handle()
+	if err != nil {
+		return false, err
+	}
+	ck := C.CString(key)
+	defer C.free(unsafe.Pointer(ck))
+	var ok C.int
+	if err := cerr(C.hn_store_check(p, ck, &ok)); err != nil {
+		return false, err
+	}
+	return ok != 0, nil
+}
+
+// Close disconnects (a server stops serving). It is safe to call twice.
+func (s *Store) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.p != nil {
+		C.hn_store_free(s.p)
+		s.p = nil
+	}
+	runtime.SetFinalizer(s, nil)
+}
+
+// Group is a c10d process group of one backend. Its collectives must be
+// called in the same order by every rank; calls are not safe for concurrent
+// use.
+type Group struct {
+	p       *C.hn_group
+	backend string
+}
+
+// Backends lists the backends NewGroup knows.
+var Backends = []string{"gloo", "nccl"}
+
+// NewGroup joins the process group of size ranks as rank, through the store
+// every rank shares. device is -1 for the CPU (Gloo) or the CUDA index this
+// rank uses (NCCL). timeout bounds every collective.
+func NewGroup(backend string, s *Store, rank, size, device int, timeout time.Duration) (*Group, error) {
+	sp, err := s.handle()
+	if err != nil {
+		return nil, err
+	}
+	cb := C.CString(backend)
+	defer C.free(unsafe.Pointer(cb))
+	g := &Group{backend: backend}
+	if err := cerr(C.hn_group_new(cb, sp, C.int(rank), C.int(size), C.int(device), millis(timeout), &g.p)); err != nil {
+		return nil, fmt.Errorf("%s process group: %w", backend, err)
+	}
+	runtime.SetFinalizer(g, (*Group).Close)
+	return g, nil
+}
+
+// Backend returns the group's backend name.
+func (g *Group) Backend() string { return g.backend }
+
+func handles(tensors []*ts.Tensor) (*C.hn_tensor, func()) {
+	if len(tensors) == 0 {
+		return nil, func() {}
+	}
+	arr := (*C.hn_tensor)(C.malloc(C.size_t(len(tensors)) * C.size_t(unsafe.Sizeof(C.hn_tensor(nil)))))
+	s := unsafe.Slice(arr, len(tensors))
+	for i, t := range tensors {
+		s[i] = C.hn_tensor(t.Ctensor())
+	}
+	return arr, func() { C.free(unsafe.Pointer(arr)); runtime.KeepAlive(tensors) }
+}
+
+// AllReduceMean replaces each tensor by its mean over the ranks, one
+// all-reduce per bucket of at most bucketBytes.
+func (g *Group) AllReduceMean(tensors []*ts.Tensor, bucketBytes int64) error {
+	if g.p == nil {
+		return errors.New("process group closed")
+	}
+	arr, free := handles(tensors)
+	defer free()
+	return cerr(C.hn_group_allreduce_mean(g.p, arr, C.int(len(tensors)), C.int64_t(bucketBytes)))
+}
+
+// Broadcast copies root's tensors into every rank's, bucketed likewise.
+func (g *Group) Broadcast(tensors []*ts.Tensor, root int, bucketBytes int64) error {
+	if g.p == nil {
+		return errors.New("process group closed")
+	}
+	arr, free := handles(tensors)
+	defer free()
+	return cerr(C.hn_group_broadcast(g.p, arr, C.int(len(tensors)), C.int(root), C.int64_t(bucketBytes)))
+}
+
+// AllReduceSum replaces vals by their sums over the ranks.
+func (g *Group) AllReduceSum(vals []float64) error {
+	if g.p == nil {
+		return errors.New("process group closed")
+	}
+	if len(vals) == 0 {
+		return nil
+	}
+	c := (*C.double)(C.malloc(C.size_t(len(vals)) * 8))
+	defer C.free(unsafe.Pointer(c))
+	cs := unsafe.Slice(c, len(vals))
+	for i, v := range vals {
+		cs[i] = C.double(v)
+	}
+	if err := cerr(C.hn_group_allreduce_sum_f64(g.p, c, C.int(len(vals)))); err != nil {
+		return err
+	}
+	for i := range vals {
+		vals[i] = float64(cs[i])
+	}
+	return nil
+}
+
+// Close leaves the group. It is safe to call twice.
+func (g *Group) Close() {
+	if g.p != nil {
+		C.hn_group_free(g.p)
+		g.p = nil
+	}
+	runtime.SetFinalizer(g, nil)
+}

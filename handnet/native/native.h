@@ -1,0 +1,52 @@
+// handnet's native layer: the libtorch features that gotch's generated ops do
+// not reach (c10d process groups and stores; later CUDA graphs, memory
+// formats, autocast dtypes and multi-tensor kernels), behind a small C API.
+//
+// Every function that can fail returns NULL on success or an error message
+// allocated with malloc (the caller frees it); no C++ exception crosses this
+// boundary. Tensors are gotch's handles: pointers to at::Tensor.
+#ifndef HANDNET_NATIVE_H
+#define HANDNET_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void* hn_tensor; // at::Tensor*, as gotch's ctensor
+typedef struct hn_store hn_store;
+typedef struct hn_group hn_group;
+
+// hn_features returns a malloc'd JSON object naming the features compiled
+// into this build and the libtorch version it was compiled against.
+char* hn_features(void);
+
+// Stores (c10d::TCPStore): rendezvous and small key/value exchange.
+char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, hn_store** out);
+char* hn_store_set(hn_store* s, const char* key, const uint8_t* val, size_t n);
+// hn_store_get waits up to the store's timeout for key; *val is malloc'd.
+char* hn_store_get(hn_store* s, const char* key, uint8_t** val, size_t* n);
+char* hn_store_add(hn_store* s, const char* key, int64_t delta, int64_t* out);
+char* hn_store_check(hn_store* s, const char* key, int* present);
+void hn_store_free(hn_store* s);
+
+// Process groups (c10d::ProcessGroupGloo / ProcessGroupNCCL). backend is
+// "gloo" or "nccl"; device is -1 for the CPU or a CUDA index.
+char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms, hn_group** out);
+// hn_group_allreduce_mean averages the tensors in place over the ranks:
+// consecutive tensors of one dtype and device are flattened into buckets of
+// at most bucket_bytes (a tensor larger than that is a bucket of its own),
+// one all-reduce per bucket.
+char* hn_group_allreduce_mean(hn_group* g, hn_tensor* ts, int n, int64_t bucket_bytes);
+// hn_group_broadcast copies root's tensors into every rank's, bucketed alike.
+char* hn_group_broadcast(hn_group* g, hn_tensor* ts, int n, int root, int64_t bucket_bytes);
+// hn_group_allreduce_sum_f64 sums n host doubles over the ranks, in place.
+char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n);
+void hn_group_free(hn_group* g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
