@@ -1,3 +1,7 @@
+// Package handnet is the library for programs that embed a trained model:
+// Load a checkpoint into a Classifier, then Predict images (safe for
+// concurrent use) or serve them over HTTP with Handler. The networks and the
+// checkpoint format live in handnet/model; training in train.
 package handnet
 
 import (
@@ -16,6 +20,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -26,7 +31,7 @@ import (
 // concurrent use: images are preprocessed on the calling goroutines, and
 // the torch work is serialised on the classifier's own locked OS thread.
 type Classifier struct {
-	model  *Model
+	net    *model.Model
 	th     *torch.Thread
 	device gotch.Device
 	pre    sync.Pool // *vision.Preprocessor
@@ -67,12 +72,12 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		if err != nil {
 			return err
 		}
-		ck, err := ReadCheckpoint(path)
+		ck, err := model.ReadCheckpoint(path)
 		if err != nil {
 			return err
 		}
 		defer ck.Drop()
-		c.model, err = LoadModel(ck, dev)
+		c.net, err = model.LoadModel(ck, dev)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
@@ -83,7 +88,7 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		th.Close()
 		return nil, err
 	}
-	cfg := c.model.Config
+	cfg := c.net.Config
 	c.norm = vision.NewNormalizer(cfg.Mean, cfg.Std)
 	c.pre.New = func() any {
 		p, err := vision.NewPreprocessor(cfg.Width, cfg.Height)
@@ -96,18 +101,18 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 }
 
 // Classes returns the class names, index = class index.
-func (c *Classifier) Classes() []string { return append([]string(nil), c.model.Config.Classes...) }
+func (c *Classifier) Classes() []string { return append([]string(nil), c.net.Config.Classes...) }
 
 // Config returns the model's description.
-func (c *Classifier) Config() Config { return c.model.Config }
+func (c *Classifier) Config() model.Config { return c.net.Config }
 
 // Close releases the classifier's thread. Later calls fail.
 func (c *Classifier) Close() { c.closed.Do(c.th.Close) }
 
 // Predict classifies a decoded image.
 func (c *Classifier) Predict(img image.Image) (Prediction, error) {
-	buf := make([]byte, 3*c.model.Config.Width*c.model.Config.Height)
-	if err := vision.Image(img, c.model.Config.Width, c.model.Config.Height, buf); err != nil {
+	buf := make([]byte, 3*c.net.Config.Width*c.net.Config.Height)
+	if err := vision.Image(img, c.net.Config.Width, c.net.Config.Height, buf); err != nil {
 		return Prediction{}, err
 	}
 	p, err := c.forward([][]byte{buf})
@@ -135,8 +140,8 @@ func (c *Classifier) PredictFile(path string) (Prediction, error) {
 func (c *Classifier) PredictBatch(imgs []image.Image) ([]Prediction, error) {
 	bufs := make([][]byte, len(imgs))
 	for i, img := range imgs {
-		bufs[i] = make([]byte, 3*c.model.Config.Width*c.model.Config.Height)
-		if err := vision.Image(img, c.model.Config.Width, c.model.Config.Height, bufs[i]); err != nil {
+		bufs[i] = make([]byte, 3*c.net.Config.Width*c.net.Config.Height)
+		if err := vision.Image(img, c.net.Config.Width, c.net.Config.Height, bufs[i]); err != nil {
 			return nil, fmt.Errorf("image %d: %w", i, err)
 		}
 	}
@@ -158,7 +163,7 @@ func (c *Classifier) PredictFiles(paths []string) ([]Prediction, error) {
 }
 
 func (c *Classifier) preprocessFile(path string) ([]byte, error) {
-	cfg := c.model.Config
+	cfg := c.net.Config
 	buf := make([]byte, 3*cfg.Width*cfg.Height)
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -191,7 +196,7 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	if len(imgs) == 0 {
 		return nil, nil
 	}
-	cfg := c.model.Config
+	cfg := c.net.Config
 	n := len(imgs[0])
 	x := make([]float32, len(imgs)*n)
 	for i, img := range imgs {
@@ -205,7 +210,7 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 				return err
 			}
 			in := t.MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, true).MustTo(c.device, true)
-			logits := c.model.Forward(in, false)
+			logits := c.net.Forward(in, false)
 			in.MustDrop()
 			p := logits.MustSoftmax(-1, gotch.Float, true).MustTo(gotch.CPU, true)
 			probs = p.Vals().([]float32)

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -28,12 +29,12 @@ func newCheckpoint(t testing.TB, dir string) string {
 	path := filepath.Join(dir, "model.safetensors")
 	err := th.Do(func() error {
 		torch.ManualSeed(7)
-		m, err := handnet.New(handnet.Config{Arch: "cnn", Dropout: handnet.FinalDropout, Classes: vision.Classes8.Classes(),
+		m, err := model.New(model.Config{Arch: "cnn", Dropout: model.FinalDropout, Classes: vision.Classes8.Classes(),
 			Width: vision.Width, Height: vision.Height, Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
 		if err != nil {
 			return err
 		}
-		return handnet.SaveCheckpoint(path, m, nil, map[string]string{"note": "test"})
+		return model.SaveCheckpoint(path, m, nil, map[string]string{"note": "test"})
 	})
 	if err != nil {
 		if t == nil {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -24,11 +24,11 @@ func TestFreezeScenarios(t *testing.T) {
 	for _, sc := range []struct {
 		freeze   string
 		freezeBN bool
-	}{{handnet.FreezeFC, true}, {handnet.FreezeLayer4, true}, {handnet.FreezeNone, false}} {
+	}{{model.FreezeFC, true}, {model.FreezeLayer4, true}, {model.FreezeNone, false}} {
 		t.Run(sc.freeze, func(t *testing.T) {
 			err := th.Do(func() error {
 				torch.ManualSeed(1)
-				m, err := handnet.New(handnet.Config{Arch: "resnet18", Freeze: sc.freeze, FreezeBN: sc.freezeBN,
+				m, err := model.New(model.Config{Arch: "resnet18", Freeze: sc.freeze, FreezeBN: sc.freezeBN,
 					Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height}, gotch.CPU)
 				if err != nil {
 					return err
@@ -48,7 +48,7 @@ func TestFreezeScenarios(t *testing.T) {
 				}
 				params := m.Trainable()
 				for _, p := range params {
-					if !handnet.Trains(sc.freeze, p.Name) {
+					if !model.Trains(sc.freeze, p.Name) {
 						return fmt.Errorf("frozen %s is trainable", p.Name)
 					}
 				}
@@ -62,7 +62,7 @@ func TestFreezeScenarios(t *testing.T) {
 				for _, nt := range m.Named() {
 					equal := nt.Tensor.MustEqual(before[nt.Name], false)
 					isStat := strings.HasSuffix(nt.Name, "running_mean") || strings.HasSuffix(nt.Name, "running_var")
-					trains := handnet.Trains(sc.freeze, nt.Name)
+					trains := model.Trains(sc.freeze, nt.Name)
 					switch {
 					case isStat && !trains && sc.freezeBN && !equal:
 						return fmt.Errorf("frozen BatchNorm statistic %s changed", nt.Name)

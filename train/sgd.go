@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch/ts"
 )
@@ -20,7 +20,7 @@ import (
 // optimizer keeps its state inside libtorch where it cannot be saved, and
 // steps every variable created trainable; this one does neither.
 type SGD struct {
-	params      []handnet.NamedTensor
+	params      []model.NamedTensor
 	buf         []*ts.Tensor // momentum buffers, nil until the first step
 	lr          float64
 	momentum    float64
@@ -28,7 +28,7 @@ type SGD struct {
 }
 
 // NewSGD returns an optimizer over params.
-func NewSGD(params []handnet.NamedTensor, lr, momentum, weightDecay float64) *SGD {
+func NewSGD(params []model.NamedTensor, lr, momentum, weightDecay float64) *SGD {
 	return &SGD{params: params, buf: make([]*ts.Tensor, len(params)), lr: lr, momentum: momentum, weightDecay: weightDecay}
 }
 
@@ -85,11 +85,11 @@ func (o *SGD) Step() error {
 
 // State returns the momentum buffers as named tensors ("optim.momentum."
 // + parameter name) for a checkpoint.
-func (o *SGD) State() []handnet.NamedTensor {
-	var out []handnet.NamedTensor
+func (o *SGD) State() []model.NamedTensor {
+	var out []model.NamedTensor
 	for i, b := range o.buf {
 		if b != nil {
-			out = append(out, handnet.NamedTensor{Name: handnet.OptimizerPrefix + "momentum." + o.params[i].Name, Tensor: b})
+			out = append(out, model.NamedTensor{Name: model.OptimizerPrefix + "momentum." + o.params[i].Name, Tensor: b})
 		}
 	}
 	return out
@@ -99,7 +99,7 @@ func (o *SGD) State() []handnet.NamedTensor {
 // tensors, onto each parameter's device.
 func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 	for i, p := range o.params {
-		t, ok := tensors[handnet.OptimizerPrefix+"momentum."+p.Name]
+		t, ok := tensors[model.OptimizerPrefix+"momentum."+p.Name]
 		if !ok {
 			continue
 		}

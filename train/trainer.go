@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -133,8 +133,8 @@ var ErrInterrupted = errors.New("training interrupted")
 
 // Trainer trains one model. Run it on the model's torch thread.
 type Trainer struct {
-	Model  *handnet.Model
-	Params []handnet.NamedTensor // trainable parameters; nil means Model.Trainable()
+	Model  *model.Model
+	Params []model.NamedTensor // trainable parameters; nil means Model.Trainable()
 	Train  *vision.Loader
 	Val    *vision.Loader
 	Config Config
@@ -342,7 +342,7 @@ func (t *Trainer) save(name string, withState bool) error {
 		m, _ := json.Marshal(t.state.History[n-1])
 		meta["metrics"] = string(m)
 	}
-	var extra []handnet.NamedTensor
+	var extra []model.NamedTensor
 	if withState {
 		st, err := json.Marshal(t.state)
 		if err != nil {
@@ -351,13 +351,13 @@ func (t *Trainer) save(name string, withState bool) error {
 		meta["train_state"] = string(st)
 		extra = t.opt.State()
 	}
-	return handnet.SaveCheckpoint(filepath.Join(t.Dir, name), t.Model, extra, meta)
+	return model.SaveCheckpoint(filepath.Join(t.Dir, name), t.Model, extra, meta)
 }
 
 // restore loads weights, momentum and state from the last checkpoint.
 func (t *Trainer) restore() error {
 	path := filepath.Join(t.Dir, LastCheckpoint)
-	c, err := handnet.ReadCheckpoint(path)
+	c, err := model.ReadCheckpoint(path)
 	if err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
@@ -370,7 +370,7 @@ func (t *Trainer) restore() error {
 		return fmt.Errorf("resume: %s was trained with seed %d, batch %d, lr %g; this run asks for seed %d, batch %d, lr %g",
 			path, st.Config.Seed, st.Config.BatchSize, st.Config.LR, t.Config.Seed, t.Config.BatchSize, t.Config.LR)
 	}
-	if err := t.Model.Load(c.Tensors, handnet.IsOptimizerState, nil); err != nil {
+	if err := t.Model.Load(c.Tensors, model.IsOptimizerState, nil); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	if err := t.opt.Restore(c.Tensors); err != nil {

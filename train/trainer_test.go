@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 }
 
 type run struct {
-	model            *handnet.Model
+	model            *model.Model
 	train, val, test *vision.Loader
 	trainer          *Trainer
 }
@@ -68,7 +68,7 @@ func newRun(t testing.TB, th *torch.Thread, dir string, cfg Config) *run {
 	r := &run{}
 	err := th.Do(func() (err error) {
 		torch.ManualSeed(int64(cfg.Seed))
-		r.model, err = handnet.New(handnet.Config{Arch: "cnn", Dropout: handnet.FinalDropout, Classes: vision.Classes8.Classes(),
+		r.model, err = model.New(model.Config{Arch: "cnn", Dropout: model.FinalDropout, Classes: vision.Classes8.Classes(),
 			Width: vision.Width, Height: vision.Height, Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
 		if err != nil {
 			return err

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
@@ -40,11 +40,11 @@ func classes(n int) []string {
 
 // golden loads weights into a fresh model and compares its eval-mode
 // logits with PyTorch's on the saved input.
-func golden(t *testing.T, cfg handnet.Config, weightsFile, ioFile string) {
+func golden(t *testing.T, cfg model.Config, weightsFile, ioFile string) {
 	th := torch.NewThread(0)
 	defer th.Close()
 	err := th.Do(func() error {
-		m, err := handnet.New(cfg, gotch.CPU)
+		m, err := model.New(cfg, gotch.CPU)
 		if err != nil {
 			return err
 		}
@@ -80,14 +80,14 @@ func golden(t *testing.T, cfg handnet.Config, weightsFile, ioFile string) {
 
 func TestGoldenResNet18(t *testing.T) {
 	dir := fixtures(t)
-	cfg := handnet.Config{Arch: "resnet18", Classes: classes(1000), Width: 170, Height: 128}
+	cfg := model.Config{Arch: "resnet18", Classes: classes(1000), Width: 170, Height: 128}
 	golden(t, cfg, filepath.Join(dir, "resnet18.pth"), filepath.Join(dir, "resnet18-io.pth"))
 	golden(t, cfg, filepath.Join(dir, "resnet18-legacy.pth"), filepath.Join(dir, "resnet18-io.pth"))
 }
 
 func TestGoldenStudyCNN(t *testing.T) {
 	dir := fixtures(t)
-	cfg := handnet.Config{Arch: "cnn", Dropout: "none", Classes: classes(8), Width: 170, Height: 128}
+	cfg := model.Config{Arch: "cnn", Dropout: "none", Classes: classes(8), Width: 170, Height: 128}
 	golden(t, cfg, filepath.Join(dir, "cnn.pth"), filepath.Join(dir, "cnn-io.pth"))
 }
 
@@ -98,7 +98,7 @@ func TestLoadPretrained(t *testing.T) {
 	th := torch.NewThread(0)
 	defer th.Close()
 	err := th.Do(func() error {
-		m, err := handnet.New(handnet.Config{Arch: "resnet18", Classes: classes(8), Width: 170, Height: 128}, gotch.CPU)
+		m, err := model.New(model.Config{Arch: "resnet18", Classes: classes(8), Width: 170, Height: 128}, gotch.CPU)
 		if err != nil {
 			return err
 		}

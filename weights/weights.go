@@ -17,7 +17,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/sugarme/gotch/pickle"
 	"github.com/sugarme/gotch/ts"
 )
@@ -245,7 +245,7 @@ func Info(p string) ([]Tensor, string, error) {
 	}
 	var tensors map[string]*ts.Tensor
 	if strings.HasSuffix(p, ".safetensors") {
-		tensors, _, err = handnet.ReadSafetensors(p)
+		tensors, _, err = model.ReadSafetensors(p)
 	} else {
 		tensors, err = Read(p)
 	}
@@ -266,7 +266,7 @@ func Info(p string) ([]Tensor, string, error) {
 // fc head, which m replaces by its own, and PyTorch's num_batches_tracked
 // counters. Anything else missing, unexpected or mis-shaped is an error
 // listing the names. Call it on a torch thread, before training.
-func LoadPretrained(m *handnet.Model, p string) error {
+func LoadPretrained(m *model.Model, p string) error {
 	if m.Config.Arch != "resnet18" {
 		return fmt.Errorf("pretrained weights: model is %s, want resnet18", m.Config.Arch)
 	}

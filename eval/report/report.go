@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 )
@@ -51,7 +51,7 @@ type Run struct {
 	Seed      uint64         `json:"seed"`
 	Device    string         `json:"device"`
 	Augment   string         `json:"augment,omitempty"`
-	Model     handnet.Config `json:"model"`
+	Model     model.Config `json:"model"`
 	Train     train.Config   `json:"train"`
 	History   train.History  `json:"history"`
 	BestEpoch int            `json:"best_epoch"`

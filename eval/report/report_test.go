@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 )
@@ -22,7 +22,7 @@ func TestWriteReport(t *testing.T) {
 	}
 	p := &eval.Predictions{Indices: []int{0, 1, 2, 3}, Labels: []int{0, 1, 6, 7}, Pred: []int{0, 0, 6, 3},
 		Probs: [][]float32{{1, 0, 0, 0, 0, 0, 0, 0}, {0.8, 0.2, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 0, 0.6, 0, 0, 0, 0.4}}, Loss: 0.5}
-	r := &Run{Title: "test run", Data: "d", Split: "random", Model: handnet.Config{Arch: "cnn", Dropout: "fc1-0.4", Classes: classes, Width: 170, Height: 128},
+	r := &Run{Title: "test run", Data: "d", Split: "random", Model: model.Config{Arch: "cnn", Dropout: "fc1-0.4", Classes: classes, Width: 170, Height: 128},
 		Train:     train.DefaultConfig(),
 		History:   train.History{{Epoch: 1, TrainLoss: 2, TrainAcc: 0.2, ValLoss: 1.9, ValAcc: 0.3}, {Epoch: 2, TrainLoss: 1.5, TrainAcc: 0.4, ValLoss: 1.4, ValAcc: 0.5}},
 		BestEpoch: 2, Test: Evaluate(p, classes, recs, "test")}

@@ -19,7 +19,7 @@ import (
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -38,7 +38,7 @@ type Spec struct {
 	Scheme   string         `json:"scheme"` // class8, gender or aspect
 	Augment  string         `json:"augment,omitempty"`
 	Device   string         `json:"device"`
-	Model    handnet.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
+	Model    model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
 	Weights  string         `json:"weights,omitempty"` // published ResNet-18 weights to start from
 	Train    train.Config   `json:"train"`
 	Title    string         `json:"title,omitempty"`
@@ -202,7 +202,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 		}
 		h.logf("train %d, validation %d, test %d images; %s on %s", trainL.Len(), valL.Len(), testL.Len(), s.Model.Arch, r.Device)
 		torch.ManualSeed(int64(s.Train.Seed))
-		m, err := handnet.New(s.Model, dev)
+		m, err := model.New(s.Model, dev)
 		if err != nil {
 			return err
 		}
@@ -236,7 +236,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 func sameExperiment(a, b Spec) bool {
 	norm := func(s Spec) Spec {
 		s.Train.Epochs, s.Device, s.Title = 0, "", ""
-		s.Model = handnet.Config{Arch: s.Model.Arch, Dropout: s.Model.Dropout, BatchNorm: s.Model.BatchNorm, Freeze: s.Model.Freeze, FreezeBN: s.Model.FreezeBN}
+		s.Model = model.Config{Arch: s.Model.Arch, Dropout: s.Model.Dropout, BatchNorm: s.Model.BatchNorm, Freeze: s.Model.Freeze, FreezeBN: s.Model.FreezeBN}
 		return s
 	}
 	return reflect.DeepEqual(norm(a), norm(b))
@@ -255,12 +255,12 @@ func bestEpoch(h train.History) int {
 // evaluateCheckpoint loads a checkpoint and evaluates it on l. Call it on
 // a torch thread.
 func evaluateCheckpoint(path string, dev gotch.Device, l *vision.Loader, d *Data, split string) (*report.Evaluation, error) {
-	c, err := handnet.ReadCheckpoint(path)
+	c, err := model.ReadCheckpoint(path)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Drop()
-	m, err := handnet.LoadModel(c, dev)
+	m, err := model.LoadModel(c, dev)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -1,4 +1,4 @@
-package handnet
+package model
 
 import (
 	"encoding/json"

@@ -1,10 +1,11 @@
-package handnet
+package model
 
 import (
 	"fmt"
 	"sort"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch/nn"
 	"github.com/sugarme/gotch/ts"
 )
@@ -103,44 +104,47 @@ func newBatchNorm(p *nn.Path, n int64) *nn.BatchNorm {
 	return nn.BatchNorm2D(p, n, cfg)
 }
 
-// ForwardT computes logits for a [N,3,H,W] batch; train enables dropout
-// and batch statistics.
-func (m *CNN) ForwardT(x *ts.Tensor, train bool) *ts.Tensor {
-	h1 := m.block(x, m.conv1, m.bn1, train, m.drop.Conv)
-	h2 := m.block(h1, m.conv2, m.bn2, train, m.drop.Conv)
-	h1.MustDrop()
-	h3 := m.block(h2, m.conv3, m.bn3, train, 0)
-	h2.MustDrop()
-	h := h3.MustFlatten(1, -1, true)
-	h = dropout(h, m.drop.Flatten, train)
-	f := m.fc1.Forward(h)
-	h.MustDrop()
-	f = f.MustRelu(true)
-	f = dropout(f, m.drop.FC1, train)
-	out := m.fc2.Forward(f)
-	f.MustDrop()
-	return out
+// release frees the tensors the layers hold besides the VarStore's
+// (gotch's Linear keeps a transposed view of its weight).
+func (m *CNN) release() {
+	m.fc1.Ws.MustDrop()
+	m.fc2.Ws.MustDrop()
 }
 
-// block is conv → [BatchNorm] → ReLU → max-pool 2 → [dropout]. It keeps x.
-func (m *CNN) block(x *ts.Tensor, conv *nn.Conv2D, bn *nn.BatchNorm, train bool, p float64) *ts.Tensor {
-	h := conv.Forward(x)
+// Features runs the three convolutional blocks: the last block's
+// activations, [N,64,12,17] at 128×170, where Grad-CAM looks. Intermediates
+// belong to s.
+func (m *CNN) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
+	h := m.block(s, x, m.conv1, m.bn1, train, m.drop.Conv)
+	h = m.block(s, h, m.conv2, m.bn2, train, m.drop.Conv)
+	return m.block(s, h, m.conv3, m.bn3, train, 0)
+}
+
+// Head turns the last block's activations into logits: flatten, [dropout],
+// fc1, ReLU, [dropout], fc2.
+func (m *CNN) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
+	h := s.T(a.MustFlatten(1, -1, false))
+	h = dropout(s, h, m.drop.Flatten, train)
+	h = s.T(s.T(m.fc1.Forward(h)).MustRelu(false))
+	h = dropout(s, h, m.drop.FC1, train)
+	return s.T(m.fc2.Forward(h))
+}
+
+// block is conv → [BatchNorm] → ReLU → max-pool 2 → [dropout].
+func (m *CNN) block(s *torch.Scope, x *ts.Tensor, conv *nn.Conv2D, bn *nn.BatchNorm, train bool, p float64) *ts.Tensor {
+	h := s.T(conv.Forward(x))
 	if bn != nil {
-		b := bn.ForwardT(h, train)
-		h.MustDrop()
-		h = b
+		h = s.T(bn.ForwardT(h, train))
 	}
-	h = h.MustRelu(true)
-	h = h.MaxPool2DDefault(2, true)
-	return dropout(h, p, train)
+	h = s.T(h.MustRelu(false))
+	h = s.T(h.MaxPool2DDefault(2, false))
+	return dropout(s, h, p, train)
 }
 
-// dropout applies dropout with probability p in training; it consumes x.
-func dropout(x *ts.Tensor, p float64, train bool) *ts.Tensor {
+// dropout applies dropout with probability p in training.
+func dropout(s *torch.Scope, x *ts.Tensor, p float64, train bool) *ts.Tensor {
 	if p == 0 || !train {
 		return x
 	}
-	y := ts.MustDropout(x, p, true)
-	x.MustDrop()
-	return y
+	return s.T(ts.MustDropout(x, p, true))
 }

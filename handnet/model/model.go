@@ -1,6 +1,9 @@
-// Package handnet is the library: the study's models, checkpoints, and a
-// Classifier that loads a trained model for prediction.
-package handnet
+// Package model holds the study's networks — the seed CNN (cnn.go) and
+// torchvision's ResNet-18 (resnet.go) — with their configuration, the
+// freeze scenarios of transfer learning, and the checkpoint format
+// (checkpoint.go). It imports only the torch runtime: data loading, training
+// and serving build on it.
+package model
 
 import (
 	"errors"
@@ -29,6 +32,11 @@ type Config struct {
 	Pretrained string     `json:"pretrained,omitempty"`
 	Freeze     string     `json:"freeze,omitempty"`
 	FreezeBN   bool       `json:"freeze_bn,omitempty"`
+	// AllBNFrozen runs every BatchNorm layer of ResNet-18 with its running
+	// statistics, trained or not (torchvision's FrozenBatchNorm2d, as
+	// detection models use): results then do not depend on how a batch is
+	// split over processes.
+	AllBNFrozen bool `json:"all_bn_frozen,omitempty"`
 	Classes    []string   `json:"classes"`
 	Width      int        `json:"width"`
 	Height     int        `json:"height"`
@@ -36,11 +44,19 @@ type Config struct {
 	Std        [3]float32 `json:"std"`
 }
 
+// Net is a network, split where Grad-CAM looks: Features computes the last
+// convolutional block's activations, Head the logits from them. Both put
+// their intermediate tensors in the scope they are given.
+type Net interface {
+	Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor
+	Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor
+}
+
 // Model is a network with its parameters.
 type Model struct {
 	Config Config
 	VS     *nn.VarStore
-	Net    ts.ModuleT // ForwardT(x, train) → logits
+	Net    Net
 	named  []NamedTensor
 }
 
@@ -76,6 +92,7 @@ func New(cfg Config, device gotch.Device) (*Model, error) {
 		r := NewResNet18(vs.Root(), len(cfg.Classes))
 		freeze, freezeBN := m.Config.Freeze, cfg.FreezeBN
 		r.frozenBN = func(name string) bool { return freezeBN && !Trains(freeze, name+".weight") }
+		r.allBNFrozen = cfg.AllBNFrozen
 		m.Net = r
 	default:
 		return nil, fmt.Errorf("architecture %q: want one of %v", cfg.Arch, Archs)
@@ -134,8 +151,29 @@ func (m *Model) resetParameters() error {
 	})
 }
 
-// Forward runs the network in evaluation or training mode.
-func (m *Model) Forward(x *ts.Tensor, train bool) *ts.Tensor { return m.Net.ForwardT(x, train) }
+// Forward runs the network in evaluation or training mode and returns the
+// logits; every intermediate tensor is freed.
+func (m *Model) Forward(x *ts.Tensor, train bool) *ts.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
+	return s.Keep(m.Net.Head(s, m.Net.Features(s, x, train), train))
+}
+
+// Close frees the model's parameters and buffers. The model is unusable
+// afterwards; Close is safe to call twice.
+func (m *Model) Close() {
+	for _, nt := range m.named {
+		nt.Tensor.MustDrop()
+	}
+	m.named = nil
+	if r, ok := m.Net.(interface{ release() }); ok && m.VS != nil {
+		r.release()
+	}
+	if m.VS != nil {
+		m.VS.Destroy()
+		m.VS = nil
+	}
+}
 
 // Named returns every variable (parameters and buffers such as BatchNorm
 // running statistics) by name, sorted by name. The tensors are handles of

@@ -1,8 +1,9 @@
-package handnet
+package model
 
 import (
 	"strings"
 
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch/nn"
 	"github.com/sugarme/gotch/ts"
 )
@@ -17,8 +18,10 @@ type ResNet18 struct {
 	layers [4][2]*basicBlock
 	fc     *nn.Linear
 	// frozenBN tells whether the BatchNorm named (e.g. "layer1.0.bn1") runs
-	// with its running statistics even in training (frozen layers).
-	frozenBN func(name string) bool
+	// with its running statistics even in training (frozen layers);
+	// allBNFrozen makes every BatchNorm do so.
+	frozenBN    func(name string) bool
+	allBNFrozen bool
 }
 
 type basicBlock struct {
@@ -68,54 +71,48 @@ func NewResNet18(p *nn.Path, classes int) *ResNet18 {
 	return m
 }
 
-func (m *ResNet18) bn(bn *nn.BatchNorm, name string, x *ts.Tensor, train bool) *ts.Tensor {
-	if train && m.frozenBN != nil && m.frozenBN(name) {
+func (m *ResNet18) bn(s *torch.Scope, bn *nn.BatchNorm, name string, x *ts.Tensor, train bool) *ts.Tensor {
+	if train && (m.allBNFrozen || m.frozenBN != nil && m.frozenBN(name)) {
 		train = false
 	}
-	return bn.ForwardT(x, train)
+	return s.T(bn.ForwardT(x, train))
 }
 
-// ForwardT computes logits for a [N,3,H,W] batch.
-func (m *ResNet18) ForwardT(x *ts.Tensor, train bool) *ts.Tensor {
-	h := m.conv1.Forward(x)
-	h2 := m.bn(m.bn1, "bn1", h, train)
-	h.MustDrop()
-	h2 = h2.MustRelu(true)
-	h = h2.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, true)
+// release frees the tensors the layers hold besides the VarStore's
+// (gotch's Linear keeps a transposed view of its weight).
+func (m *ResNet18) release() { m.fc.Ws.MustDrop() }
+
+// Features runs the stem and the four stages: layer4's activations,
+// [N,512,4,6] at 128×170, where Grad-CAM looks. Intermediates belong to s.
+func (m *ResNet18) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
+	h := m.bn(s, m.bn1, "bn1", s.T(m.conv1.Forward(x)), train)
+	h = s.T(h.MustRelu(false))
+	h = s.T(h.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, false))
 	for l := range m.layers {
 		for _, blk := range m.layers[l] {
-			nh := m.block(blk, h, train)
-			h.MustDrop()
-			h = nh
+			h = m.block(s, blk, h, train)
 		}
 	}
-	pooled := h.MustAdaptiveAvgPool2d([]int64{1, 1}, true).MustFlatten(1, -1, true)
-	out := m.fc.Forward(pooled)
-	pooled.MustDrop()
-	return out
+	return h
 }
 
-// block is torchvision's BasicBlock; it keeps x.
-func (m *ResNet18) block(b *basicBlock, x *ts.Tensor, train bool) *ts.Tensor {
-	h := b.conv1.Forward(x)
-	h2 := m.bn(b.bn1, b.name+".bn1", h, train)
-	h.MustDrop()
-	h2 = h2.MustRelu(true)
-	h = b.conv2.Forward(h2)
-	h2.MustDrop()
-	h2 = m.bn(b.bn2, b.name+".bn2", h, train)
-	h.MustDrop()
+// Head pools layer4's activations and applies the classifier.
+func (m *ResNet18) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
+	pooled := s.T(s.T(a.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false))
+	return s.T(m.fc.Forward(pooled))
+}
+
+// block is torchvision's BasicBlock.
+func (m *ResNet18) block(s *torch.Scope, b *basicBlock, x *ts.Tensor, train bool) *ts.Tensor {
+	h := m.bn(s, b.bn1, b.name+".bn1", s.T(b.conv1.Forward(x)), train)
+	h = s.T(h.MustRelu(false))
+	h = m.bn(s, b.bn2, b.name+".bn2", s.T(b.conv2.Forward(h)), train)
 	identity := x
 	if b.downConv != nil {
-		d := b.downConv.Forward(x)
-		identity = m.bn(b.downBN, b.name+".downsample.1", d, train)
-		d.MustDrop()
+		identity = m.bn(s, b.downBN, b.name+".downsample.1", s.T(b.downConv.Forward(x)), train)
 	}
-	h2.MustAdd_(identity)
-	if identity != x {
-		identity.MustDrop()
-	}
-	return h2.MustRelu(true)
+	h = s.T(h.MustAdd(identity, false))
+	return s.T(h.MustRelu(false))
 }
 
 // Freeze scenarios of the study's Part 2.

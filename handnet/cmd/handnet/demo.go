@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
@@ -63,7 +63,7 @@ func demo(out string, count, epochs int, device string, threads int) error {
 	cfg := train.DefaultConfig()
 	cfg.Epochs, cfg.LR, cfg.BatchSize, cfg.CheckpointEvery = epochs, 0.005, 8, 0
 	s := experiment.Spec{Data: data, CacheDir: filepath.Join(out, "cache"), Split: "stratified", Scheme: "class8", Device: device,
-		Model: handnet.Config{Arch: "cnn", Dropout: handnet.FinalDropout}, Train: cfg,
+		Model: model.Config{Arch: "cnn", Dropout: model.FinalDropout}, Train: cfg,
 		Title: "handnet demo: the study's CNN on synthetic hands"}
 	th := torch.NewThread(threads)
 	defer th.Close()

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
@@ -47,7 +47,7 @@ func init() {
 				if *out == "" {
 					return usagef("--out is required")
 				}
-				f.model, f.cfg.LR, f.dropout = "cnn", train.DefaultConfig().LR, handnet.FinalDropout
+				f.model, f.cfg.LR, f.dropout = "cnn", train.DefaultConfig().LR, model.FinalDropout
 				base, err := f.spec()
 				if err != nil {
 					return err
@@ -127,7 +127,7 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 	}
 	best := bestByVal(lrRuns)
 	log.Infof("best learning rate by validation accuracy: %g (%.4f)", best.LR, best.BestVal)
-	for i, d := range handnet.StudyDropouts {
+	for i, d := range model.StudyDropouts {
 		if d == lrSweepDropout {
 			dropRuns = append(dropRuns, best)
 			continue
@@ -135,7 +135,7 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 		s := base
 		s.Train.LR, s.Model.Dropout = best.LR, d
 		s.Title = fmt.Sprintf("Part 1, dropout %s (learning rate %g)", d, best.LR)
-		r, err := runOrReuse(ctx, th, s, filepath.Join(out, fmt.Sprintf("dropout-%s-lr-%g", d, best.LR)), fmt.Sprintf("[dropout %d/%d]", i+1, len(handnet.StudyDropouts)))
+		r, err := runOrReuse(ctx, th, s, filepath.Join(out, fmt.Sprintf("dropout-%s-lr-%g", d, best.LR)), fmt.Sprintf("[dropout %d/%d]", i+1, len(model.StudyDropouts)))
 		if err != nil {
 			return err
 		}
@@ -144,10 +144,10 @@ func reproduce(ctx context.Context, th *torch.Thread, base experiment.Spec, out,
 	final := bestByVal(dropRuns)
 	var transfer []*experimentResult
 	if weightsFile != "" {
-		for i, fr := range []string{handnet.FreezeFC, handnet.FreezeLayer4, handnet.FreezeNone} {
+		for i, fr := range []string{model.FreezeFC, model.FreezeLayer4, model.FreezeNone} {
 			s := base
 			s.Train.LR, s.Weights = transferLR, weightsFile
-			s.Model = handnet.Config{Arch: "resnet18", Freeze: fr, FreezeBN: fr == handnet.FreezeFC}
+			s.Model = model.Config{Arch: "resnet18", Freeze: fr, FreezeBN: fr == model.FreezeFC}
 			s.Title = fmt.Sprintf("Part 2, ResNet-18 transfer learning, freeze %s", fr)
 			r, err := runOrReuse(ctx, th, s, filepath.Join(out, "resnet18-freeze-"+fr), fmt.Sprintf("[resnet18 %d/3]", i+1))
 			if err != nil {

@@ -12,7 +12,7 @@ import (
 	"syscall"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
@@ -49,7 +49,7 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 		fs.StringVar(&f.weights, "weights", "", "resnet18: published ImageNet weights to fine-tune (handnet weights fetch resnet18); none: train from scratch")
 		fs.StringVar(&f.freeze, "freeze", "none", "resnet18: fc (only the new head trains), layer4 (layer4 and the head) or none (everything)")
 		fs.StringVar(&f.freezeBN, "freeze-bn", "auto", "resnet18: frozen BatchNorm layers keep their running statistics: true, false, or auto (true for --freeze fc)")
-		fs.StringVar(&f.dropout, "dropout", handnet.FinalDropout, "CNN dropout placement: fc1-0.4, flat0.4-fc1-0.4 (the study's final), fc1-0.5, conv0.2-fc1-0.5, none")
+		fs.StringVar(&f.dropout, "dropout", model.FinalDropout, "CNN dropout placement: fc1-0.4, flat0.4-fc1-0.4 (the study's final), fc1-0.5, conv0.2-fc1-0.5, none")
 		fs.BoolVar(&f.bn, "batch-norm", false, "add BatchNorm after each convolution (the study's improvement idea)")
 		fs.Float64Var(&f.cfg.LR, "lr", d.LR, "learning rate")
 	}
@@ -72,7 +72,7 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 func (f *specFlags) spec() (experiment.Spec, error) {
 	s := experiment.Spec{Data: f.cache.data, CacheDir: f.cache.dir, SkipBad: f.cache.skipBad, Exact: f.cache.exact,
 		Split: f.split, Scheme: f.scheme, Augment: f.augment, Device: f.device, Train: f.cfg,
-		Model: handnet.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
+		Model: model.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
 	if s.Data == "" {
 		return s, usagef("--data is required")
 	}
@@ -90,7 +90,7 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 	}
 	switch f.model {
 	case "cnn":
-		if _, err := handnet.ParseDropout(f.dropout); err != nil {
+		if _, err := model.ParseDropout(f.dropout); err != nil {
 			return s, usagef("--dropout: %v", err)
 		}
 		if f.weights != "" {
@@ -99,14 +99,14 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 		s.Model.Dropout = f.dropout
 	case "resnet18":
 		switch f.freeze {
-		case handnet.FreezeFC, handnet.FreezeLayer4, handnet.FreezeNone:
+		case model.FreezeFC, model.FreezeLayer4, model.FreezeNone:
 		default:
 			return s, usagef("--freeze %q: want fc, layer4 or none", f.freeze)
 		}
 		s.Model.Dropout, s.Model.BatchNorm, s.Model.Freeze = "", false, f.freeze
 		switch f.freezeBN {
 		case "auto":
-			s.Model.FreezeBN = f.freeze == handnet.FreezeFC
+			s.Model.FreezeBN = f.freeze == model.FreezeFC
 		case "true", "false":
 			s.Model.FreezeBN = f.freezeBN == "true"
 		default:
