@@ -4,6 +4,7 @@
 package eval
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/handnet/handnet/handnet/torch"
@@ -18,6 +19,7 @@ type Predictions struct {
 	Labels  []int       // true class
 	Pred    []int       // predicted class (arg-max)
 	Probs   [][]float32 // softmax probabilities
+	Losses  []float64   // cross-entropy of each image
 	Loss    float64     // mean cross-entropy
 }
 
@@ -25,10 +27,10 @@ type Predictions struct {
 type Forward func(x *ts.Tensor) *ts.Tensor
 
 // Predict runs forward over every batch of l with gradients off. Call it on
-// a torch thread.
+// a torch thread. The mean loss is summed image by image in float64, in the
+// loader's order, so that it does not depend on how images were batched.
 func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 	p := &Predictions{}
-	var lossSum float64
 	err := torch.NoGrad(func() error {
 		e := l.Epoch(0, 0)
 		defer e.Close()
@@ -40,18 +42,20 @@ func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 			if b == nil {
 				return nil
 			}
-			logits := forward(b.X)
-			loss := logits.CrossEntropyForLogits(b.Y)
-			lossSum += loss.Float64Values()[0] * float64(len(b.Indices))
-			loss.MustDrop()
-			probs := logits.MustSoftmax(-1, gotch.Float, true).MustTo(gotch.CPU, true)
-			vals := probs.Vals().([]float32)
-			probs.MustDrop()
+			s := torch.NewScope()
+			logits := s.T(forward(b.X))
+			lsm := s.T(s.T(logits.MustLogSoftmax(-1, gotch.Float, false)).MustTo(gotch.CPU, false))
+			vals := lsm.Vals().([]float32)
+			s.Close()
 			k := len(vals) / len(b.Indices)
 			for r := range b.Indices {
-				row := append([]float32(nil), vals[r*k:(r+1)*k]...)
+				row := make([]float32, k)
+				for j, v := range vals[r*k : (r+1)*k] {
+					row[j] = float32(math.Exp(float64(v)))
+				}
 				p.Probs = append(p.Probs, row)
 				p.Pred = append(p.Pred, argmax(row))
+				p.Losses = append(p.Losses, -float64(vals[r*k+b.Labels[r]]))
 			}
 			p.Indices = append(p.Indices, b.Indices...)
 			p.Labels = append(p.Labels, b.Labels...)
@@ -61,10 +65,64 @@ func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n := len(p.Labels); n > 0 {
-		p.Loss = lossSum / float64(n)
-	}
+	p.Loss = meanOf(p.Losses)
 	return p, nil
+}
+
+func meanOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sum := 0.0
+	for _, x := range v {
+		sum += x
+	}
+	return sum / float64(len(v))
+}
+
+// Merge joins the predictions of every rank of a data-parallel run: p holds
+// this rank's share of the images all (in the order of all), label gives
+// their classes, k is the number of classes, and sum adds host values over
+// the ranks. Every rank gets the same Predictions, equal to one process's
+// over all the images.
+func (p *Predictions) Merge(all []int, label func(int) int, k int, sum func([]float64) error) (*Predictions, error) {
+	pos := make(map[int]int, len(all))
+	for i, idx := range all {
+		pos[idx] = i
+	}
+	n := len(all)
+	// Per image: k probabilities, the loss, and 1 for "predicted here".
+	buf := make([]float64, n*(k+2))
+	for r, idx := range p.Indices {
+		i, ok := pos[idx]
+		if !ok {
+			return nil, fmt.Errorf("merge: image %d is not in the evaluated set", idx)
+		}
+		for j, v := range p.Probs[r] {
+			buf[i*(k+2)+j] = float64(v)
+		}
+		buf[i*(k+2)+k] = p.Losses[r]
+		buf[i*(k+2)+k+1] = 1
+	}
+	if err := sum(buf); err != nil {
+		return nil, err
+	}
+	out := &Predictions{Indices: append([]int(nil), all...), Labels: make([]int, n), Pred: make([]int, n), Probs: make([][]float32, n), Losses: make([]float64, n)}
+	for i, idx := range all {
+		row := buf[i*(k+2) : (i+1)*(k+2)]
+		if row[k+1] != 1 {
+			return nil, fmt.Errorf("merge: image %d was predicted by %v ranks, want exactly 1", idx, row[k+1])
+		}
+		out.Labels[i] = label(idx)
+		out.Probs[i] = make([]float32, k)
+		for j := range k {
+			out.Probs[i][j] = float32(row[j])
+		}
+		out.Pred[i] = argmax(out.Probs[i])
+		out.Losses[i] = row[k]
+	}
+	out.Loss = meanOf(out.Losses)
+	return out, nil
 }
 
 func argmax(v []float32) int {

@@ -96,11 +96,16 @@ func (o *SGD) State() []model.NamedTensor {
 }
 
 // Restore loads momentum buffers saved by State from a checkpoint's
-// tensors, onto each parameter's device.
+// tensors, onto each parameter's device; parameters without a saved buffer
+// start without momentum.
 func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 	for i, p := range o.params {
 		t, ok := tensors[model.OptimizerPrefix+"momentum."+p.Name]
 		if !ok {
+			if o.buf[i] != nil {
+				o.buf[i].MustDrop()
+				o.buf[i] = nil
+			}
 			continue
 		}
 		if a, b := t.MustSize(), p.Tensor.MustSize(); !slices.Equal(a, b) {
@@ -110,6 +115,35 @@ func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 			o.buf[i].MustDrop()
 		}
 		o.buf[i] = t.MustTo(p.Tensor.MustDevice(), false)
+	}
+	return nil
+}
+
+// ZeroBuffers gives the parameters whose State names are listed a momentum
+// buffer of zeros (and the others none), so that a broadcast can fill them:
+// the other ranks of a data-parallel run take rank 0's momentum this way.
+func (o *SGD) ZeroBuffers(names []string) error {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	for i, p := range o.params {
+		name := model.OptimizerPrefix + "momentum." + p.Name
+		if o.buf[i] != nil {
+			o.buf[i].MustDrop()
+			o.buf[i] = nil
+		}
+		if want[name] {
+			o.buf[i] = p.Tensor.MustZerosLike(false)
+			delete(want, name)
+		}
+	}
+	if len(want) > 0 {
+		var extra []string
+		for n := range want {
+			extra = append(extra, n)
+		}
+		return fmt.Errorf("momentum buffers for parameters this model does not train: %v", extra)
 	}
 	return nil
 }

@@ -22,6 +22,10 @@ type Cache struct {
 	Path  string
 	W, H  int
 	Count int
+	// Key identifies the cached pixels: it hashes every image's name, size
+	// and modification time, the target size, the decode mode and the
+	// pipeline version.
+	Key string
 	// Bad lists the records skipped as unreadable (with SkipBad), with why.
 	Bad map[int]string
 
@@ -285,7 +289,7 @@ func mapCache(path, key string) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: mmap: %w", path, err)
 	}
-	c := &Cache{Path: path, W: hdr.W, H: hdr.H, Count: hdr.Count, Bad: hdr.Bad, data: m[hdrSlot:], file: m}
+	c := &Cache{Path: path, W: hdr.W, H: hdr.H, Count: hdr.Count, Key: hdr.Key, Bad: hdr.Bad, data: m[hdrSlot:], file: m}
 	if c.Bad == nil {
 		c.Bad = map[int]string{}
 	}

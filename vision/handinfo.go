@@ -9,7 +9,9 @@ package vision
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -184,4 +186,15 @@ func (d *Dataset) Subjects() []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// Fingerprint hashes what training reads of the metadata — every record's
+// image name, subject, gender and aspect, in order — so that a run can tell
+// whether it still sees the same dataset.
+func (d *Dataset) Fingerprint() string {
+	h := sha256.New()
+	for _, r := range d.Records {
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\n", r.ImageName, r.ID, r.Gender, r.Aspect)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -22,6 +22,20 @@ type LoaderOptions struct {
 	Augment   *Augment     // nil: none
 	Prefetch  int          // batches prepared ahead; 0 means 4
 	Workers   int          // goroutines preparing batches; 0 means all usable CPUs
+	// Shard makes the loader serve one rank's share of every epoch in a
+	// data-parallel run (the zero value: everything).
+	Shard Shard
+}
+
+// Shard is one rank's share of a loader's images, cut as PyTorch's
+// DistributedSampler cuts them: rank r takes every Count-th image of the
+// epoch's order, starting at r. With Pad, the order is first padded by
+// repeating its beginning to a multiple of Count, so that every rank has as
+// many batches (training); without it, every image is served exactly once
+// (evaluation).
+type Shard struct {
+	Rank, Count int
+	Pad         bool
 }
 
 // Loader turns cached images into batches: per-epoch seeded shuffling,
@@ -71,28 +85,58 @@ func NewLoader(cache *Cache, indices, labels []int, mirror func(int) int, o Load
 	if len(l.indices) == 0 {
 		return nil, errors.New("no usable images in this selection")
 	}
+	if o.Shard.Count > 1 && (o.Shard.Rank < 0 || o.Shard.Rank >= o.Shard.Count) {
+		return nil, fmt.Errorf("shard %d of %d", o.Shard.Rank, o.Shard.Count)
+	}
 	l.norm = NewNormalizer(Mean, Std)
 	l.pool = make(chan []byte, o.Prefetch+o.Workers+1)
 	return l, nil
 }
 
-// Len is the number of images per epoch.
-func (l *Loader) Len() int { return len(l.indices) }
+// Len is the number of images per epoch (of this rank's shard).
+func (l *Loader) Len() int {
+	n, sh := len(l.indices), l.o.Shard
+	if sh.Count <= 1 {
+		return n
+	}
+	if sh.Pad {
+		return (n + sh.Count - 1) / sh.Count
+	}
+	return (n - sh.Rank + sh.Count - 1) / sh.Count
+}
 
 // Batches is the number of batches per epoch, the last partial one included.
-func (l *Loader) Batches() int { return (len(l.indices) + l.o.BatchSize - 1) / l.o.BatchSize }
+func (l *Loader) Batches() int { return (l.Len() + l.o.BatchSize - 1) / l.o.BatchSize }
 
-// Indices returns the record indices the loader serves, in unshuffled order.
+// Indices returns the record indices of every rank's shards together, in
+// unshuffled order.
 func (l *Loader) Indices() []int { return l.indices }
 
-// Order returns the order of record indices in an epoch.
+// Label returns the (unaugmented) label of record i.
+func (l *Loader) Label(i int) int { return l.labels[i] }
+
+// Order returns the order of record indices in an epoch (of this rank's
+// shard).
 func (l *Loader) Order(epoch int) []int {
 	order := append([]int(nil), l.indices...)
 	if l.o.Shuffle {
 		rng := rand.New(rand.NewPCG(l.o.Seed, uint64(epoch)+1))
 		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 	}
-	return order
+	sh := l.o.Shard
+	if sh.Count <= 1 {
+		return order
+	}
+	if sh.Pad {
+		for total := l.Len() * sh.Count; len(order) < total; {
+			order = append(order, order[:min(len(order), total-len(order))]...)
+		}
+	}
+	mine := make([]int, 0, l.Len())
+	for i := sh.Rank; i < len(order); i += sh.Count {
+		mine = append(mine, order[i])
+	}
+	return mine
 }
 
 // Batch is one batch on the loader's device. Drop it after use.
@@ -304,7 +348,8 @@ func (e *Epoch) Close() {
 
 // SplitLoaders returns train, validation and test loaders over a cache for
 // an assignment, labelled with scheme. Only the training loader shuffles
-// and augments; o's Shuffle and Augment apply to it.
+// and augments; o's Shuffle and Augment apply to it. With o.Shard, the
+// training shards are padded to equal length and the evaluation ones not.
 func SplitLoaders(ds *Dataset, c *Cache, a Assignment, scheme Scheme, o LoaderOptions) (train, val, test *Loader, err error) {
 	labels := scheme.Labels(ds.Records)
 	mk := func(s Split, o LoaderOptions) (*Loader, error) {
@@ -317,8 +362,9 @@ func SplitLoaders(ds *Dataset, c *Cache, a Assignment, scheme Scheme, o LoaderOp
 	if train, err = mk(Train, o); err != nil {
 		return nil, nil, nil, err
 	}
+	o.Shard.Pad = true
 	plain := o
-	plain.Shuffle, plain.Augment = false, nil
+	plain.Shuffle, plain.Augment, plain.Shard.Pad = false, nil, false
 	if val, err = mk(Val, plain); err != nil {
 		return nil, nil, nil, err
 	}

@@ -45,18 +45,21 @@ func Evaluate(p *eval.Predictions, classes []string, recs []vision.Record, split
 
 // Run is everything a run's report shows.
 type Run struct {
-	Title     string         `json:"title"`
-	Data      string         `json:"data"`
-	Split     string         `json:"split"`
-	Seed      uint64         `json:"seed"`
-	Device    string         `json:"device"`
-	Augment   string         `json:"augment,omitempty"`
-	Model     model.Config `json:"model"`
-	Train     train.Config   `json:"train"`
-	History   train.History  `json:"history"`
-	BestEpoch int            `json:"best_epoch"`
-	Test      *Evaluation    `json:"test,omitempty"`
-	Notes     []string       `json:"notes,omitempty"`
+	Title string `json:"title"`
+	// Identity is the run folder's key (see experiment.Identify): what a
+	// finished run is reused for.
+	Identity  string        `json:"identity,omitempty"`
+	Data      string        `json:"data"`
+	Split     string        `json:"split"`
+	Seed      uint64        `json:"seed"`
+	Device    string        `json:"device"`
+	Augment   string        `json:"augment,omitempty"`
+	Model     model.Config  `json:"model"`
+	Train     train.Config  `json:"train"`
+	History   train.History `json:"history"`
+	BestEpoch int           `json:"best_epoch"`
+	Test      *Evaluation   `json:"test,omitempty"`
+	Notes     []string      `json:"notes,omitempty"`
 }
 
 // Write saves dir/report.md, dir/metrics.json and the plots.

@@ -1,10 +1,11 @@
 // Package experiment runs whole experiments: dataset → cache → split →
-// loaders → model → trainer → evaluation → report, in a run folder that
-// later commands (eval, resume) reload without flags.
+// loaders → model → trainer → evaluation → report, in a run folder (Folder)
+// that later commands (eval, resume, reproduce) reload without flags.
 //
-// A run folder holds run.json (the Spec), split.csv (the split manifest),
-// best.safetensors and last.safetensors, history.json/.csv, report.md,
-// metrics.json and the plots.
+// A run folder holds run.json (the Spec and its Identity), split.csv (the
+// split manifest), best.safetensors, last.safetensors and
+// epoch.safetensors, history.json/.csv, report.md, metrics.json and the
+// plots.
 package experiment
 
 import (
@@ -14,11 +15,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"time"
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
@@ -30,18 +32,22 @@ import (
 
 // Spec is an experiment's full description, saved as run.json.
 type Spec struct {
-	Data     string         `json:"data"`
-	CacheDir string         `json:"cache_dir,omitempty"`
-	SkipBad  bool           `json:"skip_bad,omitempty"`
-	Exact    bool           `json:"exact,omitempty"`
-	Split    string         `json:"split"`  // random, stratified or subject
-	Scheme   string         `json:"scheme"` // class8, gender or aspect
-	Augment  string         `json:"augment,omitempty"`
-	Device   string         `json:"device"`
+	Data     string       `json:"data"`
+	CacheDir string       `json:"cache_dir,omitempty"`
+	SkipBad  bool         `json:"skip_bad,omitempty"`
+	Exact    bool         `json:"exact,omitempty"`
+	Split    string       `json:"split"`  // random, stratified or subject
+	Scheme   string       `json:"scheme"` // class8, gender or aspect
+	Augment  string       `json:"augment,omitempty"`
+	Device   string       `json:"device"`
 	Model    model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
-	Weights  string         `json:"weights,omitempty"` // published ResNet-18 weights to start from
-	Train    train.Config   `json:"train"`
-	Title    string         `json:"title,omitempty"`
+	Weights  string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
+	Train    train.Config `json:"train"`
+	Title    string       `json:"title,omitempty"`
+	// Identity is filled in when the run starts (see Identify).
+	Identity Identity `json:"identity"`
+	// WorldSize is the number of data-parallel processes that trained it.
+	WorldSize int `json:"world_size,omitempty"`
 }
 
 // Hooks receive progress; every field is optional.
@@ -120,72 +126,125 @@ func OpenCache(ds *vision.Dataset, o vision.CacheOptions, h Hooks) (*vision.Cach
 	return c, nil
 }
 
-// Loaders returns the train, validation and test loaders for the spec.
-func (d *Data) Loaders(s Spec, device gotch.Device) (trainL, valL, testL *vision.Loader, err error) {
+// Loaders returns the train, validation and test loaders for the spec;
+// shard is this rank's share in a data-parallel run (zero: everything).
+func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard) (trainL, valL, testL *vision.Loader, err error) {
 	aug, err := vision.ParseAugment(s.Augment)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	return vision.SplitLoaders(d.Set, d.Cache, d.Split, d.Scheme, vision.LoaderOptions{
-		BatchSize: s.Train.BatchSize, Shuffle: true, Seed: s.Train.Seed, Device: device, Augment: aug})
+		BatchSize: s.Train.BatchSize, Shuffle: true, Seed: s.Train.Seed, Device: device, Augment: aug, Shard: shard})
 }
 
 // ReadSpec reads dir/run.json.
-func ReadSpec(dir string) (Spec, error) {
-	var s Spec
-	b, err := os.ReadFile(filepath.Join(dir, "run.json"))
-	if err != nil {
-		return s, fmt.Errorf("%w (is %s a run folder made by handnet train?)", err, dir)
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("%s: %w", filepath.Join(dir, "run.json"), err)
-	}
-	return s, nil
+func ReadSpec(dir string) (Spec, error) { return Folder{dir}.ReadSpec() }
+
+// Options configures Run.
+type Options struct {
+	Resume bool // continue the run in the folder
+	// Reuse returns the folder's run when it is finished, continues it when
+	// it is started, and starts it otherwise (reproduce's way). With a
+	// Group, only rank 0 looks; use it for single processes.
+	Reuse bool
+	Hooks Hooks
+	// Group makes this process one rank of a data-parallel run: rank 0 owns
+	// the folder and the other ranks receive what they need from it.
+	Group *dist.Group
+}
+
+// shared is what rank 0 tells the other ranks before training.
+type shared struct {
+	Identity Identity `json:"identity"`
+	Split    string   `json:"split"` // one letter per record: t, v, e (test)
 }
 
 // Run trains the spec's model in dir and evaluates its best checkpoint on
-// the test split, writing the report. With resume it continues the run
-// saved in dir. Torch work runs on th.
-func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool, h Hooks) (*report.Run, error) {
+// the test split, writing the report. With o.Resume it continues the run
+// saved in dir. Torch work runs on th. A run that fails before its first
+// checkpoint leaves nothing behind.
+func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (r *report.Run, err error) {
 	if err := s.Train.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+	g, h, rank := o.Group, o.Hooks, 0
+	if g != nil {
+		rank = g.Rank()
 	}
-	if resume {
-		saved, err := ReadSpec(dir)
-		if err != nil {
-			return nil, fmt.Errorf("resume: %w", err)
+	f := Folder{dir}
+	if rank == 0 {
+		if err := CheckOut(dir); err != nil {
+			return nil, err
 		}
-		if !sameExperiment(saved, s) {
-			return nil, fmt.Errorf("resume: %s was started with other settings; resume with the same flags (or only more --epochs)", filepath.Join(dir, "run.json"))
-		}
-	} else if _, err := os.Stat(filepath.Join(dir, train.LastCheckpoint)); err == nil {
-		return nil, fmt.Errorf("%s already holds a run; use --resume to continue it or choose another --out", dir)
 	}
-	d, err := OpenData(s, filepath.Join(dir, "split.csv"), h)
+	// The other ranks open the data once rank 0 has (building the cache
+	// only once on a shared machine) and take its split.
+	var fromRank0 *shared
+	if rank != 0 {
+		if fromRank0, err = receiveData(g); err != nil {
+			return nil, err
+		}
+	}
+	d, err := OpenData(s, "", h)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
+	s.Identity, err = Identify(s, d)
+	if err != nil {
+		return nil, err
+	}
+	if rank == 0 {
+		var c *Claim
+		if c, err = f.Claim(s.Identity, s.Train.Epochs, o.Resume, o.Reuse); err != nil {
+			return nil, err
+		}
+		defer c.Release()
+		if c.Finished != nil {
+			return c.Finished, nil
+		}
+		o.Resume = c.Resume
+		defer func() {
+			if _, statErr := os.Stat(f.Path(train.LastCheckpoint)); err != nil && statErr != nil {
+				c.Clean() // failed before its first checkpoint
+			}
+		}()
+		method, _ := vision.ParseSplitMethod(s.Split)
+		if d.Split, _, err = vision.SplitWithManifest(d.Set.Records, method, s.Train.Seed, f.Path(SplitFile)); err != nil {
+			return nil, err
+		}
+		if g != nil {
+			if err = sendData(g, s.Identity, d); err != nil {
+				return nil, err
+			}
+		}
+	} else if err = fromRank0.apply(g.Rank(), s.Identity, d); err != nil {
+		return nil, err
+	}
+	if g != nil {
+		s.WorldSize = g.Size()
+	}
 	s.Model.Classes = d.Scheme.Classes()
 	s.Model.Width, s.Model.Height = d.Cache.W, d.Cache.H
 	s.Model.Mean, s.Model.Std = vision.Mean, vision.Std
-	b, _ := json.MarshalIndent(s, "", "  ")
-	if err := vision.WriteFileAtomic(filepath.Join(dir, "run.json"), append(b, '\n')); err != nil {
-		return nil, err
+	if rank == 0 {
+		if err := f.WriteSpec(s); err != nil {
+			return nil, err
+		}
 	}
 	if s.Weights != "" {
 		s.Model.Pretrained = filepath.Base(s.Weights)
 	}
-	r := &report.Run{Title: s.Title, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Augment: s.Augment, Model: s.Model, Train: s.Train}
+	r = &report.Run{Title: s.Title, Identity: s.Identity.Key, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Augment: s.Augment, Model: s.Model, Train: s.Train}
 	if s.Model.Arch == "resnet18" {
 		if s.Weights == "" {
 			r.Notes = append(r.Notes, "ResNet-18 trained from scratch: no --weights were given, so this is not the study's transfer learning.")
 		} else {
 			r.Notes = append(r.Notes, fmt.Sprintf("ResNet-18 fine-tuned from %s with freeze scenario %q (frozen BatchNorm statistics: %v).", filepath.Base(s.Weights), s.Model.Freeze, s.Model.FreezeBN))
 		}
+	}
+	if g != nil && g.Size() > 1 {
+		r.Notes = append(r.Notes, fmt.Sprintf("Trained data-parallel by %d processes (%s): batch %d per process, %d in all.", g.Size(), g.Backend(), s.Train.BatchSize, s.Train.BatchSize*g.Size()))
 	}
 	if r.Title == "" {
 		r.Title = "handnet run " + filepath.Base(dir)
@@ -196,84 +255,159 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, resume bool,
 			return err
 		}
 		r.Device = torch.DeviceName(dev)
-		trainL, valL, testL, err := d.Loaders(s, dev)
+		var shard vision.Shard
+		if g != nil {
+			shard = vision.Shard{Rank: g.Rank(), Count: g.Size()}
+		}
+		trainL, valL, testL, err := d.Loaders(s, dev, shard)
 		if err != nil {
 			return err
 		}
-		h.logf("train %d, validation %d, test %d images; %s on %s", trainL.Len(), valL.Len(), testL.Len(), s.Model.Arch, r.Device)
+		if g != nil && g.Size() > 1 {
+			h.logf("train %d, validation %d, test %d images over %d processes (%d per process); %s on %s, batch %d per process, %d in all",
+				len(trainL.Indices()), len(valL.Indices()), len(testL.Indices()), g.Size(), trainL.Len(), s.Model.Arch, r.Device, s.Train.BatchSize, s.Train.BatchSize*g.Size())
+		} else {
+			h.logf("train %d, validation %d, test %d images; %s on %s", trainL.Len(), valL.Len(), testL.Len(), s.Model.Arch, r.Device)
+		}
 		torch.ManualSeed(int64(s.Train.Seed))
 		m, err := model.New(s.Model, dev)
 		if err != nil {
 			return err
 		}
-		if s.Weights != "" {
+		defer m.Close()
+		if s.Weights != "" && rank == 0 && !o.Resume { // the other ranks get them by broadcast
 			if err := weights.LoadPretrained(m, s.Weights); err != nil {
 				return err
 			}
 			h.logf("started from %s", s.Weights)
 		}
-		tr := &train.Trainer{Model: m, Train: trainL, Val: valL, Config: s.Train, Dir: dir,
-			Meta: map[string]string{"split": s.Split, "data": s.Data}, OnBatch: h.OnBatch, OnEpoch: h.OnEpoch}
-		r.History, err = tr.Run(ctx, resume)
+		tr := &train.Trainer{Model: m, Train: trainL, Val: valL, Config: s.Train, Dir: dir, Logf: h.Logf,
+			Meta: map[string]string{"split": s.Split, "data": s.Data, "identity": s.Identity.Key}, OnBatch: h.OnBatch, OnEpoch: h.OnEpoch}
+		if g != nil {
+			tr.Comm = g
+		}
+		r.History, err = tr.Run(ctx, o.Resume)
 		if err != nil {
 			return err
 		}
-		r.BestEpoch = bestEpoch(r.History)
-		r.Test, err = evaluateCheckpoint(filepath.Join(dir, train.BestCheckpoint), dev, testL, d, "test")
+		r.BestEpoch = r.History.Best()
+		r.Test, err = evaluateCheckpoint(f.Path(train.BestCheckpoint), s.Model, dev, testL, d, "test", g)
 		return err
 	})
 	if err != nil {
 		return r, err
 	}
-	if err := report.Write(dir, r); err != nil {
-		return r, err
+	if rank == 0 {
+		if err := report.Write(dir, r); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }
 
-// sameExperiment compares what a resumed run may not change: everything
-// but the number of epochs, the device and the filled-in model details.
-func sameExperiment(a, b Spec) bool {
-	norm := func(s Spec) Spec {
-		s.Train.Epochs, s.Device, s.Title = 0, "", ""
-		s.Model = model.Config{Arch: s.Model.Arch, Dropout: s.Model.Dropout, BatchNorm: s.Model.BatchNorm, Freeze: s.Model.Freeze, FreezeBN: s.Model.FreezeBN}
-		return s
+const dataKey, dataWhat = "data", "rank 0's opening of the data and the run folder"
+
+// sendData tells the other ranks rank 0's identity and split.
+func sendData(g *dist.Group, id Identity, d *Data) error {
+	var sb strings.Builder
+	for _, sp := range d.Split {
+		sb.WriteByte("tve"[sp])
 	}
-	return reflect.DeepEqual(norm(a), norm(b))
+	b, err := json.Marshal(shared{Identity: id, Split: sb.String()})
+	if err != nil {
+		return err
+	}
+	_, err = g.Share(dataKey, dataWhat, b)
+	return err
 }
 
-func bestEpoch(h train.History) int {
-	best, acc := 0, -1.0
-	for _, e := range h {
-		if e.ValAcc > acc {
-			best, acc = e.Epoch, e.ValAcc
-		}
-	}
-	return best
-}
-
-// evaluateCheckpoint loads a checkpoint and evaluates it on l. Call it on
-// a torch thread.
-func evaluateCheckpoint(path string, dev gotch.Device, l *vision.Loader, d *Data, split string) (*report.Evaluation, error) {
-	c, err := model.ReadCheckpoint(path)
+// receiveData waits for rank 0's identity and split.
+func receiveData(g *dist.Group) (*shared, error) {
+	got, err := g.Share(dataKey, dataWhat, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Drop()
-	m, err := model.LoadModel(c, dev)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	var sh shared
+	if err := json.Unmarshal(got, &sh); err != nil {
+		return nil, fmt.Errorf("data from rank 0: %w", err)
+	}
+	return &sh, nil
+}
+
+// apply checks that this rank sees rank 0's dataset and settings, and takes
+// rank 0's split.
+func (sh *shared) apply(rank int, id Identity, d *Data) error {
+	for _, part := range []string{"records", "images"} {
+		if sh.Identity.Parts[part] != id.Parts[part] {
+			return fmt.Errorf("rank %d's dataset differs from rank 0's (%s %s here, %s there): every rank needs the same data (and decode mode)",
+				rank, part, id.Parts[part], sh.Identity.Parts[part])
+		}
+	}
+	if sh.Identity.Key != id.Key {
+		return fmt.Errorf("rank %d was started with other settings than rank 0 (%s): start every rank with the same command", rank, strings.Join(sh.Identity.Diff(id), "; "))
+	}
+	if len(sh.Split) != len(d.Set.Records) {
+		return fmt.Errorf("split from rank 0 has %d records, this rank's dataset %d", len(sh.Split), len(d.Set.Records))
+	}
+	for i := range d.Split {
+		d.Split[i] = vision.Split(strings.IndexByte("tve", sh.Split[i]))
+	}
+	return nil
+}
+
+// evaluateCheckpoint evaluates a checkpoint of a model of config cfg on l.
+// In a data-parallel run rank 0 reads it and broadcasts the weights, and
+// every rank evaluates its shard. Call it on a torch thread.
+func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *vision.Loader, d *Data, split string, g *dist.Group) (*report.Evaluation, error) {
+	var m *model.Model
+	classes := cfg.Classes
+	if g == nil || g.Rank() == 0 {
+		c, err := model.ReadCheckpoint(path)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Drop()
+		if m, err = model.LoadModel(c, dev); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		classes = c.Model.Classes
+	} else {
+		var err error
+		if m, err = model.New(cfg, dev); err != nil {
+			return nil, err
+		}
+	}
+	defer m.Close()
+	what := "the " + split + " evaluation"
+	if g != nil {
+		if err := g.Broadcast(ts2(m.Named()), "the broadcast of the best weights for "+what); err != nil {
+			return nil, err
+		}
 	}
 	p, err := eval.Predict(func(x *ts.Tensor) *ts.Tensor { return m.Forward(x, false) }, l)
 	if err != nil {
 		return nil, err
 	}
-	return report.Evaluate(p, c.Model.Classes, d.Set.Records, split), nil
+	if g != nil {
+		if p, err = p.Merge(l.Indices(), l.Label, len(classes), func(v []float64) error { return g.AllReduceSum(v, "the all-reduce of "+what) }); err != nil {
+			return nil, err
+		}
+	}
+	return report.Evaluate(p, classes, d.Set.Records, split), nil
+}
+
+func ts2(named []model.NamedTensor) []*ts.Tensor {
+	out := make([]*ts.Tensor, len(named))
+	for i, nt := range named {
+		out[i] = nt.Tensor
+	}
+	return out
 }
 
 // Evaluate measures a run's checkpoint ("best" or "last") on a split.
 func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) (*report.Evaluation, error) {
-	s, err := ReadSpec(dir)
+	f := Folder{dir}
+	s, err := f.ReadSpec()
 	if err != nil {
 		return nil, err
 	}
@@ -281,10 +415,14 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 	if err != nil {
 		return nil, err
 	}
+	name := map[string]string{"best": train.BestCheckpoint, "last": train.LastCheckpoint}[checkpoint]
+	if name == "" {
+		return nil, errors.New("checkpoint: want best or last")
+	}
 	if device != "" {
 		s.Device = device
 	}
-	manifest := filepath.Join(dir, "split.csv")
+	manifest := f.Path(SplitFile)
 	if _, err := os.Stat(manifest); err != nil {
 		return nil, fmt.Errorf("%s is missing: the run's split cannot be reproduced safely", manifest)
 	}
@@ -293,13 +431,19 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 		return nil, err
 	}
 	defer d.Close()
+	if s.Identity.Key != "" {
+		now, err := Identify(s, d)
+		if err == nil && (now.Parts["records"] != s.Identity.Parts["records"] || now.Parts["images"] != s.Identity.Parts["images"]) {
+			h.logf("warning: the dataset changed since this run was trained (%s); evaluating on it as it is now", strings.Join(s.Identity.Diff(now), "; "))
+		}
+	}
 	var ev *report.Evaluation
 	err = th.Do(func() error {
 		dev, err := torch.ParseDevice(s.Device)
 		if err != nil {
 			return err
 		}
-		trainL, valL, testL, err := d.Loaders(s, dev)
+		trainL, valL, testL, err := d.Loaders(s, dev, vision.Shard{})
 		if err != nil {
 			return err
 		}
@@ -312,11 +456,7 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 				return err
 			}
 		}
-		name := map[string]string{"best": train.BestCheckpoint, "last": train.LastCheckpoint}[checkpoint]
-		if name == "" {
-			return errors.New("checkpoint: want best or last")
-		}
-		ev, err = evaluateCheckpoint(filepath.Join(dir, name), dev, l, d, sp.String())
+		ev, err = evaluateCheckpoint(f.Path(name), s.Model, dev, l, d, sp.String(), nil)
 		return err
 	})
 	return ev, err

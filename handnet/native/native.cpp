@@ -146,7 +146,8 @@ char* hn_features(void) {
   return dup(o.str());
 }
 
-char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, hn_store** out) {
+char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, const char* prefix,
+                   hn_store** out) {
   HN_TRY
   c10d::TCPStoreOptions o;
   o.port = static_cast<std::uint16_t>(port);
@@ -157,7 +158,13 @@ char* hn_store_new(const char* host, int port, int is_server, int world_size, in
   o.timeout = ms(timeout_ms);
   auto s = new hn_store();
   try {
-    s->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+    c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+    std::string p(prefix);
+    if (p.empty()) {
+      s->store = tcp;
+    } else {
+      s->store = c10::make_intrusive<c10d::PrefixStore>(p, tcp);
+    }
   } catch (...) {
     delete s;
     throw;
@@ -201,7 +208,8 @@ void hn_store_free(hn_store* s) {
   }
 }
 
-char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms, hn_group** out) {
+char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms,
+                   const char* gloo_host, hn_group** out) {
   HN_TRY
   std::string b(backend);
   auto g = new hn_group();
@@ -214,9 +222,10 @@ char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int dev
 #ifdef HANDNET_GLOO
       auto opts = c10d::ProcessGroupGloo::Options::create(ms(timeout_ms));
       // As torch.distributed does: the interfaces in GLOO_SOCKET_IFNAME, else
-      // the address this host's name resolves to (loopback as a fallback).
+      // (handnet) the host given, else the address this host's name resolves
+      // to (loopback as a fallback).
       const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-      const char* hostname = std::getenv("HANDNET_GLOO_HOSTNAME");
+      const char* hostname = gloo_host;
       if (ifname != nullptr && *ifname != 0) {
         std::stringstream list(ifname);
         std::string name;

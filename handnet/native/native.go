@@ -107,16 +107,19 @@ type Store struct {
 // NewStore starts (server) or connects to (client) the TCP store at
 // host:port. A client retries until timeout while the server is not up.
 // worldSize is the number of clients the server expects (0: unknown).
-// timeout also bounds Get.
-func NewStore(host string, port int, server bool, worldSize int, timeout time.Duration) (*Store, error) {
+// timeout also bounds Get. Keys, the process group's included, live under
+// prefix + "/" (c10d's PrefixStore; no prefix when empty).
+func NewStore(host string, port int, server bool, worldSize int, timeout time.Duration, prefix string) (*Store, error) {
 	ch := C.CString(host)
 	defer C.free(unsafe.Pointer(ch))
+	cp := C.CString(prefix)
+	defer C.free(unsafe.Pointer(cp))
 	srv := C.int(0)
 	if server {
 		srv = 1
 	}
 	s := &Store{}
-	if err := cerr(C.hn_store_new(ch, C.int(port), srv, C.int(worldSize), millis(timeout), &s.p)); err != nil {
+	if err := cerr(C.hn_store_new(ch, C.int(port), srv, C.int(worldSize), millis(timeout), cp, &s.p)); err != nil {
 		return nil, err
 	}
 	runtime.SetFinalizer(s, (*Store).Close)
@@ -222,16 +225,20 @@ var Backends = []string{"gloo", "nccl"}
 
 // NewGroup joins the process group of size ranks as rank, through the store
 // every rank shares. device is -1 for the CPU (Gloo) or the CUDA index this
-// rank uses (NCCL). timeout bounds every collective.
-func NewGroup(backend string, s *Store, rank, size, device int, timeout time.Duration) (*Group, error) {
+// rank uses (NCCL). timeout bounds every collective. Gloo binds to the
+// interfaces named in GLOO_SOCKET_IFNAME, else to glooHost when not empty,
+// else to the address this host's name resolves to.
+func NewGroup(backend string, s *Store, rank, size, device int, timeout time.Duration, glooHost string) (*Group, error) {
 	sp, err := s.handle()
 	if err != nil {
 		return nil, err
 	}
 	cb := C.CString(backend)
 	defer C.free(unsafe.Pointer(cb))
+	ch := C.CString(glooHost)
+	defer C.free(unsafe.Pointer(ch))
 	g := &Group{backend: backend}
-	if err := cerr(C.hn_group_new(cb, sp, C.int(rank), C.int(size), C.int(device), millis(timeout), &g.p)); err != nil {
+	if err := cerr(C.hn_group_new(cb, sp, C.int(rank), C.int(size), C.int(device), millis(timeout), ch, &g.p)); err != nil {
 		return nil, fmt.Errorf("%s process group: %w", backend, err)
 	}
 	runtime.SetFinalizer(g, (*Group).Close)

@@ -23,8 +23,11 @@ typedef struct hn_group hn_group;
 // into this build and the libtorch version it was compiled against.
 char* hn_features(void);
 
-// Stores (c10d::TCPStore): rendezvous and small key/value exchange.
-char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, hn_store** out);
+// Stores (c10d::TCPStore): rendezvous and small key/value exchange. Every
+// key, the process group's included, is put under prefix (c10d::PrefixStore)
+// when prefix is not empty.
+char* hn_store_new(const char* host, int port, int is_server, int world_size, int64_t timeout_ms, const char* prefix,
+                   hn_store** out);
 char* hn_store_set(hn_store* s, const char* key, const uint8_t* val, size_t n);
 // hn_store_get waits up to the store's timeout for key; *val is malloc'd.
 char* hn_store_get(hn_store* s, const char* key, uint8_t** val, size_t* n);
@@ -33,8 +36,11 @@ char* hn_store_check(hn_store* s, const char* key, int* present);
 void hn_store_free(hn_store* s);
 
 // Process groups (c10d::ProcessGroupGloo / ProcessGroupNCCL). backend is
-// "gloo" or "nccl"; device is -1 for the CPU or a CUDA index.
-char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms, hn_group** out);
+// "gloo" or "nccl"; device is -1 for the CPU or a CUDA index. Gloo binds to
+// the interfaces in GLOO_SOCKET_IFNAME, else to gloo_host when not empty,
+// else to the address this host's name resolves to.
+char* hn_group_new(const char* backend, hn_store* s, int rank, int size, int device, int64_t timeout_ms,
+                   const char* gloo_host, hn_group** out);
 // hn_group_allreduce_mean averages the tensors in place over the ranks:
 // consecutive tensors of one dtype and device are flattened into buckets of
 // at most bucket_bytes (a tensor larger than that is a bucket of its own),

@@ -34,12 +34,12 @@ func TestFeatures(t *testing.T) {
 
 func TestStore(t *testing.T) {
 	port := freePort(t)
-	srv, err := NewStore("127.0.0.1", port, true, 2, 5*time.Second)
+	srv, err := NewStore("127.0.0.1", port, true, 2, 5*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	cli, err := NewStore("127.0.0.1", port, false, 2, 5*time.Second)
+	cli, err := NewStore("127.0.0.1", port, false, 2, 5*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestStore(t *testing.T) {
 	if ok, err := cli.Check("k"); err != nil || !ok {
 		t.Fatalf("Check(k) = %v, %v", ok, err)
 	}
-	short, err := NewStore("127.0.0.1", port, false, 2, 1500*time.Millisecond)
+	short, err := NewStore("127.0.0.1", port, false, 2, 1500*time.Millisecond, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +75,20 @@ func TestStore(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Get waited %v past its 1.5s timeout", d)
 	}
+	pre, err := NewStore("127.0.0.1", port, false, 2, 5*time.Second, "run/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pre.Close()
+	if err := pre.Set("k", []byte("prefixed")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cli.Get("run/3/k"); err != nil || string(got) != "prefixed" {
+		t.Errorf("a prefixed key reads %q, %v from outside", got, err)
+	}
+	if got, err := cli.Get("k"); err != nil || string(got) != "hello\x00world" {
+		t.Errorf("the prefix leaked: k = %q, %v", got, err)
+	}
 	srv.Close()
 	srv.Close() // twice is fine
 	if err := srv.Set("k", nil); err == nil {
@@ -85,7 +99,7 @@ func TestStore(t *testing.T) {
 func TestStoreConnectFails(t *testing.T) {
 	port := freePort(t) // nobody listens there
 	start := time.Now()
-	_, err := NewStore("127.0.0.1", port, false, 2, 500*time.Millisecond)
+	_, err := NewStore("127.0.0.1", port, false, 2, 500*time.Millisecond, "")
 	if err == nil {
 		t.Fatal("connected to a port nobody serves")
 	}
@@ -102,12 +116,12 @@ func TestGroupOfOne(t *testing.T) {
 		t.Skip("built without gloo: " + BuildFeatures().Missing["gloo"])
 	}
 	port := freePort(t)
-	s, err := NewStore("127.0.0.1", port, true, 1, 5*time.Second)
+	s, err := NewStore("127.0.0.1", port, true, 1, 5*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	g, err := NewGroup("gloo", s, 0, 1, -1, 5*time.Second)
+	g, err := NewGroup("gloo", s, 0, 1, -1, 5*time.Second, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +142,7 @@ func TestGroupOfOne(t *testing.T) {
 	if err := g.AllReduceSum(vals); err != nil || vals[0] != 1.5 || vals[1] != -2 {
 		t.Errorf("AllReduceSum = %v, %v", vals, err)
 	}
-	if _, err := NewGroup("mpi", s, 0, 1, -1, time.Second); err == nil || !strings.Contains(err.Error(), "want gloo or nccl") {
+	if _, err := NewGroup("mpi", s, 0, 1, -1, time.Second, ""); err == nil || !strings.Contains(err.Error(), "want gloo or nccl") {
 		t.Errorf("unknown backend: %v", err)
 	}
 }

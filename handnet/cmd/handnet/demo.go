@@ -23,7 +23,7 @@ func init() {
 		summary: "End to end on synthetic hands: generate a small dataset, train the study's CNN, evaluate it,\n" +
 			"and leave the report and plots in --out (a few minutes on 2 CPU cores).",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
-			out := fs.String("out", filepath.Join("runs", "demo"), "output folder (its data/ is kept between demos, the run is redone)")
+			out := fs.String("out", filepath.Join("runs", "demo"), "output folder: data/ (kept between demos) and run/ (redone)")
 			count := fs.Int("count", 960, "synthetic images")
 			epochs := fs.Int("epochs", 10, "epochs")
 			device := fs.String("device", "auto", "device: auto, cpu, cuda or cuda:N")
@@ -53,12 +53,10 @@ func demo(out string, count, epochs int, device string, threads int) error {
 			return err
 		}
 	}
-	// A demo is redone from scratch: remove the previous run's files (only
-	// those handnet writes), keep the data.
-	if _, err := os.Stat(filepath.Join(out, "run.json")); err == nil {
-		for _, f := range []string{"run.json", "split.csv", train.BestCheckpoint, train.LastCheckpoint, "history.json", "history.csv"} {
-			os.Remove(filepath.Join(out, f))
-		}
+	// A demo is redone from scratch: its run folder is handnet's own.
+	run := filepath.Join(out, "run")
+	if err := os.RemoveAll(run); err != nil {
+		return err
 	}
 	cfg := train.DefaultConfig()
 	cfg.Epochs, cfg.LR, cfg.BatchSize, cfg.CheckpointEvery = epochs, 0.005, 8, 0
@@ -69,12 +67,12 @@ func demo(out string, count, epochs int, device string, threads int) error {
 	defer th.Close()
 	ctx, stop := interruptible()
 	defer stop()
-	r, err := experiment.Run(ctx, th, s, out, false, hooks(""))
+	r, err := experiment.Run(ctx, th, s, run, experiment.Options{Hooks: hooks("")})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("\ndemo done in %.1f min: test accuracy %.2f %% on %d synthetic images (chance 12.5 %%)\n", time.Since(start).Minutes(), 100*r.Test.Accuracy, r.Test.Images)
-	fmt.Printf("report:  %s\nplots:   %s, %s, %s\n", filepath.Join(out, "report.md"),
-		filepath.Join(out, "loss.png"), filepath.Join(out, "accuracy.png"), filepath.Join(out, "confusion.png"))
+	fmt.Printf("report:  %s\nplots:   %s, %s, %s\n", filepath.Join(run, "report.md"),
+		filepath.Join(run, "loss.png"), filepath.Join(run, "accuracy.png"), filepath.Join(run, "confusion.png"))
 	return nil
 }

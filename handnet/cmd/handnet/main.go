@@ -7,6 +7,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"sort"
 	"strings"
@@ -121,4 +122,18 @@ func firstLine(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// checkFloat rejects NaN and ±Inf for --name, and values <= 0 unless
+// allowZero (then values < 0).
+func checkFloat(name string, v float64, allowZero bool) error {
+	switch {
+	case math.IsNaN(v) || math.IsInf(v, 0):
+		return usagef("--%s %v: want a finite number", name, v)
+	case allowZero && v < 0:
+		return usagef("--%s %v: want 0 or more", name, v)
+	case !allowZero && v <= 0:
+		return usagef("--%s %v: want more than 0", name, v)
+	}
+	return nil
 }

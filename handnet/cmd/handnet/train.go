@@ -8,18 +8,22 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/experiment"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 	"github.com/schollz/progressbar/v3"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	"github.com/sugarme/gotch"
 )
 
 // specFlags are the flags that describe an experiment, shared by train,
@@ -143,6 +147,18 @@ func interruptible() (context.Context, func()) {
 
 // hooks draws a progress bar per epoch with live loss, accuracy and rate,
 // and logs each epoch's figures.
+// quietHooks are the hooks of a data-parallel rank other than 0: no
+// progress bars, its log lines prefixed.
+func quietHooks(prefix string) experiment.Hooks {
+	return experiment.Hooks{
+		Logf: func(format string, args ...any) { log.Infof(prefix+format, args...) },
+		OnEpoch: func(e train.EpochStats) {
+			log.Infof("%sepoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
+				prefix, e.Epoch, e.TrainLoss, e.TrainAcc, e.ValLoss, e.ValAcc, e.Seconds, e.ImagesPerSec)
+		},
+	}
+}
+
 func hooks(prefix string) experiment.Hooks {
 	var (
 		mu  sync.Mutex
@@ -177,37 +193,167 @@ func hooks(prefix string) experiment.Hooks {
 	}
 }
 
+// distFlags are the flags of a data-parallel run.
+type distFlags struct {
+	nproc   int
+	backend string
+	timeout time.Duration
+}
+
+func (d *distFlags) register(fs *pflag.FlagSet) {
+	fs.IntVar(&d.nproc, "nproc-per-node", 0, "start N processes on this machine that train together (data-parallel, c10d); 0: one process, or as torchrun/srun launched this one")
+	fs.StringVar(&d.backend, "dist-backend", "auto", "collectives of a data-parallel run: auto (NCCL on CUDA, Gloo on the CPU), gloo or nccl")
+	fs.DurationVar(&d.timeout, "dist-timeout", dist.DefaultTimeout, "how long a rank waits for a silent peer, a collective or the rendezvous before it fails (e.g. 30s, 10m)")
+}
+
+func (d *distFlags) validate() error {
+	if d.nproc < 0 {
+		return usagef("--nproc-per-node %d: want 0 or more", d.nproc)
+	}
+	if d.timeout <= 0 {
+		return usagef("--dist-timeout %v: want a positive duration such as 30s or 10m", d.timeout)
+	}
+	if _, err := dist.ParseBackend(d.backend, gotch.CPU); err != nil && d.backend != "nccl" {
+		return usagef("--dist-backend: %v", err)
+	}
+	return nil
+}
+
+// withoutFlag removes a flag (--name V or --name=V) from command-line args.
+func withoutFlag(args []string, name string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--"+name:
+			i++ // its value
+		case strings.HasPrefix(a, "--"+name+"="):
+		default:
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// rankContext is one process's part in a run: a data-parallel group (nil
+// for a single process), its device and thread count, and its hooks.
+type rankContext struct {
+	group   *dist.Group
+	device  string
+	threads int
+	hooks   experiment.Hooks
+}
+
+// joinRun reads the launch environment and, for a distributed run, joins
+// the group: rank r uses cuda:LOCAL_RANK on CUDA, and its share of the CPUs.
+func joinRun(device string, threads int, d distFlags) (*rankContext, error) {
+	env, ok, err := dist.FromEnv(os.Getenv)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	rc := &rankContext{device: device, threads: threads, hooks: hooks("")}
+	if !ok {
+		return rc, nil
+	}
+	dev, err := torch.ParseDevice(device)
+	if err != nil {
+		return nil, usagef("--device: %v", err)
+	}
+	if lower := strings.ToLower(device); dev.IsCuda() && (lower == "auto" || lower == "cuda") {
+		if dev, err = torch.ParseDevice(fmt.Sprintf("cuda:%d", env.LocalRank)); err != nil {
+			return nil, fmt.Errorf("rank %d (local rank %d): %w", env.Rank, env.LocalRank, err)
+		}
+	}
+	rc.device = torch.DeviceName(dev)
+	if rc.threads == 0 {
+		rc.threads = max(1, torch.UsableCPUs()/env.LocalWorldSize)
+	}
+	if env.Rank != 0 {
+		prefix := ""
+		if env.Launcher != "handnet" { // handnet's launcher prefixes the lines itself
+			prefix = fmt.Sprintf("rank %d: ", env.Rank)
+		}
+		rc.hooks = quietHooks(prefix)
+	}
+	rc.group, err = dist.Join(env, dist.Options{Backend: d.backend, Device: dev, Timeout: d.timeout, Logf: log.Infof})
+	if err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+// finish leaves the group: a failure is announced to the other ranks.
+func (rc *rankContext) finish(err error) {
+	if rc.group == nil {
+		return
+	}
+	if err != nil && !errors.Is(err, train.ErrInterrupted) {
+		rc.group.Abort(err)
+		return
+	}
+	rc.group.Close()
+}
+
+// launch starts --nproc-per-node ranks of this command and waits for them.
+func launch(n int, out string) error {
+	err := dist.Launch(context.Background(), dist.LaunchOptions{NProc: n, Args: withoutFlag(os.Args[1:], "nproc-per-node")})
+	var re *dist.RankError
+	switch {
+	case errors.Is(err, dist.ErrInterrupted):
+		return fmt.Errorf("interrupted: the last checkpoint is in %s; continue with the same command plus --resume", out)
+	case errors.As(err, &re):
+		return fmt.Errorf("%v (its messages are above); the other ranks were stopped", re)
+	}
+	return err
+}
+
 func init() {
 	register(&command{
 		name:  "train",
-		usage: "--data DIR --out RUN [--model cnn] [--dropout NAME] [--lr LR] [--epochs N] [--batch-size N] [--split METHOD] [--seed S] [--device DEV] [--resume]",
+		usage: "--data DIR --out RUN [--model cnn] [--dropout NAME] [--lr LR] [--epochs N] [--batch-size N] [--split METHOD] [--seed S] [--device DEV] [--nproc-per-node N] [--resume]",
 		summary: "Train a model and evaluate its best checkpoint on the test split.\n" +
 			"RUN receives checkpoints (best/last .safetensors), history.csv/.json, report.md, metrics.json and plots.\n" +
-			"Ctrl-C saves the last checkpoint; --resume continues from it.",
+			"Ctrl-C saves the last checkpoint; --resume continues from it.\n" +
+			"Data-parallel over several processes: --nproc-per-node N, or launch it with torchrun (--no-python),\n" +
+			"srun, or a Kubernetes PyTorchJob; --batch-size is per process.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var f specFlags
+			var d distFlags
 			f.register(fs, true)
-			out := fs.String("out", "", "run folder (required)")
+			d.register(fs)
+			out := fs.String("out", "", "run folder (required): new or empty, or a run to --resume")
 			resume := fs.Bool("resume", false, "continue the run in --out from its last checkpoint")
-			return func(args []string) error {
+			return func(args []string) (err error) {
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
 				}
 				if *out == "" {
 					return usagef("--out is required")
 				}
+				if err := d.validate(); err != nil {
+					return err
+				}
 				s, err := f.spec()
 				if err != nil {
 					return err
 				}
+				if d.nproc > 0 && os.Getenv("HANDNET_LAUNCHER") == "" {
+					return launch(d.nproc, *out)
+				}
 				s.Title = "handnet train: " + filepath.Base(*out)
-				th := torch.NewThread(f.threads)
+				rc, err := joinRun(f.device, f.threads, d)
+				if err != nil {
+					return err
+				}
+				defer func() { rc.finish(err) }()
+				s.Device = rc.device
+				th := torch.NewThread(rc.threads)
 				defer th.Close()
 				ctx, stop := interruptible()
 				defer stop()
-				r, err := experiment.Run(ctx, th, s, *out, *resume, hooks(""))
+				r, err := experiment.Run(ctx, th, s, *out, experiment.Options{Resume: *resume, Hooks: rc.hooks, Group: rc.group})
 				if errors.Is(err, train.ErrInterrupted) {
-					return fmt.Errorf("%v\nthe last checkpoint is in %s; continue with the same command plus --resume", err, *out)
+					return fmt.Errorf("%w\nthe last checkpoint is in %s; continue with the same command plus --resume", err, *out)
 				}
 				if err != nil {
 					return err

@@ -1,0 +1,482 @@
+package dist
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// DefaultTimeout is how long a rank waits for a silent peer, a collective
+// or the rendezvous before it gives up (torch.distributed's default too).
+const DefaultTimeout = 10 * time.Minute
+
+// DefaultBucketBytes is the gradient bucket size (DDP's bucket_cap_mb, 25).
+const DefaultBucketBytes = 25 << 20
+
+// Options configures Join.
+type Options struct {
+	Backend     string        // "gloo", "nccl", or "" / "auto": NCCL on CUDA, Gloo on the CPU
+	Device      gotch.Device  // this rank's device
+	Timeout     time.Duration // 0: DefaultTimeout
+	BucketBytes int64         // 0: DefaultBucketBytes
+	// Heartbeat is how often a rank tells the others it is alive (0: 1s).
+	Heartbeat time.Duration
+	Logf      func(format string, args ...any)
+}
+
+// ParseBackend reads --dist-backend: auto, gloo or nccl. auto is NCCL on a
+// CUDA device and Gloo on the CPU.
+func ParseBackend(name string, device gotch.Device) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(name)) {
+	case "", "auto":
+		if device.IsCuda() {
+			return "nccl", nil
+		}
+		return "gloo", nil
+	case "gloo":
+		return "gloo", nil
+	case "nccl":
+		if !device.IsCuda() {
+			return "", fmt.Errorf("backend nccl needs a CUDA device (this rank uses %s); use gloo on the CPU", torch.DeviceName(device))
+		}
+		return "nccl", nil
+	}
+	return "", fmt.Errorf("backend %q: want auto, gloo or nccl", name)
+}
+
+// Group is this process's membership of a distributed run: the store every
+// rank shares and a c10d process group. Collectives must be called in the
+// same order on every rank, from one goroutine at a time.
+type Group struct {
+	env     Env
+	o       Options
+	backend string
+	store   *native.Store // rendezvous and shared values
+	beats   *native.Store // heartbeats, on a connection of their own
+	pg      *native.Group
+
+	seq     atomic.Int64          // collectives entered
+	what    atomic.Pointer[string] // what this rank waits in now
+	stop    chan struct{}
+	stopped sync.WaitGroup
+	closed  bool
+}
+
+// Join rendezvouses with the other ranks at MASTER_ADDR:MASTER_PORT (rank 0
+// serves the store unless torchrun's agent does) and creates the process
+// group. It fails, naming the missing ranks, when they have not all arrived
+// within the timeout.
+func Join(e Env, o Options) (*Group, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.BucketBytes <= 0 {
+		o.BucketBytes = DefaultBucketBytes
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = time.Second
+	}
+	backend, err := ParseBackend(o.Backend, o.Device)
+	if err != nil {
+		return nil, err
+	}
+	f := native.BuildFeatures()
+	if backend == "gloo" && !f.Gloo || backend == "nccl" && !f.NCCL {
+		return nil, fmt.Errorf("this handnet was built without c10d's %s backend (%s); rebuild after installing what it needs (make setup says which)", backend, f.Missing[backend])
+	}
+	g := &Group{env: e, o: o, backend: backend, stop: make(chan struct{})}
+	g.setWhat("the rendezvous")
+	prefix := "handnet/" + strconv.Itoa(e.Attempt)
+	server := e.Rank == 0 && !e.AgentStore
+	start := time.Now()
+	g.store, err = native.NewStore(e.MasterAddr, e.MasterPort, server, e.WorldSize, o.Timeout, prefix)
+	if err != nil {
+		if server {
+			return nil, fmt.Errorf("rank 0 cannot serve the rendezvous store on %s: %v (is MASTER_PORT taken? choose another)", e.Endpoint(), err)
+		}
+		return nil, fmt.Errorf("rendezvous at %s: rank %d could not reach the store within %v: rank 0 (or torchrun's agent) never served it (%v)", e.Endpoint(), e.Rank, o.Timeout, err)
+	}
+	host, _ := os.Hostname()
+	if err := g.store.Set(fmt.Sprintf("arrived/%d", e.Rank), []byte(fmt.Sprintf("%s pid %d", host, os.Getpid()))); err != nil {
+		g.closeStores()
+		return nil, fmt.Errorf("rendezvous at %s: %w", e.Endpoint(), err)
+	}
+	if _, err := g.store.Add("arrivals", 1); err != nil {
+		g.closeStores()
+		return nil, fmt.Errorf("rendezvous at %s: %w", e.Endpoint(), err)
+	}
+	if err := g.awaitArrivals(start); err != nil {
+		g.closeStores()
+		return nil, err
+	}
+	beatTimeout := min(o.Timeout, 10*time.Second)
+	if g.beats, err = native.NewStore(e.MasterAddr, e.MasterPort, false, e.WorldSize, beatTimeout, prefix); err != nil {
+		g.closeStores()
+		return nil, fmt.Errorf("rendezvous at %s: heartbeat connection: %w", e.Endpoint(), err)
+	}
+	g.stopped.Add(1)
+	go g.heartbeat()
+	device := -1
+	if o.Device.IsCuda() {
+		device = o.Device.Value
+	}
+	glooHost := ""
+	if e.IsLoopback() {
+		glooHost = "127.0.0.1" // every rank is on this machine
+	}
+	g.setWhat("the creation of the " + backend + " process group")
+	if g.pg, err = native.NewGroup(backend, g.store, e.Rank, e.WorldSize, device, o.Timeout, glooHost); err != nil {
+		err = g.explain(err, "the creation of the "+backend+" process group")
+		g.Close()
+		return nil, err
+	}
+	g.setWhat("")
+	g.logf("rank %d of %d joined at %s (%s, %s) in %.1fs", e.Rank, e.WorldSize, e.Endpoint(), backend, torch.DeviceName(o.Device), time.Since(start).Seconds())
+	return g, nil
+}
+
+func (g *Group) logf(format string, args ...any) {
+	if g.o.Logf != nil {
+		g.o.Logf(format, args...)
+	}
+}
+
+// awaitArrivals waits until every rank has set its arrival key.
+func (g *Group) awaitArrivals(start time.Time) error {
+	deadline := start.Add(g.o.Timeout)
+	for {
+		n, err := g.store.Add("arrivals", 0)
+		if err != nil {
+			return fmt.Errorf("rendezvous at %s: %w", g.env.Endpoint(), err)
+		}
+		if int(n) >= g.env.WorldSize {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			var missing []string
+			for r := range g.env.WorldSize {
+				if ok, err := g.store.Check(fmt.Sprintf("arrived/%d", r)); err == nil && !ok {
+					missing = append(missing, strconv.Itoa(r))
+				}
+			}
+			return fmt.Errorf("rendezvous at %s: rank(s) %s of %d did not arrive within %v (this is rank %d); start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise --dist-timeout",
+				g.env.Endpoint(), strings.Join(missing, ", "), g.env.WorldSize, g.o.Timeout, g.env.Rank)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (g *Group) setWhat(s string) { g.what.Store(&s) }
+
+// heartbeat publishes, every Heartbeat, a counter and where this rank is
+// (collectives entered, and what it waits in), so that a rank whose peer
+// fails can tell which peer stopped and where.
+func (g *Group) heartbeat() {
+	defer g.stopped.Done()
+	t := time.NewTicker(g.o.Heartbeat)
+	defer t.Stop()
+	key := fmt.Sprintf("beat/%d", g.env.Rank)
+	for beat := 1; ; beat++ {
+		what := ""
+		if p := g.what.Load(); p != nil {
+			what = *p
+		}
+		// A lost store shows up in the collectives; nothing to do here.
+		_ = g.beats.Set(key, []byte(fmt.Sprintf("%d %d %s", beat, g.seq.Load(), what)))
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+type beat struct {
+	count, seq int64
+	what       string
+}
+
+func (g *Group) readBeats() (map[int]beat, error) {
+	out := map[int]beat{}
+	for r := range g.env.WorldSize {
+		ok, err := g.beats.Check(fmt.Sprintf("beat/%d", r))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		v, err := g.beats.Get(fmt.Sprintf("beat/%d", r))
+		if err != nil {
+			return nil, err
+		}
+		f := strings.SplitN(string(v), " ", 3)
+		var b beat
+		b.count, _ = strconv.ParseInt(f[0], 10, 64)
+		if len(f) > 1 {
+			b.seq, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+		if len(f) > 2 {
+			b.what = f[2]
+		}
+		out[r] = b
+	}
+	return out, nil
+}
+
+// explain turns the error of something this rank waited in into one that
+// names the peer responsible: a rank that reported a failure, a rank whose
+// heartbeat stopped (dead or frozen), a rank that lags behind in the
+// collectives (hung), or rank 0 when the store it serves is gone.
+func (g *Group) explain(err error, what string) error {
+	me := g.env.Rank
+	if g.beats == nil {
+		return fmt.Errorf("rank %d, waiting in %s: %w", me, what, err)
+	}
+	failed := map[int]string{}
+	for r := range g.env.WorldSize {
+		if r == me {
+			continue
+		}
+		if ok, e := g.beats.Check(fmt.Sprintf("failed/%d", r)); e == nil && ok {
+			if v, e := g.beats.Get(fmt.Sprintf("failed/%d", r)); e == nil {
+				failed[r] = string(v)
+			}
+		}
+	}
+	if len(failed) > 0 {
+		var parts []string
+		for _, r := range sortedKeys(failed) {
+			parts = append(parts, fmt.Sprintf("rank %d failed: %s", r, failed[r]))
+		}
+		return fmt.Errorf("%s; rank %d stopped waiting in %s (%v)", strings.Join(parts, "; "), me, what, err)
+	}
+	first, e := g.readBeats()
+	if e != nil {
+		if g.env.AgentStore {
+			return fmt.Errorf("rank %d lost the rendezvous store at %s (torchrun's agent) while waiting in %s: %v", me, g.env.Endpoint(), what, err)
+		}
+		return fmt.Errorf("rank 0 is gone: rank %d lost the rendezvous store it served at %s while waiting in %s (%v)", me, g.env.Endpoint(), what, err)
+	}
+	time.Sleep(g.o.Heartbeat*5/2 + 100*time.Millisecond)
+	second, e := g.readBeats()
+	if e != nil {
+		return fmt.Errorf("rank 0 is gone: rank %d lost the rendezvous store it served at %s while waiting in %s (%v)", me, g.env.Endpoint(), what, err)
+	}
+	var silent, behind []string
+	mySeq := g.seq.Load()
+	for r := range g.env.WorldSize {
+		if r == me {
+			continue
+		}
+		a, okA := first[r]
+		b, okB := second[r]
+		switch {
+		case !okB || okA && a.count == b.count:
+			silent = append(silent, strconv.Itoa(r))
+		case b.seq < mySeq:
+			w := b.what
+			if w == "" {
+				w = "its own work"
+			}
+			behind = append(behind, fmt.Sprintf("rank %d (alive, still in %s)", r, w))
+		}
+	}
+	switch {
+	case len(silent) > 0:
+		return fmt.Errorf("rank(s) %s stopped responding (exited, crashed or frozen) while rank %d waited in %s (%v)", strings.Join(silent, ", "), me, what, err)
+	case len(behind) > 0:
+		return fmt.Errorf("%s never joined %s: rank %d gave up after %v (%v)", strings.Join(behind, ", "), what, me, g.o.Timeout, err)
+	}
+	return fmt.Errorf("rank %d, in %s: %w", me, what, err)
+}
+
+func sortedKeys(m map[int]string) []int {
+	k := make([]int, 0, len(m))
+	for r := range m {
+		k = append(k, r)
+	}
+	sort.Ints(k)
+	return k
+}
+
+// Rank is this process's rank.
+func (g *Group) Rank() int { return g.env.Rank }
+
+// Size is the number of ranks.
+func (g *Group) Size() int { return g.env.WorldSize }
+
+// Env returns the launch environment.
+func (g *Group) Env() Env { return g.env }
+
+// Backend is "gloo" or "nccl".
+func (g *Group) Backend() string { return g.backend }
+
+func (g *Group) enter(what string) {
+	g.seq.Add(1)
+	g.setWhat(what)
+}
+
+// AllReduceMean averages tensors in place over the ranks, in flattened
+// buckets. what names the collective in errors ("the gradient all-reduce of
+// epoch 2, batch 17").
+func (g *Group) AllReduceMean(tensors []*ts.Tensor, what string) error {
+	g.enter(what)
+	defer g.setWhat("")
+	if err := g.pg.AllReduceMean(tensors, g.o.BucketBytes); err != nil {
+		return g.explain(err, what)
+	}
+	return nil
+}
+
+// Broadcast copies rank 0's tensors into every rank's.
+func (g *Group) Broadcast(tensors []*ts.Tensor, what string) error {
+	g.enter(what)
+	defer g.setWhat("")
+	if err := g.pg.Broadcast(tensors, 0, g.o.BucketBytes); err != nil {
+		return g.explain(err, what)
+	}
+	return nil
+}
+
+// AllReduceSum sums host values over the ranks, in place.
+func (g *Group) AllReduceSum(vals []float64, what string) error {
+	g.enter(what)
+	defer g.setWhat("")
+	if err := g.pg.AllReduceSum(vals); err != nil {
+		return g.explain(err, what)
+	}
+	return nil
+}
+
+// Share returns rank 0's value for key: rank 0 passes it, the others wait
+// for it as long as rank 0 is alive (so rank 0 may take long, building a
+// cache say) and get it. what names the wait in errors.
+func (g *Group) Share(key, what string, val []byte) ([]byte, error) {
+	g.enter(what)
+	defer g.setWhat("")
+	k := "share/" + key
+	if g.env.Rank == 0 {
+		if err := g.store.Set(k, val); err != nil {
+			return nil, g.explain(err, what)
+		}
+		return val, nil
+	}
+	lastCount, lastChange := int64(-1), time.Now()
+	for i := 0; ; i++ {
+		ok, err := g.store.Check(k)
+		if err != nil {
+			return nil, g.explain(err, what)
+		}
+		if ok {
+			v, err := g.store.Get(k)
+			if err != nil {
+				return nil, g.explain(err, what)
+			}
+			return v, nil
+		}
+		if i%10 == 0 {
+			if ok, _ := g.beats.Check("failed/0"); ok {
+				return nil, g.explain(errors.New("rank 0 failed"), what)
+			}
+			bs, err := g.readBeats()
+			if err != nil {
+				return nil, g.explain(err, what)
+			}
+			if b := bs[0]; b.count != lastCount {
+				lastCount, lastChange = b.count, time.Now()
+			} else if time.Since(lastChange) > g.o.Timeout {
+				return nil, fmt.Errorf("rank 0 stopped responding (no heartbeat for %v) while rank %d waited in %s", g.o.Timeout, g.env.Rank, what)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Abort tells the other ranks that this one fails with err (they name it in
+// their errors), then leaves the group.
+func (g *Group) Abort(err error) {
+	if g.beats != nil && err != nil {
+		msg := strings.SplitN(err.Error(), "\n", 2)[0]
+		_ = g.beats.Set(fmt.Sprintf("failed/%d", g.env.Rank), []byte(msg))
+	}
+	g.Close()
+}
+
+// Close leaves the group. The process group goes first, so that peers
+// still waiting in a collective with this rank fail at once; then rank 0,
+// when it serves the store, waits (up to the timeout) until every rank has
+// left or failed, so that none loses the store while finishing. It is safe
+// to call twice.
+func (g *Group) Close() {
+	if g.closed {
+		return
+	}
+	g.closed = true
+	if g.pg != nil {
+		g.pg.Close()
+	}
+	if g.beats != nil {
+		_ = g.beats.Set(fmt.Sprintf("left/%d", g.env.Rank), []byte("1"))
+		if g.env.Rank == 0 && !g.env.AgentStore {
+			g.awaitLeaving(time.Now().Add(g.o.Timeout))
+		}
+	}
+	close(g.stop)
+	g.stopped.Wait()
+	g.closeStores()
+}
+
+// awaitLeaving waits until every other rank has left, failed or gone
+// silent (no heartbeat for three periods), or until deadline.
+func (g *Group) awaitLeaving(deadline time.Time) {
+	type peer struct {
+		count   int64
+		changed time.Time
+	}
+	pending := map[int]*peer{}
+	for r := range g.env.WorldSize {
+		if r != g.env.Rank {
+			pending[r] = &peer{count: -1, changed: time.Now()}
+		}
+	}
+	for i := 0; len(pending) > 0 && time.Now().Before(deadline); i++ {
+		var beats map[int]beat
+		if i%10 == 0 {
+			beats, _ = g.readBeats()
+		}
+		for r, p := range pending {
+			left, err1 := g.beats.Check(fmt.Sprintf("left/%d", r))
+			failed, err2 := g.beats.Check(fmt.Sprintf("failed/%d", r))
+			if b, ok := beats[r]; ok && b.count != p.count {
+				p.count, p.changed = b.count, time.Now()
+			}
+			if left || failed || err1 != nil || err2 != nil || time.Since(p.changed) > 3*g.o.Heartbeat+time.Second {
+				delete(pending, r)
+			}
+		}
+		if len(pending) > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func (g *Group) closeStores() {
+	if g.beats != nil {
+		g.beats.Close()
+	}
+	if g.store != nil {
+		g.store.Close()
+	}
+}

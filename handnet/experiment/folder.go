@@ -1,0 +1,360 @@
+package experiment
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/train"
+	"github.com/handnet/handnet/vision"
+)
+
+// Files of a run folder.
+const (
+	SpecFile    = "run.json"     // the Spec, with the identity
+	SplitFile   = "split.csv"    // the split manifest
+	MetricsFile = "metrics.json" // the finished run's report.Run
+	ReportFile  = "report.md"
+	lockFile    = ".lock"
+)
+
+// Identity is the key of a run: a hash of everything that changes its
+// result — the dataset's records and images (and how they are decoded),
+// the split, seed, labels, model configuration, the starting weights' file
+// hash, the training configuration and the augmentation — but not the
+// number of epochs (a resume may add some), the device, thread counts or
+// where files live. Parts keeps the pieces, to say what differs.
+type Identity struct {
+	Key   string            `json:"key"`
+	Parts map[string]string `json:"parts"`
+}
+
+// Identify computes s's identity over the opened data d and, for ResNet-18,
+// the hash of s.Weights.
+func Identify(s Spec, d *Data) (Identity, error) {
+	js := func(v any) string {
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	tc := s.Train
+	tc.Epochs, tc.CheckpointEvery = 0, 0
+	mc := s.Model
+	mc.Classes, mc.Width, mc.Height, mc.Mean, mc.Std, mc.Pretrained = nil, 0, 0, [3]float32{}, [3]float32{}, ""
+	w := "none"
+	if s.Weights != "" {
+		h, err := fileSHA256(s.Weights)
+		if err != nil {
+			return Identity{}, fmt.Errorf("--weights: %w", err)
+		}
+		w = h
+	}
+	augment := s.Augment
+	if augment == "" {
+		augment = "none"
+	}
+	id := Identity{Parts: map[string]string{
+		"records":  d.Set.Fingerprint()[:16],
+		"images":   d.Cache.Key[:16],
+		"skip_bad": fmt.Sprint(s.SkipBad),
+		"split":    s.Split,
+		"labels":   s.Scheme,
+		"augment":  augment,
+		"model":    js(mc),
+		"weights":  w,
+		"train":    js(tc),
+	}}
+	keys := make([]string, 0, len(id.Parts))
+	for k := range id.Parts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%s=%s\n", k, id.Parts[k])
+	}
+	id.Key = hex.EncodeToString(h.Sum(nil))[:32]
+	return id, nil
+}
+
+// Diff lists the parts in which b differs from a, as "part: a → b".
+func (a Identity) Diff(b Identity) []string {
+	var out []string
+	keys := map[string]bool{}
+	for k := range a.Parts {
+		keys[k] = true
+	}
+	for k := range b.Parts {
+		keys[k] = true
+	}
+	names := make([]string, 0, len(keys))
+	for k := range keys {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if a.Parts[k] != b.Parts[k] {
+			out = append(out, fmt.Sprintf("%s: %s → %s", k, a.Parts[k], b.Parts[k]))
+		}
+	}
+	if len(out) == 0 && a.Key != b.Key {
+		out = append(out, "key: "+a.Key+" → "+b.Key)
+	}
+	return out
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Folder is a run folder, and the one owner of what a run is: its files,
+// its identity, whether it is finished, and the lock a trainer holds.
+type Folder struct{ Dir string }
+
+// Path names a file of the folder.
+func (f Folder) Path(name string) string { return filepath.Join(f.Dir, name) }
+
+// ReadSpec reads the folder's run.json.
+func (f Folder) ReadSpec() (Spec, error) {
+	var s Spec
+	b, err := os.ReadFile(f.Path(SpecFile))
+	if err != nil {
+		return s, fmt.Errorf("%w (is %s a run folder made by handnet train?)", err, f.Dir)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", f.Path(SpecFile), err)
+	}
+	return s, nil
+}
+
+// WriteSpec writes run.json atomically.
+func (f Folder) WriteSpec(s Spec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Path(SpecFile), err)
+	}
+	return vision.WriteFileAtomic(f.Path(SpecFile), append(b, '\n'))
+}
+
+// Finished returns the folder's finished run of identity id with epochs
+// epochs (its metrics.json, written once the test evaluation is done), or
+// nil.
+func (f Folder) Finished(id Identity, epochs int) *report.Run {
+	b, err := os.ReadFile(f.Path(MetricsFile))
+	if err != nil {
+		return nil
+	}
+	var r report.Run
+	if json.Unmarshal(b, &r) != nil || r.Identity != id.Key || len(r.History) != epochs || r.Test == nil {
+		return nil
+	}
+	return &r
+}
+
+// ErrLocked is returned (wrapped) when another process trains the folder.
+var ErrLocked = errors.New("run folder is being trained by another process")
+
+// lock takes the folder's lock (flock on .lock; the kernel drops it when
+// the process ends, however it ends), without waiting.
+func (f Folder) lock() (unlock func(), err error) {
+	fd, err := os.OpenFile(f.Path(lockFile), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		fd.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", f.Dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("%s: lock: %w", f.Dir, err)
+	}
+	return func() { syscall.Flock(int(fd.Fd()), syscall.LOCK_UN); fd.Close() }, nil
+}
+
+// Claim is a run folder opened for training: locked against other
+// processes until Release.
+type Claim struct {
+	Folder
+	// Created is set when the folder was made for this run.
+	Created bool
+	// Finished is the folder's finished run of the claimed identity, when
+	// it has one (see Folder.Finished).
+	Finished *report.Run
+	// Resume is set when the folder holds a started run of this identity.
+	Resume bool
+	unlock func()
+}
+
+// Release drops the lock.
+func (c *Claim) Release() {
+	if c.unlock != nil {
+		c.unlock()
+		c.unlock = nil
+	}
+}
+
+// Claim opens the folder for a run of identity id and epochs epochs, and
+// locks it: a new folder is created, an empty one used; one that holds a
+// run of the same identity is resumed only when resume is set (or reuse:
+// then a finished run is returned in Claim.Finished, a started one resumed,
+// and a new one started); one of another identity is refused, naming what
+// differs, and so is one that holds other files. Temporary files of killed
+// processes are swept (under the lock, so never a live writer's).
+func (f Folder) Claim(id Identity, epochs int, resume, reuse bool) (*Claim, error) {
+	if err := CheckOut(f.Dir); err != nil {
+		return nil, err
+	}
+	c := &Claim{Folder: f}
+	if _, err := os.Stat(f.Dir); os.IsNotExist(err) {
+		if resume && !reuse {
+			return nil, fmt.Errorf("resume: %s does not exist: nothing to resume", f.Dir)
+		}
+		if err := os.MkdirAll(f.Dir, 0o755); err != nil {
+			return nil, err
+		}
+		c.Created = true
+	}
+	unlock, err := f.lock()
+	if err != nil {
+		return nil, err
+	}
+	c.unlock = unlock
+	if err := f.check(c, id, epochs, resume, reuse); err != nil {
+		c.Release()
+		if c.Created {
+			os.RemoveAll(f.Dir)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) error {
+	if err := f.Sweep(); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(f.Dir)
+	if err != nil {
+		return err
+	}
+	var other []string
+	hasSpec := false
+	for _, e := range entries {
+		switch {
+		case e.Name() == SpecFile:
+			hasSpec = true
+		case IsTemp(e.Name()) || e.Name() == lockFile:
+		default:
+			other = append(other, e.Name())
+		}
+	}
+	if !hasSpec {
+		if len(other) > 0 {
+			sort.Strings(other)
+			if len(other) > 5 {
+				other = append(other[:5], "…")
+			}
+			return fmt.Errorf("--out %s holds other files (%s): name a new or empty folder", f.Dir, strings.Join(other, ", "))
+		}
+		if resume && !reuse {
+			return fmt.Errorf("resume: %s holds no run (no %s): nothing to resume", f.Dir, SpecFile)
+		}
+		return nil
+	}
+	saved, err := f.ReadSpec()
+	if err != nil {
+		return err
+	}
+	if saved.Identity.Key != id.Key {
+		return fmt.Errorf("%s holds a run of another experiment (%s): resume with the same settings (only --epochs may grow), or choose another --out",
+			f.Dir, strings.Join(saved.Identity.Diff(id), "; "))
+	}
+	_, statErr := os.Stat(f.Path(train.LastCheckpoint))
+	started := statErr == nil
+	switch {
+	case reuse:
+		if c.Finished = f.Finished(id, epochs); c.Finished == nil {
+			c.Resume = started
+		}
+	case resume:
+		if !started {
+			return fmt.Errorf("resume: %s has no %s yet (the run stopped before its first checkpoint): start it again without --resume", f.Dir, train.LastCheckpoint)
+		}
+		c.Resume = true
+	case started:
+		return fmt.Errorf("%s already holds this run; add --resume to continue it, or choose another --out", f.Dir)
+	}
+	return nil
+}
+
+// IsTemp tells whether a file name is one of handnet's temporary files
+// (".NAME.tmp…"), left behind by a process killed while writing.
+func IsTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp")
+}
+
+// Sweep removes the temporary files a killed process left in the folder.
+func (f Folder) Sweep() error {
+	entries, err := os.ReadDir(f.Dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() && IsTemp(e.Name()) {
+			if err := os.Remove(f.Path(e.Name())); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// CheckOut refuses run folders that are dangerous or hold something else:
+// the file system root, the home folder, and existing non-folders.
+func CheckOut(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if abs == "/" {
+		return fmt.Errorf("--out %s: the file system root is no run folder; name a new folder", dir)
+	}
+	if home, err := os.UserHomeDir(); err == nil && abs == filepath.Clean(home) {
+		return fmt.Errorf("--out %s is your home folder; name a new folder inside it", dir)
+	}
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return fmt.Errorf("--out %s is a file, not a folder", dir)
+	}
+	return nil
+}
+
+// Clean removes what a run that failed before its first checkpoint
+// created: the whole folder when it made it, else the files it wrote.
+func (c *Claim) Clean() {
+	f := c.Folder
+	if c.Created {
+		os.RemoveAll(f.Dir)
+		return
+	}
+	for _, name := range []string{SpecFile, SplitFile, train.EpochCheckpoint, lockFile} {
+		os.Remove(f.Path(name))
+	}
+	f.Sweep()
+}
