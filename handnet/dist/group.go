@@ -66,7 +66,7 @@ type Group struct {
 	beats   *native.Store // heartbeats, on a connection of their own
 	pg      *native.Group
 
-	seq     atomic.Int64          // collectives entered
+	seq     atomic.Int64           // collectives entered
 	what    atomic.Pointer[string] // what this rank waits in now
 	stop    chan struct{}
 	stopped sync.WaitGroup

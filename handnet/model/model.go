@@ -29,19 +29,19 @@ type Config struct {
 	// (empty: trained from scratch), which parameters train (FreezeFC,
 	// FreezeLayer4, FreezeNone), and whether frozen BatchNorm layers keep
 	// their running statistics.
-	Pretrained string     `json:"pretrained,omitempty"`
-	Freeze     string     `json:"freeze,omitempty"`
-	FreezeBN   bool       `json:"freeze_bn,omitempty"`
+	Pretrained string `json:"pretrained,omitempty"`
+	Freeze     string `json:"freeze,omitempty"`
+	FreezeBN   bool   `json:"freeze_bn,omitempty"`
 	// AllBNFrozen runs every BatchNorm layer of ResNet-18 with its running
 	// statistics, trained or not (torchvision's FrozenBatchNorm2d, as
 	// detection models use): results then do not depend on how a batch is
 	// split over processes.
-	AllBNFrozen bool `json:"all_bn_frozen,omitempty"`
-	Classes    []string   `json:"classes"`
-	Width      int        `json:"width"`
-	Height     int        `json:"height"`
-	Mean       [3]float32 `json:"mean"`
-	Std        [3]float32 `json:"std"`
+	AllBNFrozen bool       `json:"all_bn_frozen,omitempty"`
+	Classes     []string   `json:"classes"`
+	Width       int        `json:"width"`
+	Height      int        `json:"height"`
+	Mean        [3]float32 `json:"mean"`
+	Std         [3]float32 `json:"std"`
 }
 
 // Net is a network, split where Grad-CAM looks: Features computes the last

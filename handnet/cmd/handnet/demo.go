@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/experiment"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
