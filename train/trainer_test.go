@@ -25,6 +25,10 @@ var (
 // synthetic returns a small synthetic dataset with its cache, split by subject.
 func synthetic(t testing.TB) (*vision.Dataset, *vision.Cache, vision.Assignment) {
 	dataOnce.Do(func() {
+		if d := os.Getenv("HANDNET_TEST_DATA"); d != "" { // a rank process: the parent's data
+			dataDir = d
+			return
+		}
 		dataDir, dataErr = os.MkdirTemp("", "handnet-train-test")
 		if dataErr == nil {
 			dataErr = vision.GenerateFake(dataDir, vision.FakeOptions{Count: 480, Seed: 11, Width: 340, Height: 256, PerSubject: 24})
@@ -50,6 +54,9 @@ func synthetic(t testing.TB) (*vision.Dataset, *vision.Cache, vision.Assignment)
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv("HANDNET_TRAIN_RANK_TEST") != "" {
+		os.Exit(rankMain())
+	}
 	code := m.Run()
 	if dataDir != "" {
 		os.RemoveAll(dataDir)

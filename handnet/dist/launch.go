@@ -1,7 +1,7 @@
 package dist
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -89,7 +88,8 @@ func Launch(ctx context.Context, o LaunchOptions) error {
 	}
 	done := make(chan result, o.NProc)
 	cmds := make([]*exec.Cmd, o.NProc)
-	var outputs sync.WaitGroup
+	// Every rank writes into the same two writers: one at a time.
+	stdout, stderr := locked(o.Stdout), locked(o.Stderr)
 	for r := range o.NProc {
 		e := Env{Rank: r, WorldSize: o.NProc, LocalRank: r, LocalWorldSize: o.NProc, MasterAddr: "127.0.0.1", MasterPort: port}
 		cmd := exec.Command(o.Program, o.Args...)
@@ -98,20 +98,13 @@ func Launch(ctx context.Context, o LaunchOptions) error {
 		// launcher, which passes it on once.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if r == 0 {
-			cmd.Stdout, cmd.Stderr = o.Stdout, o.Stderr
+			cmd.Stdout, cmd.Stderr = stdout, stderr
 		} else {
 			prefix := fmt.Sprintf("[rank %d] ", r)
-			so, err := cmd.StdoutPipe()
-			if err != nil {
-				return err
-			}
-			se, err := cmd.StderrPipe()
-			if err != nil {
-				return err
-			}
-			outputs.Add(2)
-			go prefixLines(&outputs, so, o.Stdout, prefix)
-			go prefixLines(&outputs, se, o.Stderr, prefix)
+			so, se := &prefixWriter{w: stdout, prefix: prefix}, &prefixWriter{w: stderr, prefix: prefix}
+			cmd.Stdout, cmd.Stderr = so, se
+			defer so.Flush()
+			defer se.Flush()
 		}
 		if err := cmd.Start(); err != nil {
 			for _, c := range cmds[:r] {
@@ -169,7 +162,6 @@ func Launch(ctx context.Context, o LaunchOptions) error {
 			stopOthers(syscall.SIGKILL)
 		}
 	}
-	outputs.Wait()
 	switch {
 	case first != nil:
 		return first
@@ -190,18 +182,66 @@ func exitText(err error) error {
 	return err
 }
 
-// prefixLines copies r to w line by line, each line prefixed.
-func prefixLines(wg *sync.WaitGroup, r io.Reader, w io.Writer, prefix string) {
-	defer wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		// Progress bars redraw with carriage returns: keep the last state.
-		if i := strings.LastIndexByte(line, '\r'); i >= 0 {
-			line = line[i+1:]
+// locked makes a writer safe for concurrent use; files are left as they
+// are (a rank then writes to the file itself, a terminal keeps its colours
+// and progress bars).
+func locked(w io.Writer) io.Writer {
+	if _, ok := w.(*os.File); ok {
+		return w
+	}
+	return &lockedWriter{w: w}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// prefixWriter writes whole lines to w, each prefixed (exec copies a
+// rank's output into it; Wait returns once the copy is done).
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			break
 		}
-		fmt.Fprintf(w, "%s%s\n", prefix, line)
+		p.line(p.buf[:i])
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}
+
+func (p *prefixWriter) line(l []byte) {
+	// Progress bars redraw with carriage returns: keep the last state.
+	if i := bytes.LastIndexByte(l, '\r'); i >= 0 {
+		l = l[i+1:]
+	}
+	fmt.Fprintf(p.w, "%s%s\n", p.prefix, l)
+}
+
+// Flush writes a last unterminated line.
+func (p *prefixWriter) Flush() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.buf) > 0 {
+		p.line(p.buf)
+		p.buf = nil
 	}
 }
 
