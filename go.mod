@@ -11,6 +11,7 @@ require (
 	golang.org/x/image v0.36.0
 	golang.org/x/term v0.28.0
 	gonum.org/v1/plot v0.16.0
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (

@@ -110,7 +110,9 @@ func rankMain() int {
 }
 
 // runRanks trains c in c.World rank processes.
-func runRanks(t *testing.T, c stepsCase) {
+func runRanks(t *testing.T, c stepsCase) { runRanksB(t, c) }
+
+func runRanksB(t testing.TB, c stepsCase) {
 	t.Helper()
 	if !native.BuildFeatures().Gloo {
 		t.Skip("built without gloo: " + native.BuildFeatures().Missing["gloo"])
@@ -227,5 +229,35 @@ func TestDataParallelEqualsOneProcess(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// BenchmarkDataParallel compares, on this machine's CPUs, one process
+// training the CNN at batch 16 (all threads) with two Gloo ranks at batch 8
+// each (a thread each) over the same 20 steps of 16 images; it reports both
+// rates and the two-rank overhead.
+//
+//	go test -run '^$' -bench DataParallel -benchtime 1x ./train
+func BenchmarkDataParallel(b *testing.B) {
+	for range b.N {
+		rate := func(c stepsCase) float64 {
+			h, err := ReadHistory(filepath.Join(c.Out, "run"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return h[0].ImagesPerSec
+		}
+		one := stepsCase{Arch: "cnn", Dropout: model.FinalDropout, Batch: 16, Steps: 20, World: 1, Out: b.TempDir()}
+		th := torch.NewThread(0)
+		if err := trainSteps(b, th, one, nil); err != nil {
+			b.Fatal(err)
+		}
+		th.Close()
+		two := stepsCase{Arch: "cnn", Dropout: model.FinalDropout, Batch: 8, Steps: 20, World: 2, Out: b.TempDir()}
+		runRanksB(b, two)
+		r1, r2 := rate(one), rate(two)
+		b.ReportMetric(r1, "img/s-1proc")
+		b.ReportMetric(r2, "img/s-2ranks")
+		b.ReportMetric(100*(r1/r2-1), "%-overhead")
 	}
 }

@@ -38,7 +38,12 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 func main() { os.Exit(run(os.Args[1:])) }
 
+// cmdArgs is the command line run was given (the launcher of
+// --nproc-per-node starts its ranks with it).
+var cmdArgs []string
+
 func run(args []string) int {
+	cmdArgs = args
 	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05"})
 	log.SetOutput(os.Stderr)
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {

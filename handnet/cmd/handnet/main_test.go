@@ -8,6 +8,16 @@ import (
 	"github.com/sugarme/gotch"
 )
 
+// TestMain makes the test binary the handnet command when
+// HANDNET_TEST_MAIN is set: the tests start it as processes (ranks of a
+// data-parallel run, concurrent reproduce workers).
+func TestMain(m *testing.M) {
+	if os.Getenv("HANDNET_TEST_MAIN") == "1" {
+		os.Exit(run(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
 func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	cuda := 1

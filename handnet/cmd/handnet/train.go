@@ -52,7 +52,7 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 		fs.StringVar(&f.model, "model", "cnn", "architecture: cnn (the study's seed CNN) or resnet18")
 		fs.StringVar(&f.weights, "weights", "", "resnet18: published ImageNet weights to fine-tune (handnet weights fetch resnet18); none: train from scratch")
 		fs.StringVar(&f.freeze, "freeze", "none", "resnet18: fc (only the new head trains), layer4 (layer4 and the head) or none (everything)")
-		fs.StringVar(&f.freezeBN, "freeze-bn", "auto", "resnet18: frozen BatchNorm layers keep their running statistics: true, false, or auto (true for --freeze fc)")
+		fs.StringVar(&f.freezeBN, "freeze-bn", "auto", "resnet18: frozen BatchNorm layers keep their running statistics: true, false, auto (true for --freeze fc), or all (every BatchNorm, trained or not: results independent of how batches are split over processes)")
 		fs.StringVar(&f.dropout, "dropout", model.FinalDropout, "CNN dropout placement: fc1-0.4, flat0.4-fc1-0.4 (the study's final), fc1-0.5, conv0.2-fc1-0.5, none")
 		fs.BoolVar(&f.bn, "batch-norm", false, "add BatchNorm after each convolution (the study's improvement idea)")
 		fs.Float64Var(&f.cfg.LR, "lr", d.LR, "learning rate")
@@ -113,8 +113,10 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 			s.Model.FreezeBN = f.freeze == model.FreezeFC
 		case "true", "false":
 			s.Model.FreezeBN = f.freezeBN == "true"
+		case "all":
+			s.Model.FreezeBN, s.Model.AllBNFrozen = true, true
 		default:
-			return s, usagef("--freeze-bn %q: want true, false or auto", f.freezeBN)
+			return s, usagef("--freeze-bn %q: want true, false, auto or all", f.freezeBN)
 		}
 		if f.weights != "" {
 			if _, err := os.Stat(f.weights); err != nil {
@@ -296,7 +298,7 @@ func (rc *rankContext) finish(err error) {
 
 // launch starts --nproc-per-node ranks of this command and waits for them.
 func launch(n int, out string) error {
-	err := dist.Launch(context.Background(), dist.LaunchOptions{NProc: n, Args: withoutFlag(os.Args[1:], "nproc-per-node")})
+	err := dist.Launch(context.Background(), dist.LaunchOptions{NProc: n, Args: withoutFlag(cmdArgs, "nproc-per-node")})
 	var re *dist.RankError
 	switch {
 	case errors.Is(err, dist.ErrInterrupted):
