@@ -278,3 +278,29 @@ func (netListener) listen() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// TestResumeWithAnotherWorldSize: a one-process run interrupted in the
+// middle of an epoch, resumed by two processes, restarts from the epoch
+// boundary and says so.
+func TestResumeWithAnotherWorldSize(t *testing.T) {
+	data, cache := distDataset(t)
+	out := filepath.Join(t.TempDir(), "run")
+	args := []string{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "2", "--batch-size", "4", "--threads", "1",
+		"--checkpoint-every", "1", "--split", "stratified", "--dist-timeout", "30s"}
+	p := start(t, nil, args...)
+	waitFile(t, filepath.Join(out, "last.safetensors"), time.Minute)
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if code := p.wait(t, time.Minute); code != 1 {
+		t.Fatalf("interrupted run: exit %d\n%s", code, p.out.String())
+	}
+	p = start(t, nil, append(args, "--resume", "--nproc-per-node", "2")...)
+	if code := p.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("resumed by 2 processes: exit %d\n%s", code, p.out.String())
+	}
+	if !strings.Contains(p.out.String(), "the run was trained by 1 process(es), this one has 2: restarting from the end of epoch 0") {
+		t.Errorf("the resume does not say it restarts from the epoch boundary:\n%s", p.out.String())
+	}
+	if h, err := os.ReadFile(filepath.Join(out, "history.csv")); err != nil || strings.Count(string(h), "\n") != 3 {
+		t.Errorf("history: %v\n%s", err, h)
+	}
+}
