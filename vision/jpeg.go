@@ -45,23 +45,38 @@ type rgbImage struct {
 	Pix  []byte // len 3*W*H
 }
 
+// header reads a JPEG's size and colour space without decoding it.
+func (d *jpegDecoder) header(data []byte) (w, h int, colorspace C.int, err error) {
+	if len(data) < 3 || data[0] != 0xFF || data[1] != 0xD8 {
+		return 0, 0, 0, fmt.Errorf("not a JPEG file (starts with % x)", data[:min(len(data), 4)])
+	}
+	var cw, ch, subsamp C.int
+	src := (*C.uchar)(unsafe.Pointer(&data[0]))
+	if C.tjDecompressHeader3(d.h, src, C.ulong(len(data)), &cw, &ch, &subsamp, &colorspace) != 0 {
+		return 0, 0, 0, fmt.Errorf("bad JPEG header: %s", C.GoString(C.tjGetErrorStr2(d.h)))
+	}
+	if cw <= 0 || ch <= 0 {
+		return 0, 0, 0, errors.New("truncated JPEG: no image size in its header")
+	}
+	return int(cw), int(ch), colorspace, nil
+}
+
 // decode decodes data to RGB at the smallest DCT scale (1/8 … 1) whose size
-// is at least minW×minH; minW = minH = 0 decodes at full size. The returned
-// image aliases an internal buffer valid until the next call.
-func (d *jpegDecoder) decode(data []byte, minW, minH int) (rgbImage, error) {
+// is at least minW×minH; minW = minH = 0 decodes at full size. Images over
+// maxPixels (at full size) are refused before anything is decoded. CMYK and
+// YCCK JPEGs (Adobe's inverted CMYK, as Photoshop writes them) are
+// converted to RGB as PIL converts them; greyscale ones are expanded. The
+// returned image aliases an internal buffer valid until the next call.
+func (d *jpegDecoder) decode(data []byte, minW, minH int, maxPixels int64) (rgbImage, error) {
 	if len(data) == 0 {
 		return rgbImage{}, errors.New("empty file")
 	}
-	if len(data) < 3 || data[0] != 0xFF || data[1] != 0xD8 {
-		return rgbImage{}, fmt.Errorf("not a JPEG file (starts with % x)", data[:min(len(data), 4)])
+	w, h, colorspace, err := d.header(data)
+	if err != nil {
+		return rgbImage{}, err
 	}
-	var w, h, subsamp, colorspace C.int
-	src := (*C.uchar)(unsafe.Pointer(&data[0]))
-	if C.tjDecompressHeader3(d.h, src, C.ulong(len(data)), &w, &h, &subsamp, &colorspace) != 0 {
-		return rgbImage{}, fmt.Errorf("bad JPEG header: %s", C.GoString(C.tjGetErrorStr2(d.h)))
-	}
-	if w <= 0 || h <= 0 {
-		return rgbImage{}, errors.New("truncated JPEG: no image size in its header")
+	if int64(w)*int64(h) > maxPixels {
+		return rgbImage{}, &PixelsError{W: w, H: h, Max: maxPixels}
 	}
 	num, denom := 1, 1
 	if minW > 0 && minH > 0 {
@@ -72,20 +87,46 @@ func (d *jpegDecoder) decode(data []byte, minW, minH int) (rgbImage, error) {
 			if fn*denom >= num*fd { // not smaller than the best so far
 				continue
 			}
-			if int(C.scaled(w, f.num, f.denom)) >= minW && int(C.scaled(h, f.num, f.denom)) >= minH {
+			if int(C.scaled(C.int(w), f.num, f.denom)) >= minW && int(C.scaled(C.int(h), f.num, f.denom)) >= minH {
 				num, denom = fn, fd
 			}
 		}
 	}
-	sw, sh := int(C.scaled(w, C.int(num), C.int(denom))), int(C.scaled(h, C.int(num), C.int(denom)))
-	if need := 3 * sw * sh; cap(d.buf) < need {
+	sw, sh := int(C.scaled(C.int(w), C.int(num), C.int(denom))), int(C.scaled(C.int(h), C.int(num), C.int(denom)))
+	cmyk := colorspace == C.TJCS_CMYK || colorspace == C.TJCS_YCCK
+	channels, format := 3, C.int(C.TJPF_RGB)
+	if cmyk {
+		channels, format = 4, C.TJPF_CMYK
+	}
+	if need := channels * sw * sh; cap(d.buf) < need {
 		d.buf = make([]byte, need)
 	}
-	out := d.buf[:3*sw*sh]
+	out := d.buf[:channels*sw*sh]
+	src := (*C.uchar)(unsafe.Pointer(&data[0]))
 	// TJFLAG_STOPONWARNING: a truncated file is an error, not a grey half.
 	if C.tjDecompress2(d.h, src, C.ulong(len(data)), (*C.uchar)(unsafe.Pointer(&out[0])), C.int(sw), 0, C.int(sh),
-		C.TJPF_RGB, C.TJFLAG_STOPONWARNING) != 0 {
+		format, C.TJFLAG_STOPONWARNING) != 0 {
 		return rgbImage{}, fmt.Errorf("corrupt or truncated JPEG: %s", C.GoString(C.tjGetErrorStr2(d.h)))
 	}
+	if cmyk {
+		// In place: pixel i's RGB lands before its CMYK is read again.
+		for i := 0; i < sw*sh; i++ {
+			c, m, y, k := int(out[4*i]), int(out[4*i+1]), int(out[4*i+2]), int(out[4*i+3])
+			out[3*i], out[3*i+1], out[3*i+2] = byte((c*k+127)/255), byte((m*k+127)/255), byte((y*k+127)/255)
+		}
+		out = out[:3*sw*sh]
+	}
 	return rgbImage{W: sw, H: sh, Pix: out}, nil
+}
+
+// PixelsError is an image larger than the pixel budget (a decompression
+// bomb, or a photo too big to serve).
+type PixelsError struct {
+	W, H int
+	Max  int64
+}
+
+func (e *PixelsError) Error() string {
+	return fmt.Sprintf("image of %dx%d pixels (%.1f megapixels) is over the budget of %.1f megapixels (raise --max-pixels to allow it)",
+		e.W, e.H, float64(e.W)*float64(e.H)/1e6, float64(e.Max)/1e6)
 }

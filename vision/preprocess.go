@@ -1,12 +1,17 @@
 package vision
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
+	_ "image/gif" // formats the Preprocessor decodes with Go's decoders
+	_ "image/png"
 	"io"
 	"math"
 	"os"
+	"syscall"
 )
 
 // Input size of the study's models: 170×128 (W×H), as torchvision's
@@ -54,17 +59,75 @@ func (n *Normalizer) Apply(dst []float32, src []byte) {
 // of the cache key.
 const PipelineVersion = 1
 
-// Preprocessor turns JPEG files into W×H uint8 CHW images, resized with
+// Budgets of a decode (see Limits).
+const (
+	DefaultMaxPixels = 64_000_000 // 64 megapixels: a 1600×1200 photo is 1.9
+	DefaultMaxBytes  = 32 << 20   // 32 MiB of encoded image
+)
+
+// Limits bound what decoding one image may cost; they are checked before
+// the pixels are decoded (a 1 MB PNG can declare 20000×20000 pixels).
+type Limits struct {
+	MaxPixels int64 // width × height of the encoded image; 0: DefaultMaxPixels
+	MaxBytes  int64 // size of the encoded file; 0: DefaultMaxBytes
+}
+
+func (l Limits) pixels() int64 {
+	if l.MaxPixels <= 0 {
+		return DefaultMaxPixels
+	}
+	return l.MaxPixels
+}
+
+func (l Limits) bytes() int64 {
+	if l.MaxBytes <= 0 {
+		return DefaultMaxBytes
+	}
+	return l.MaxBytes
+}
+
+// Format names an encoded image format, as Sniff reads it from the first
+// bytes (never from a file name).
+type Format string
+
+// The formats handnet decodes.
+const (
+	JPEG Format = "jpeg"
+	PNG  Format = "png"
+	GIF  Format = "gif"
+)
+
+// Sniff tells an image's format from its magic bytes; ok is false for
+// anything else.
+func Sniff(b []byte) (f Format, ok bool) {
+	switch {
+	case len(b) >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF:
+		return JPEG, true
+	case len(b) >= 8 && string(b[:8]) == "\x89PNG\r\n\x1a\n":
+		return PNG, true
+	case len(b) >= 6 && (string(b[:6]) == "GIF87a" || string(b[:6]) == "GIF89a"):
+		return GIF, true
+	}
+	return "", false
+}
+
+// Preprocessor turns image files into W×H uint8 CHW images, resized with
 // antialiased bilinear filtering exactly as PIL's Image.resize(BILINEAR)
-// (which torchvision's Resize uses on PIL images). Not safe for concurrent
-// use: one per goroutine.
+// (which torchvision's Resize uses on PIL images). It is the one decoder of
+// handnet — the cache, predict, the Classifier and its HTTP handler all use
+// it: the format is sniffed from the content (JPEG, PNG, GIF), JPEGs go
+// through libjpeg-turbo (CMYK, YCCK and greyscale included), PNG and GIF
+// through Go's decoders, all after the Limits are checked. Not safe for
+// concurrent use: one per goroutine.
 type Preprocessor struct {
 	W, H int
-	// Exact decodes at full resolution. Otherwise the JPEG is decoded at the
-	// smallest DCT scale that keeps at least twice the target size, which
-	// is several times faster and differs from the exact path by well under
-	// 1/255 on average.
+	// Exact decodes JPEGs at full resolution. Otherwise they are decoded at
+	// the smallest DCT scale that keeps at least twice the target size,
+	// which is several times faster and differs from the exact path by well
+	// under 1/255 on average.
 	Exact bool
+	// Limits bound each decode.
+	Limits Limits
 
 	dec  *jpegDecoder
 	rs   resizer
@@ -86,9 +149,12 @@ func NewPreprocessor(w, h int) (*Preprocessor, error) {
 // Size is the number of bytes of one output image (3·W·H).
 func (p *Preprocessor) Size() int { return 3 * p.W * p.H }
 
-// File reads and preprocesses one JPEG file into dst (len Size()).
+// File reads and preprocesses one image file into dst (len Size()). Only
+// regular files are read (a device, FIFO or socket is refused without
+// blocking), and only up to the byte budget.
 func (p *Preprocessor) File(path string, dst []byte) error {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
@@ -97,28 +163,112 @@ func (p *Preprocessor) File(path string, dst []byte) error {
 	if err != nil {
 		return err
 	}
-	if int64(cap(p.file)) < st.Size() {
-		p.file = make([]byte, st.Size())
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s): refused", fileKind(st.Mode()))
 	}
-	p.file = p.file[:st.Size()]
-	if _, err := io.ReadFull(f, p.file); err != nil {
+	if st.Size() > p.Limits.bytes() {
+		return fmt.Errorf("file of %d bytes is over the budget of %d bytes (raise --max-bytes to allow it)", st.Size(), p.Limits.bytes())
+	}
+	if err := p.read(f, st.Size()); err != nil {
 		return err
 	}
 	return p.Bytes(p.file, dst)
 }
 
-// Bytes preprocesses one JPEG held in memory into dst (len Size()).
-func (p *Preprocessor) Bytes(jpeg []byte, dst []byte) error {
-	minW, minH := 2*p.W, 2*p.H
-	if p.Exact {
-		minW, minH = 0, 0
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeDir != 0:
+		return "a folder"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
 	}
-	img, err := p.dec.decode(jpeg, minW, minH)
+	return m.Type().String()
+}
+
+// read reads r, expected to hold about hint bytes, into p.file: never more
+// than the byte budget.
+func (p *Preprocessor) read(r io.Reader, hint int64) error {
+	max := p.Limits.bytes()
+	if hint < 0 || hint > max {
+		hint = 64 << 10
+	}
+	if int64(cap(p.file)) < hint+1 {
+		p.file = make([]byte, 0, hint+1)
+	}
+	buf := bytes.NewBuffer(p.file[:0])
+	n, err := io.Copy(buf, io.LimitReader(r, max+1))
+	p.file = buf.Bytes()
 	if err != nil {
 		return err
 	}
-	p.rs.resize(img, p.W, p.H, dst)
+	if n > max {
+		return fmt.Errorf("image of more than %d bytes is over the budget (raise --max-bytes to allow it)", max)
+	}
 	return nil
+}
+
+// Reader reads and preprocesses one image from r (an upload, say), reading
+// no more than the byte budget.
+func (p *Preprocessor) Reader(r io.Reader, dst []byte) error {
+	if err := p.read(r, -1); err != nil {
+		return err
+	}
+	return p.Bytes(p.file, dst)
+}
+
+// Bytes preprocesses one encoded image held in memory into dst (len Size()).
+func (p *Preprocessor) Bytes(data []byte, dst []byte) error {
+	if len(dst) != p.Size() {
+		return fmt.Errorf("destination holds %d bytes, want %d", len(dst), p.Size())
+	}
+	if int64(len(data)) > p.Limits.bytes() {
+		return fmt.Errorf("image of %d bytes is over the budget of %d bytes (raise --max-bytes to allow it)", len(data), p.Limits.bytes())
+	}
+	if len(data) == 0 {
+		return errors.New("empty file")
+	}
+	format, ok := Sniff(data)
+	if !ok {
+		return fmt.Errorf("not an image handnet reads (JPEG, PNG or GIF): starts with % x", data[:min(len(data), 8)])
+	}
+	if format == JPEG {
+		minW, minH := 2*p.W, 2*p.H
+		if p.Exact {
+			minW, minH = 0, 0
+		}
+		img, err := p.dec.decode(data, minW, minH, p.Limits.pixels())
+		if err != nil {
+			return err
+		}
+		p.rs.resize(img, p.W, p.H, dst)
+		return nil
+	}
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("bad %s header: %v", format, err)
+	}
+	if int64(cfg.Width)*int64(cfg.Height) > p.Limits.pixels() {
+		return &PixelsError{W: cfg.Width, H: cfg.Height, Max: p.Limits.pixels()}
+	}
+	img, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("corrupt or truncated %s: %v", format, err)
+	}
+	return p.Image(img, dst)
+}
+
+// Image preprocesses a decoded image into dst (len Size()), within the
+// pixel budget.
+func (p *Preprocessor) Image(img image.Image, dst []byte) error {
+	b := img.Bounds()
+	if int64(b.Dx())*int64(b.Dy()) > p.Limits.pixels() {
+		return &PixelsError{W: b.Dx(), H: b.Dy(), Max: p.Limits.pixels()}
+	}
+	return Image(img, p.W, p.H, dst)
 }
 
 // PIL's fixed-point resampling (Imaging/Resample.c): 8-bit images are
