@@ -111,7 +111,7 @@ func TestLoadErrors(t *testing.T) {
 	os.WriteFile(garbage, []byte("hello"), 0o644)
 	for path, want := range map[string]string{
 		truncated:                 "truncated",
-		garbage:                   "not a safetensors file",
+		garbage:                   "too short for a safetensors file",
 		filepath.Join(dir, "nop"): "no such file",
 	} {
 		if _, err := handnet.Load(path); err == nil || !strings.Contains(err.Error(), want) {

@@ -1,15 +1,19 @@
 package vision
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,7 +30,8 @@ type Cache struct {
 	// and modification time, the target size, the decode mode and the
 	// pipeline version.
 	Key string
-	// Bad lists the records skipped as unreadable (with SkipBad), with why.
+	// Bad lists the records that could not be read, with why (their pixels
+	// are zero). A run uses them only with SkipBad.
 	Bad map[int]string
 
 	data []byte // mmap'd pixels
@@ -37,9 +42,13 @@ type Cache struct {
 type CacheOptions struct {
 	Dir     string // folder for cache files; "" means DefaultCacheDir()
 	W, H    int    // target size; 0 means Width×Height
-	Exact   bool   // decode at full resolution (see Preprocessor.Exact)
-	SkipBad bool   // skip unreadable images (listed in Cache.Bad) instead of failing
+	Exact   bool   // decode JPEGs at full resolution (see Preprocessor.Exact)
+	SkipBad bool   // use the cache although some images could not be read (they are left out)
+	Limits  Limits // budgets of each decode
 	Workers int    // decoding goroutines; 0 means all usable CPUs
+	// Context, when set, stops a build when it ends: the temporary file is
+	// removed and the error wraps the context's.
+	Context context.Context
 	// Progress, when set, is called as images are decoded (only when the
 	// cache is being built).
 	Progress func(done, total int)
@@ -54,7 +63,10 @@ func DefaultCacheDir() string {
 	return filepath.Join(d, "handnet")
 }
 
-const cacheMagic = "HNCACHE1"
+// A cache file is the pixels (from offset 0, so that the mapping is
+// aligned), then the header as JSON, its length (uint32, little-endian)
+// and the magic: no space is reserved, the header is as long as it needs.
+const cacheMagic = "HNCACHE2"
 
 type cacheHeader struct {
 	Key      string         `json:"key"`
@@ -62,50 +74,74 @@ type cacheHeader struct {
 	W        int            `json:"w"`
 	H        int            `json:"h"`
 	Count    int            `json:"count"`
-	Dataset  string         `json:"dataset"`
-	Bad      map[int]string `json:"bad,omitempty"`
+	Bad      map[int]string `json:"bad,omitempty"` // record index → why (no paths)
 }
 
 // cacheKey hashes what the cached pixels depend on: every image's name,
-// size and modification time, the target size, the decode mode and the
-// pipeline version. It returns the error of the first missing image.
-func cacheKey(ds *Dataset, o CacheOptions) (string, map[int]string, error) {
+// size and modification time (or that it is missing), the target size,
+// the decode mode and the pipeline version.
+func cacheKey(ds *Dataset, o CacheOptions) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%d %dx%d exact=%v\n", PipelineVersion, o.W, o.H, o.Exact)
-	missing := map[int]string{}
 	for i, r := range ds.Records {
 		fi, err := os.Stat(ds.ImagePath(i))
 		if err != nil {
-			if !o.SkipBad {
-				return "", nil, fmt.Errorf("%s (HandInfo.csv line %d): %w", ds.ImagePath(i), r.Line, err)
-			}
-			missing[i] = err.Error()
 			fmt.Fprintf(h, "%s missing\n", r.ImageName)
 			continue
 		}
 		fmt.Fprintf(h, "%s %d %d\n", r.ImageName, fi.Size(), fi.ModTime().UnixNano())
 	}
-	return hex.EncodeToString(h.Sum(nil)), missing, nil
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // OpenCache returns the dataset's cache, building it when it is missing or
-// stale (any image added, removed or changed, another size or pipeline).
-// Without SkipBad, the first unreadable image stops the build with an
-// error naming it, and nothing is written.
+// stale (any image added, removed or changed, another size, decode mode or
+// pipeline). Images that cannot be read are recorded in the cache; unless
+// SkipBad, OpenCache then fails naming them — the same error whether the
+// cache was just built or built earlier by a run with SkipBad.
 func OpenCache(ds *Dataset, o CacheOptions) (*Cache, error) {
 	o.fill()
-	key, missing, err := cacheKey(ds, o)
-	if err != nil {
-		return nil, err
-	}
+	key := cacheKey(ds, o)
 	path := cachePath(ds, o)
-	if c, err := mapCache(path, key); err == nil {
-		return c, nil
+	sweepCacheTemps(o.Dir)
+	c, err := mapCache(path, key)
+	if err != nil {
+		if err := buildCache(ds, o, path, key); err != nil {
+			return nil, err
+		}
+		if c, err = mapCache(path, key); err != nil {
+			return nil, err
+		}
 	}
-	if err := buildCache(ds, o, path, key, missing); err != nil {
+	if len(c.Bad) == len(ds.Records) && len(ds.Records) > 0 {
+		err := fmt.Errorf("none of the %d images could be read: %s", len(c.Bad), c.BadList(ds, 3))
+		c.Close()
 		return nil, err
 	}
-	return mapCache(path, key)
+	if len(c.Bad) > 0 && !o.SkipBad {
+		err := fmt.Errorf("%d image(s) could not be read: %s\n(use --skip-bad to train without them)", len(c.Bad), c.BadList(ds, 10))
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// BadList names up to n of the unreadable images (file, HandInfo.csv line
+// and why), in record order.
+func (c *Cache) BadList(ds *Dataset, n int) string {
+	idx := make([]int, 0, len(c.Bad))
+	for i := range c.Bad {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	var parts []string
+	for _, i := range idx[:min(n, len(idx))] {
+		parts = append(parts, fmt.Sprintf("%s (HandInfo.csv line %d): %s", filepath.Join(ImagesDir, ds.Records[i].ImageName), ds.Records[i].Line, c.Bad[i]))
+	}
+	if len(idx) > n {
+		parts = append(parts, fmt.Sprintf("and %d more", len(idx)-n))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (o *CacheOptions) fill() {
@@ -114,6 +150,9 @@ func (o *CacheOptions) fill() {
 	}
 	if o.Dir == "" {
 		o.Dir = DefaultCacheDir()
+	}
+	if o.Context == nil {
+		o.Context = context.Background()
 	}
 }
 
@@ -129,11 +168,7 @@ func cachePath(ds *Dataset, o CacheOptions) string {
 // (and so would not decode anything).
 func CacheIsCurrent(ds *Dataset, o CacheOptions) bool {
 	o.fill()
-	key, _, err := cacheKey(ds, o)
-	if err != nil {
-		return false
-	}
-	c, err := mapCache(cachePath(ds, o), key)
+	c, err := mapCache(cachePath(ds, o), cacheKey(ds, o))
 	if err != nil {
 		return false
 	}
@@ -141,13 +176,28 @@ func CacheIsCurrent(ds *Dataset, o CacheOptions) bool {
 	return true
 }
 
-const cacheAlign = 4096
+// sweepCacheTemps removes the temporary files of builds whose process is
+// gone: a build holds a lock on its file, so a file that can be locked is
+// a leftover.
+func sweepCacheTemps(dir string) {
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".*.u8.tmp*"))
+	for _, t := range tmps {
+		f, err := os.OpenFile(t, os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			os.Remove(t)
+		}
+		f.Close()
+	}
+}
 
-func buildCache(ds *Dataset, o CacheOptions, path, key string, bad map[int]string) error {
+func buildCache(ds *Dataset, o CacheOptions, path, key string) error {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return fmt.Errorf("cache folder: %w", err)
 	}
-	hdr := cacheHeader{Key: key, Pipeline: PipelineVersion, W: o.W, H: o.H, Count: len(ds.Records), Dataset: ds.Dir}
+	hdr := cacheHeader{Key: key, Pipeline: PipelineVersion, W: o.W, H: o.H, Count: len(ds.Records)}
 	size := 3 * o.W * o.H
 	f, err := os.CreateTemp(o.Dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -156,10 +206,12 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string, bad map[int]strin
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
 	defer f.Close()
-	// Header goes last (bad images are known only then): reserve a page-aligned slot
-	// big enough for the bad-image list to grow.
-	hdrSlot := cacheAlign * (1 + (len(ds.Records)*64)/cacheAlign)
-	if err := f.Truncate(int64(hdrSlot) + int64(size)*int64(len(ds.Records))); err != nil {
+	// Held until the file is renamed or removed: a sweeper leaves it alone.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("cache: lock %s: %w", tmp, err)
+	}
+	pixels := int64(size) * int64(len(ds.Records))
+	if err := f.Truncate(pixels); err != nil {
 		return err
 	}
 	workers := o.Workers
@@ -171,45 +223,52 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string, bad map[int]strin
 		mu         sync.Mutex
 		firstErr   error
 		wg         sync.WaitGroup
+		bad        = map[int]string{}
 	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			p, err := NewPreprocessor(o.W, o.H)
 			if err != nil {
-				mu.Lock()
-				firstErr = err
-				mu.Unlock()
+				fail(err)
 				return
 			}
-			p.Exact = o.Exact
+			p.Exact, p.Limits = o.Exact, o.Limits
 			buf := make([]byte, size)
 			for {
 				i := int(next.Add(1) - 1)
 				mu.Lock()
 				stop := i >= len(ds.Records) || firstErr != nil
-				_, isMissing := bad[i]
 				mu.Unlock()
 				if stop {
 					return
 				}
-				if !isMissing {
-					if err := p.File(ds.ImagePath(i), buf); err != nil {
-						err = fmt.Errorf("%s (HandInfo.csv line %d): %w", ds.ImagePath(i), ds.Records[i].Line, err)
-						mu.Lock()
-						if o.SkipBad {
-							bad[i] = err.Error()
-						} else if firstErr == nil {
-							firstErr = fmt.Errorf("%w\n(use --skip-bad to skip unreadable images)", err)
-						}
-						mu.Unlock()
-					} else if _, err := f.WriteAt(buf, int64(hdrSlot)+int64(i)*int64(size)); err != nil {
-						mu.Lock()
-						firstErr = err
-						mu.Unlock()
-						return
+				if err := o.Context.Err(); err != nil {
+					fail(fmt.Errorf("cache build interrupted: %w", err))
+					return
+				}
+				if err := p.File(ds.ImagePath(i), buf); err != nil {
+					// The reason without the path: the header stays small
+					// and the same wherever the dataset lives.
+					why := err.Error()
+					var pe *fs.PathError
+					if errors.As(err, &pe) {
+						why = pe.Op + ": " + pe.Err.Error()
 					}
+					mu.Lock()
+					bad[i] = why
+					mu.Unlock()
+				} else if _, err := f.WriteAt(buf, int64(i)*int64(size)); err != nil {
+					fail(err)
+					return
 				}
 				if d := int(done.Add(1)); o.Progress != nil {
 					o.Progress(d, len(ds.Records))
@@ -221,9 +280,6 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string, bad map[int]strin
 	if firstErr != nil {
 		return firstErr
 	}
-	if len(bad) == len(ds.Records) {
-		return fmt.Errorf("none of the %d images could be read (first: %s)", len(bad), bad[0])
-	}
 	if len(bad) > 0 {
 		hdr.Bad = bad
 	}
@@ -231,23 +287,20 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string, bad map[int]strin
 	if err != nil {
 		return err
 	}
-	if 8+4+len(hb) > hdrSlot {
-		return fmt.Errorf("cache header too big (%d bytes)", len(hb))
-	}
-	head := make([]byte, 12, 12+len(hb))
-	copy(head, cacheMagic)
-	binary.LittleEndian.PutUint32(head[8:], uint32(len(hb)))
-	head = append(head, hb...)
-	if _, err := f.WriteAt(head, 0); err != nil {
+	tail := make([]byte, 0, len(hb)+12)
+	tail = append(tail, hb...)
+	tail = binary.LittleEndian.AppendUint32(tail, uint32(len(hb)))
+	tail = append(tail, cacheMagic...)
+	if _, err := f.WriteAt(tail, pixels); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	return f.Close()
 }
 
 // mapCache maps a cache file and checks its key.
@@ -261,16 +314,19 @@ func mapCache(path, key string) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	head := make([]byte, 12)
-	if _, err := f.ReadAt(head, 0); err != nil || string(head[:8]) != cacheMagic {
+	tail := make([]byte, 12)
+	if fi.Size() < 12 {
 		return nil, fmt.Errorf("%s: not a handnet cache", path)
 	}
-	n := int(binary.LittleEndian.Uint32(head[8:]))
-	if n <= 0 || int64(12+n) > fi.Size() {
+	if _, err := f.ReadAt(tail, fi.Size()-12); err != nil || string(tail[4:]) != cacheMagic {
+		return nil, fmt.Errorf("%s: not a handnet cache (or of an older handnet)", path)
+	}
+	n := int64(binary.LittleEndian.Uint32(tail))
+	if n <= 0 || n+12 > fi.Size() {
 		return nil, fmt.Errorf("%s: corrupt header", path)
 	}
 	hb := make([]byte, n)
-	if _, err := f.ReadAt(hb, 12); err != nil {
+	if _, err := f.ReadAt(hb, fi.Size()-12-n); err != nil {
 		return nil, err
 	}
 	var hdr cacheHeader
@@ -280,16 +336,15 @@ func mapCache(path, key string) (*Cache, error) {
 	if hdr.Key != key {
 		return nil, errors.New("stale cache")
 	}
-	size := int64(3 * hdr.W * hdr.H)
-	hdrSlot := int64(cacheAlign * (1 + (hdr.Count*64)/cacheAlign))
-	if fi.Size() != hdrSlot+size*int64(hdr.Count) {
-		return nil, fmt.Errorf("%s: %d bytes, want %d (truncated?)", path, fi.Size(), hdrSlot+size*int64(hdr.Count))
+	pixels := int64(3*hdr.W*hdr.H) * int64(hdr.Count)
+	if hdr.W <= 0 || hdr.H <= 0 || hdr.Count < 0 || pixels+n+12 != fi.Size() {
+		return nil, fmt.Errorf("%s: %d bytes, want %d (truncated?)", path, fi.Size(), pixels+n+12)
 	}
 	m, err := syscall.Mmap(int(f.Fd()), 0, int(fi.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("%s: mmap: %w", path, err)
 	}
-	c := &Cache{Path: path, W: hdr.W, H: hdr.H, Count: hdr.Count, Key: hdr.Key, Bad: hdr.Bad, data: m[hdrSlot:], file: m}
+	c := &Cache{Path: path, W: hdr.W, H: hdr.H, Count: hdr.Count, Key: hdr.Key, Bad: hdr.Bad, data: m[:pixels], file: m}
 	if c.Bad == nil {
 		c.Bad = map[int]string{}
 	}

@@ -1,6 +1,9 @@
 package vision
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -115,22 +118,27 @@ func TestCacheBadImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = OpenCache(ds, CacheOptions{Dir: t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), ds.Records[9].ImageName) {
-		t.Fatalf("missing image: err = %v", err)
+	cacheDir := t.TempDir()
+	_, fresh := OpenCache(ds, CacheOptions{Dir: cacheDir})
+	want := fmt.Sprintf("2 image(s) could not be read: Hands/%s (HandInfo.csv line %d): corrupt or truncated JPEG", ds.Records[4].ImageName, ds.Records[4].Line)
+	if fresh == nil || !strings.Contains(fresh.Error(), want) || !strings.Contains(fresh.Error(), ds.Records[9].ImageName+" (HandInfo.csv line 11): open: no such file") ||
+		!strings.Contains(fresh.Error(), "--skip-bad") {
+		t.Fatalf("bad images: err = %v\nwant one naming both, starting %q", fresh, want)
 	}
-	os.WriteFile(filepath.Join(dir, ImagesDir, ds.Records[9].ImageName), nil, 0o644) // now empty
-	_, err = OpenCache(ds, CacheOptions{Dir: t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), "--skip-bad") {
-		t.Fatalf("bad images: err = %v", err)
+	if strings.Contains(fresh.Error(), dir) {
+		t.Errorf("the error names absolute paths: %v", fresh)
 	}
-	c, err := OpenCache(ds, CacheOptions{Dir: t.TempDir(), SkipBad: true})
+	c, err := OpenCache(ds, CacheOptions{Dir: cacheDir, SkipBad: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if len(c.Bad) != 2 || !strings.Contains(c.Bad[4], "truncated") || !strings.Contains(c.Bad[9], "empty") {
+	if len(c.Bad) != 2 || !strings.Contains(c.Bad[4], "truncated") || !strings.Contains(c.Bad[9], "no such file") {
 		t.Fatalf("Bad = %v", c.Bad)
+	}
+	// --skip-bad is per run: the same cache without it fails as a fresh build did.
+	if _, err := OpenCache(ds, CacheOptions{Dir: cacheDir}); err == nil || err.Error() != fresh.Error() {
+		t.Fatalf("a cache built with SkipBad, opened without: %v\nwant %v", err, fresh)
 	}
 	l, err := NewLoader(c, allIndices(len(ds.Records)), Classes8.Labels(ds.Records), nil, LoaderOptions{BatchSize: 8, Device: gotch.CPU})
 	if err != nil {
@@ -286,5 +294,63 @@ func TestAugmentSeeded(t *testing.T) {
 	}
 	if g, err := ParseAugment("rotate=15,hflip=0.5"); err != nil || g.Rotate != 15 || g.HFlip != 0.5 || g.Brightness != 0.2 {
 		t.Errorf("ParseAugment = %+v, %v", g, err)
+	}
+}
+
+// TestCacheManyBad: a dataset whose images are nearly all missing, under a
+// long absolute path, still gets a cache (no fixed header reservation).
+func TestCacheManyBad(t *testing.T) {
+	src := fakeSet(t)
+	dir := filepath.Join(t.TempDir(), strings.Repeat("a-long-folder-name/", 8))
+	os.MkdirAll(filepath.Join(dir, ImagesDir), 0o755)
+	csv, _ := os.ReadFile(filepath.Join(src.Dir, "HandInfo.csv"))
+	os.WriteFile(filepath.Join(dir, "HandInfo.csv"), csv, 0o644)
+	b, _ := os.ReadFile(src.ImagePath(0))
+	os.WriteFile(filepath.Join(dir, ImagesDir, src.Records[0].ImageName), b, 0o644)
+	ds, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCache(ds, CacheOptions{Dir: t.TempDir(), SkipBad: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if len(c.Bad) != len(ds.Records)-1 {
+		t.Fatalf("%d bad, want %d", len(c.Bad), len(ds.Records)-1)
+	}
+}
+
+// TestCacheBuildInterrupted: a build whose context ends stops and removes
+// its temporary file; a temporary file left by a killed build is swept.
+func TestCacheBuildInterrupted(t *testing.T) {
+	ds := fakeSet(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	_, err := OpenCache(ds, CacheOptions{Dir: dir, Context: ctx, Workers: 1, Progress: func(done, total int) {
+		if n++; n == 5 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "cache build interrupted") {
+		t.Fatalf("err = %v", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, ".*")); len(files) != 0 {
+		t.Fatalf("left behind: %v", files)
+	}
+	if n > 6 {
+		t.Errorf("decoded %d images after the cancel", n-5)
+	}
+	// A killed build's leftover (nobody holds its lock) goes at the next open.
+	stale := filepath.Join(dir, ".data-0123.u8.tmp42")
+	os.WriteFile(stale, make([]byte, 1000), 0o644)
+	c, err := OpenCache(ds, CacheOptions{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temporary file still there: %v", err)
 	}
 }

@@ -36,6 +36,9 @@ type Spec struct {
 	CacheDir string       `json:"cache_dir,omitempty"`
 	SkipBad  bool         `json:"skip_bad,omitempty"`
 	Exact    bool         `json:"exact,omitempty"`
+	// Budgets of each decode when the cache is built (0: the defaults).
+	MaxPixels int64 `json:"max_pixels,omitempty"`
+	MaxBytes  int64 `json:"max_bytes,omitempty"`
 	Split    string       `json:"split"`  // random, stratified or subject
 	Scheme   string       `json:"scheme"` // class8, gender or aspect
 	Augment  string       `json:"augment,omitempty"`
@@ -75,10 +78,16 @@ type Data struct {
 // Close releases the cache.
 func (d *Data) Close() { d.Cache.Close() }
 
-// OpenData opens the spec's dataset and cache (building it if needed) and
-// reads the split from manifest when that file exists, else makes it (and
-// saves it there when manifest is not empty).
-func OpenData(s Spec, manifest string, h Hooks) (*Data, error) {
+// CacheOptions are the cache options of the spec; ctx stops a build.
+func (s Spec) CacheOptions(ctx context.Context) vision.CacheOptions {
+	return vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact,
+		Limits: vision.Limits{MaxPixels: s.MaxPixels, MaxBytes: s.MaxBytes}, Context: ctx}
+}
+
+// OpenData opens the spec's dataset and cache (building it if needed; ctx
+// stops a build) and reads the split from manifest when that file exists,
+// else makes it (and saves it there when manifest is not empty).
+func OpenData(ctx context.Context, s Spec, manifest string, h Hooks) (*Data, error) {
 	scheme, err := vision.ParseScheme(s.Scheme)
 	if err != nil {
 		return nil, err
@@ -91,7 +100,7 @@ func OpenData(s Spec, manifest string, h Hooks) (*Data, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := OpenCache(ds, vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact}, h)
+	c, err := OpenCache(ds, s.CacheOptions(ctx), h)
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +129,8 @@ func OpenCache(ds *vision.Dataset, o vision.CacheOptions, h Hooks) (*vision.Cach
 	if building {
 		h.logf("cache built in %.1fs: %s", time.Since(start).Seconds(), c.Path)
 	}
-	for i, why := range c.Bad {
-		h.logf("skipped %s: %s", ds.Records[i].ImageName, why)
+	if len(c.Bad) > 0 {
+		h.logf("--skip-bad: %d unreadable image(s) left out: %s", len(c.Bad), c.BadList(ds, 5))
 	}
 	return c, nil
 }
@@ -185,7 +194,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return nil, err
 		}
 	}
-	d, err := OpenData(s, "", h)
+	d, err := OpenData(ctx, s, "", h)
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +435,7 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 	if _, err := os.Stat(manifest); err != nil {
 		return nil, fmt.Errorf("%s is missing: the run's split cannot be reproduced safely", manifest)
 	}
-	d, err := OpenData(s, manifest, h)
+	d, err := OpenData(context.Background(), s, manifest, h)
 	if err != nil {
 		return nil, err
 	}

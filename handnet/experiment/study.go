@@ -164,7 +164,7 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 		return nil, err
 	}
 	// The data once, for the runs' identities.
-	d, err := OpenData(st.Base, "", st.hooks(""))
+	d, err := OpenData(ctx, st.Base, "", st.hooks(""))
 	if err != nil {
 		return nil, err
 	}

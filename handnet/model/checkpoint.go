@@ -1,13 +1,16 @@
 package model
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/nlpodyssey/safetensors"
@@ -98,34 +101,92 @@ func view(t *ts.Tensor) (safetensors.TensorView, error) {
 	return safetensors.NewTensorView(dt, shape, b)
 }
 
+// MaxCheckpointBytes is the largest safetensors file ReadSafetensors reads.
+const MaxCheckpointBytes = 4 << 30
+
+// readRegular reads a regular file of at most max bytes (a FIFO or device
+// is refused without blocking).
+func readRegular(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d a checkpoint may have", path, st.Size(), max)
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
 // ReadSafetensors reads every tensor and the metadata of any safetensors
-// file. Tensors are on the CPU.
+// file. Tensors are on the CPU. Everything is checked before a tensor is
+// built — the header's size, every dtype, shape and data range — so a
+// hostile file is a one-line error, never a crash.
 func ReadSafetensors(path string) (map[string]*ts.Tensor, map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := readRegular(path, MaxCheckpointBytes)
 	if err != nil {
 		return nil, nil, err
+	}
+	switch {
+	case len(b) >= 4 && string(b[:4]) == "PK\x03\x04", len(b) >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5:
+		return nil, nil, fmt.Errorf("%s is a PyTorch file (torch.save), not a handnet checkpoint (safetensors); to start ResNet-18 from it use --weights", path)
+	case len(b) < 8:
+		return nil, nil, fmt.Errorf("%s: %d bytes, too short for a safetensors file", path, len(b))
+	}
+	if n := binary.LittleEndian.Uint64(b); n > uint64(len(b)-8) || n > 100<<20 {
+		return nil, nil, fmt.Errorf("%s: not a safetensors file (its header would be %d bytes, the file has %d)", path, n, len(b))
 	}
 	st, err := safetensors.Deserialize(b)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: not a safetensors file, or truncated: %v", path, err)
 	}
-	_, md, _ := safetensors.ReadMetadata(b)
-	tensors := map[string]*ts.Tensor{}
+	_, md, err := safetensors.ReadMetadata(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: bad metadata: %v", path, err)
+	}
 	fromSafe := map[safetensors.DType]gotch.DType{}
 	for g, s := range toSafe {
 		fromSafe[s] = g
 	}
-	for _, nv := range st.Tensors() {
+	views := st.Tensors()
+	for _, nv := range views {
 		dt, ok := fromSafe[nv.TensorView.DType()]
 		if !ok {
 			return nil, nil, fmt.Errorf("%s: tensor %s has unsupported dtype %v", path, nv.Name, nv.TensorView.DType())
 		}
+		n := uint64(dt.Size())
+		for _, d := range nv.TensorView.Shape() {
+			if d > 1<<40 || n > 0 && d > (1<<62)/n {
+				return nil, nil, fmt.Errorf("%s: tensor %s has an impossible shape %v", path, nv.Name, nv.TensorView.Shape())
+			}
+			n *= d
+		}
+		if n != uint64(len(nv.TensorView.Data())) {
+			return nil, nil, fmt.Errorf("%s: tensor %s: shape %v of %v needs %d bytes, the file gives %d", path, nv.Name, nv.TensorView.Shape(), dt, n, len(nv.TensorView.Data()))
+		}
+	}
+	tensors := map[string]*ts.Tensor{}
+	for _, nv := range views {
 		shape := []int64{}
 		for _, d := range nv.TensorView.Shape() {
 			shape = append(shape, int64(d))
 		}
-		t, err := torch.FromBytes(nv.TensorView.Data(), shape, dt)
+		t, err := torch.FromBytes(nv.TensorView.Data(), shape, fromSafe[nv.TensorView.DType()])
 		if err != nil {
+			for _, t := range tensors {
+				t.MustDrop()
+			}
 			return nil, nil, fmt.Errorf("%s: tensor %s: %w", path, nv.Name, err)
 		}
 		tensors[nv.Name] = t
@@ -134,7 +195,8 @@ func ReadSafetensors(path string) (map[string]*ts.Tensor, map[string]string, err
 }
 
 // ReadCheckpoint reads a handnet checkpoint. A truncated file, a foreign
-// safetensors file or a newer format version is a clear error.
+// safetensors file, a newer format version or a model description that
+// does not validate is a clear error.
 func ReadCheckpoint(path string) (*Checkpoint, error) {
 	tensors, md, err := ReadSafetensors(path)
 	if err != nil {
@@ -149,12 +211,16 @@ func ReadCheckpoint(path string) (*Checkpoint, error) {
 		drop()
 		return nil, fmt.Errorf("%s: a safetensors file but not a handnet checkpoint (no format=handnet in its metadata)", path)
 	}
-	if v, err := strconv.Atoi(md["format_version"]); err != nil || v > CheckpointVersion {
+	if v, err := strconv.Atoi(md["format_version"]); err != nil || v > CheckpointVersion || v < 1 {
 		drop()
-		return nil, fmt.Errorf("%s: checkpoint format version %q; this handnet reads up to %d", path, md["format_version"], CheckpointVersion)
+		return nil, fmt.Errorf("%s: checkpoint format version %q; this handnet reads 1 to %d", path, md["format_version"], CheckpointVersion)
 	}
 	c := &Checkpoint{Metadata: md, Tensors: tensors}
 	if err := json.Unmarshal([]byte(md["model"]), &c.Model); err != nil {
+		drop()
+		return nil, fmt.Errorf("%s: bad model description: %w", path, err)
+	}
+	if err := c.Model.Validate(); err != nil {
 		drop()
 		return nil, fmt.Errorf("%s: bad model description: %w", path, err)
 	}

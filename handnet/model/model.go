@@ -42,6 +42,53 @@ type Config struct {
 	Height      int        `json:"height"`
 	Mean        [3]float32 `json:"mean"`
 	Std         [3]float32 `json:"std"`
+	// ExactDecode: the training images were decoded at full resolution
+	// (--exact); serving decodes the same way.
+	ExactDecode bool `json:"exact_decode,omitempty"`
+}
+
+// MaxSide is the largest input width or height a model may have.
+const MaxSide = 4096
+
+// Validate checks a configuration, as read from a checkpoint or given to
+// New: a known architecture and dropout preset or freeze scenario, at least
+// two distinct class names, an input size of 40 to MaxSide pixels a side,
+// and a finite normalisation with std > 0.
+func (c Config) Validate() error {
+	switch c.Arch {
+	case "cnn":
+		if _, err := ParseDropout(c.Dropout); err != nil {
+			return err
+		}
+	case "resnet18":
+		switch c.Freeze {
+		case "", FreezeFC, FreezeLayer4, FreezeNone:
+		default:
+			return fmt.Errorf("freeze %q: want fc, layer4 or none", c.Freeze)
+		}
+	default:
+		return fmt.Errorf("architecture %q: want one of %v", c.Arch, Archs)
+	}
+	if len(c.Classes) < 2 {
+		return fmt.Errorf("model needs at least 2 classes, got %d", len(c.Classes))
+	}
+	seen := map[string]bool{}
+	for _, n := range c.Classes {
+		if strings.TrimSpace(n) == "" || seen[n] {
+			return fmt.Errorf("class names %q: want distinct, non-empty names", c.Classes)
+		}
+		seen[n] = true
+	}
+	if c.Width < 40 || c.Height < 40 || c.Width > MaxSide || c.Height > MaxSide {
+		return fmt.Errorf("input %dx%d: want 40 to %d pixels a side (three 5x5 conv + pool stages need 40x40)", c.Width, c.Height, MaxSide)
+	}
+	for i := range 3 {
+		m, sd := float64(c.Mean[i]), float64(c.Std[i])
+		if math.IsNaN(m) || math.IsInf(m, 0) || math.IsNaN(sd) || math.IsInf(sd, 0) || !(sd > 0) {
+			return fmt.Errorf("normalisation mean %v std %v: want finite values and std > 0", c.Mean, c.Std)
+		}
+	}
+	return nil
 }
 
 // Net is a network, split where Grad-CAM looks: Features computes the last
@@ -66,11 +113,11 @@ var Archs = []string{"cnn", "resnet18"}
 // New builds a freshly initialised model on device. Call it on a torch
 // thread.
 func New(cfg Config, device gotch.Device) (*Model, error) {
-	if len(cfg.Classes) < 2 {
-		return nil, fmt.Errorf("model needs at least 2 classes, got %d", len(cfg.Classes))
+	if cfg.Mean == ([3]float32{}) && cfg.Std == ([3]float32{}) {
+		cfg.Std = [3]float32{1, 1, 1} // none given: identity normalisation
 	}
-	if cfg.Width < 40 || cfg.Height < 40 {
-		return nil, fmt.Errorf("input %dx%d too small for the CNN (three 5x5 conv + pool stages need 40x40)", cfg.Width, cfg.Height)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	vs := nn.NewVarStore(device)
 	m := &Model{Config: cfg, VS: vs}

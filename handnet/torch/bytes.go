@@ -14,6 +14,9 @@ import (
 func FromBytes(buf []byte, shape []int64, dtype gotch.DType) (*ts.Tensor, error) {
 	n := int64(dtype.Size())
 	for _, d := range shape {
+		if d < 0 || d > 1<<40 || n > 0 && d > (1<<62)/n {
+			return nil, fmt.Errorf("shape %v: dimension %d out of range", shape, d)
+		}
 		n *= d
 	}
 	if n != int64(len(buf)) {
@@ -28,7 +31,7 @@ func FromBytes(buf []byte, shape []int64, dtype gotch.DType) (*ts.Tensor, error)
 	}
 	c := lib.AtTensorOfData(p, shape, uint(len(shape)), dtype.Size(), int(dtype.CKind()))
 	if err := ts.TorchErr(); err != nil {
-		return nil, err
+		return nil, CleanError(err)
 	}
 	return ts.New(c), nil
 }

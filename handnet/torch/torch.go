@@ -169,7 +169,7 @@ func (t *Thread) Do(fn func() error) (err error) {
 					res <- fmt.Errorf("torch: %v\n%s", r, debug.Stack())
 					return
 				}
-				res <- fmt.Errorf("torch: %v (set HANDNET_DEBUG=1 for a stack trace)", r)
+				res <- fmt.Errorf("torch: %s (set HANDNET_DEBUG=1 for a stack trace)", Clean(fmt.Sprint(r)))
 			}
 		}()
 		res <- fn()
@@ -210,4 +210,30 @@ func GradEnabled() bool {
 	}
 	lib.AtGradSetEnabledBool(prev)
 	return prev
+}
+
+// Clean cuts the C++ backtrace libtorch appends to its error messages
+// ("Exception raised from … frame #0: …") and joins what is left on one
+// line; set HANDNET_DEBUG=1 to keep everything.
+func Clean(msg string) string {
+	if os.Getenv("HANDNET_DEBUG") != "" {
+		return msg
+	}
+	for _, cut := range []string{"Exception raised from", "\nframe #", "Traceback of TorchScript"} {
+		if i := strings.Index(msg, cut); i >= 0 {
+			msg = msg[:i]
+		}
+	}
+	return strings.Join(strings.Fields(msg), " ")
+}
+
+// CleanError is Clean for an error (nil stays nil).
+func CleanError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if c := Clean(err.Error()); c != err.Error() {
+		return errors.New(c)
+	}
+	return err
 }
