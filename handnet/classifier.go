@@ -5,20 +5,20 @@
 package handnet
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
-	_ "image/gif" // image.Decode formats for PredictFile and the HTTP handler
-	_ "image/jpeg"
-	_ "image/png"
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
@@ -28,14 +28,18 @@ import (
 )
 
 // Classifier is a trained model loaded for prediction. It is safe for
-// concurrent use: images are preprocessed on the calling goroutines, and
-// the torch work is serialised on the classifier's own locked OS thread.
+// concurrent use: images are decoded and preprocessed on the calling
+// goroutines (with the training pipeline's decoder and the model's decode
+// mode), and the torch work is serialised on the classifier's own locked
+// OS thread.
 type Classifier struct {
 	net    *model.Model
 	th     *torch.Thread
 	device gotch.Device
+	opts   Options
 	pre    sync.Pool // *vision.Preprocessor
 	norm   *vision.Normalizer
+	gate   *gate
 	closed sync.Once
 }
 
@@ -53,10 +57,33 @@ type ClassProb struct {
 	Probability float64 `json:"probability"`
 }
 
-// Options configures Load.
+// Options configures LoadWith.
 type Options struct {
 	Device  string // auto (default), cpu, cuda, cuda:N
 	Threads int    // intra-op CPU threads; 0 means all usable CPUs
+	// Budgets of each image decode, checked before pixels are decoded (0:
+	// 64 megapixels and 32 MiB, vision.DefaultMaxPixels and DefaultMaxBytes).
+	MaxPixels int64
+	MaxBytes  int64
+	// The HTTP handler: requests that decode and predict at once (0: the
+	// number of CPUs), requests that may wait for a turn (0: 8 times that;
+	// beyond, 503 with Retry-After), and the time one request may take,
+	// reading its body included (0: 30 seconds).
+	MaxConcurrent int
+	MaxQueue      int
+	Timeout       time.Duration
+}
+
+func (o *Options) fill() {
+	if o.MaxConcurrent <= 0 {
+		o.MaxConcurrent = runtime.GOMAXPROCS(0)
+	}
+	if o.MaxQueue <= 0 {
+		o.MaxQueue = 8 * o.MaxConcurrent
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
 }
 
 // Load opens a handnet checkpoint (as written by `handnet train`) for
@@ -65,8 +92,9 @@ func Load(path string) (*Classifier, error) { return LoadWith(path, Options{}) }
 
 // LoadWith is Load with options.
 func LoadWith(path string, o Options) (*Classifier, error) {
+	o.fill()
 	th := torch.NewThread(o.Threads)
-	c := &Classifier{th: th}
+	c := &Classifier{th: th, opts: o, gate: newGate(o.MaxConcurrent, o.MaxQueue)}
 	err := th.Do(func() error {
 		dev, err := torch.ParseDevice(o.Device)
 		if err != nil {
@@ -95,6 +123,8 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		if err != nil {
 			return err
 		}
+		p.Exact = cfg.ExactDecode
+		p.Limits = vision.Limits{MaxPixels: o.MaxPixels, MaxBytes: o.MaxBytes}
 		return p
 	}
 	return c, nil
@@ -106,44 +136,71 @@ func (c *Classifier) Classes() []string { return append([]string(nil), c.net.Con
 // Config returns the model's description.
 func (c *Classifier) Config() model.Config { return c.net.Config }
 
-// Close releases the classifier's thread. Later calls fail.
-func (c *Classifier) Close() { c.closed.Do(c.th.Close) }
+// Close frees the model and stops the classifier's thread. Later calls
+// fail; Close is safe to call twice.
+func (c *Classifier) Close() {
+	c.closed.Do(func() {
+		c.th.Do(func() error { c.net.Close(); return nil })
+		c.th.Close()
+	})
+}
+
+// preprocess runs fn with a pooled Preprocessor into a new image buffer.
+func (c *Classifier) preprocess(fn func(p *vision.Preprocessor, dst []byte) error) ([]byte, error) {
+	v := c.pre.Get()
+	p, ok := v.(*vision.Preprocessor)
+	if !ok {
+		return nil, v.(error)
+	}
+	defer c.pre.Put(p)
+	buf := make([]byte, p.Size())
+	if err := fn(p, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
 
 // Predict classifies a decoded image.
 func (c *Classifier) Predict(img image.Image) (Prediction, error) {
-	buf := make([]byte, 3*c.net.Config.Width*c.net.Config.Height)
-	if err := vision.Image(img, c.net.Config.Width, c.net.Config.Height, buf); err != nil {
-		return Prediction{}, err
-	}
-	p, err := c.forward([][]byte{buf})
+	ps, err := c.PredictBatch([]image.Image{img})
 	if err != nil {
 		return Prediction{}, err
 	}
-	return p[0], nil
+	return ps[0], nil
 }
 
-// PredictFile classifies an image file: JPEGs go through the training
-// pipeline's decoder; PNG and GIF through Go's decoders.
+// PredictFile classifies an image file (JPEG, PNG or GIF, whatever its
+// name says), decoded exactly as the training pipeline decodes.
 func (c *Classifier) PredictFile(path string) (Prediction, error) {
-	buf, err := c.preprocessFile(path)
+	ps, err := c.PredictFiles([]string{path})
 	if err != nil {
 		return Prediction{}, err
 	}
-	p, err := c.forward([][]byte{buf})
+	return ps[0], nil
+}
+
+// PredictBytes classifies an encoded image held in memory (an upload).
+func (c *Classifier) PredictBytes(data []byte) (Prediction, error) {
+	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Bytes(data, dst) })
 	if err != nil {
 		return Prediction{}, err
 	}
-	return p[0], nil
+	ps, err := c.forward([][]byte{buf})
+	if err != nil {
+		return Prediction{}, err
+	}
+	return ps[0], nil
 }
 
 // PredictBatch classifies images in one forward pass.
 func (c *Classifier) PredictBatch(imgs []image.Image) ([]Prediction, error) {
 	bufs := make([][]byte, len(imgs))
 	for i, img := range imgs {
-		bufs[i] = make([]byte, 3*c.net.Config.Width*c.net.Config.Height)
-		if err := vision.Image(img, c.net.Config.Width, c.net.Config.Height, bufs[i]); err != nil {
+		b, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Image(img, dst) })
+		if err != nil {
 			return nil, fmt.Errorf("image %d: %w", i, err)
 		}
+		bufs[i] = b
 	}
 	return c.forward(bufs)
 }
@@ -152,43 +209,14 @@ func (c *Classifier) PredictBatch(imgs []image.Image) ([]Prediction, error) {
 // first unreadable file, naming it.
 func (c *Classifier) PredictFiles(paths []string) ([]Prediction, error) {
 	bufs := make([][]byte, len(paths))
-	for i, p := range paths {
-		b, err := c.preprocessFile(p)
+	for i, path := range paths {
+		b, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.File(path, dst) })
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		bufs[i] = b
 	}
 	return c.forward(bufs)
-}
-
-func (c *Classifier) preprocessFile(path string) ([]byte, error) {
-	cfg := c.net.Config
-	buf := make([]byte, 3*cfg.Width*cfg.Height)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(b) >= 2 && b[0] == 0xFF && b[1] == 0xD8 {
-		v := c.pre.Get()
-		p, ok := v.(*vision.Preprocessor)
-		if !ok {
-			return nil, v.(error)
-		}
-		defer c.pre.Put(p)
-		if err := p.Bytes(b, buf); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		return buf, nil
-	}
-	img, _, err := image.Decode(bytes.NewReader(b))
-	if err != nil {
-		return nil, fmt.Errorf("%s: not an image handnet can read (JPEG, PNG, GIF): %v", path, err)
-	}
-	if err := vision.Image(img, cfg.Width, cfg.Height, buf); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return buf, nil
 }
 
 // forward normalises uint8 CHW images and runs the model on the torch thread.
@@ -204,17 +232,20 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	}
 	var probs []float32
 	err := c.th.Do(func() error {
+		if c.net.VS == nil {
+			return torch.ErrClosed
+		}
 		return torch.NoGrad(func() error {
+			s := torch.NewScope()
+			defer s.Close()
 			t, err := ts.OfSlice(x)
 			if err != nil {
 				return err
 			}
-			in := t.MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, true).MustTo(c.device, true)
-			logits := c.net.Forward(in, false)
-			in.MustDrop()
-			p := logits.MustSoftmax(-1, gotch.Float, true).MustTo(gotch.CPU, true)
+			in := s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
+			logits := s.T(c.net.Forward(in, false))
+			p := s.T(s.T(logits.MustSoftmax(-1, gotch.Float, false)).MustTo(gotch.CPU, false))
 			probs = p.Vals().([]float32)
-			p.MustDrop()
 			return nil
 		})
 	})
@@ -227,62 +258,195 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	k := len(cfg.Classes)
 	out := make([]Prediction, len(imgs))
 	for i := range imgs {
-		top := make([]ClassProb, k)
-		for j := range k {
-			top[j] = ClassProb{Class: cfg.Classes[j], Probability: float64(probs[i*k+j])}
-		}
-		sort.SliceStable(top, func(a, b int) bool { return top[a].Probability > top[b].Probability })
-		idx := 0
-		for j := range k {
-			if cfg.Classes[j] == top[0].Class {
-				idx = j
-			}
-		}
-		out[i] = Prediction{Class: top[0].Class, Index: idx, Probability: top[0].Probability, Top: top}
+		out[i] = prediction(cfg.Classes, probs[i*k:(i+1)*k])
 	}
 	return out, nil
 }
 
-// MaxUpload is the largest image the HTTP handler accepts.
-const MaxUpload = 32 << 20
+func prediction(classes []string, probs []float32) Prediction {
+	top := make([]ClassProb, len(classes))
+	best := 0
+	for j := range classes {
+		top[j] = ClassProb{Class: classes[j], Probability: float64(probs[j])}
+		if probs[j] > probs[best] {
+			best = j
+		}
+	}
+	sort.SliceStable(top, func(a, b int) bool { return top[a].Probability > top[b].Probability })
+	return Prediction{Class: classes[best], Index: best, Probability: float64(probs[best]), Top: top}
+}
+
+// MaxUpload is the default largest upload the HTTP handler accepts (the
+// byte budget, Options.MaxBytes, when that is not set).
+const MaxUpload = vision.DefaultMaxBytes
+
+// gate bounds the requests that work at once and those that wait.
+type gate struct {
+	slots    chan struct{}
+	waiting  atomic.Int64
+	maxQueue int64
+}
+
+func newGate(concurrent, queue int) *gate {
+	return &gate{slots: make(chan struct{}, concurrent), maxQueue: int64(queue)}
+}
+
+var errBusy = errors.New("busy: every slot is taken and the queue is full")
+
+// enter waits for a slot, unless the queue is full (errBusy) or ctx ends.
+func (g *gate) enter(ctx context.Context) (leave func(), err error) {
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	default:
+	}
+	if g.waiting.Add(1) > g.maxQueue {
+		g.waiting.Add(-1)
+		return nil, errBusy
+	}
+	defer g.waiting.Add(-1)
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// upload reads the request's image: the body, or the "image" field of a
+// multipart form, streamed into the decoder within the byte budget.
+func upload(r *http.Request, read func(io.Reader) error) error {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
+		mr, err := r.MultipartReader()
+		if err != nil {
+			return &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
+		}
+		for {
+			part, err := mr.NextPart()
+			if err == io.EOF {
+				return &httpError{http.StatusBadRequest, "multipart upload without an \"image\" field"}
+			}
+			if err != nil {
+				return &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
+			}
+			if part.FormName() == "image" {
+				return read(part)
+			}
+		}
+	}
+	return read(r.Body)
+}
+
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+// status maps an error to an HTTP status: over a budget 413, a bad image
+// 400, busy or timed out 503, anything else 500.
+func status(err error) int {
+	var he *httpError
+	var pe *vision.PixelsError
+	var be *vision.BytesError
+	var mb *http.MaxBytesError
+	switch {
+	case errors.As(err, &he):
+		return he.code
+	case errors.As(err, &pe), errors.As(err, &be), errors.As(err, &mb):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout // the client sent its body too slowly
+	case errors.Is(err, errBusy), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, errDecode):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+var errDecode = errors.New("bad image")
+
+// writeError answers {"error": msg} with the status for err.
+func writeError(w http.ResponseWriter, err error) {
+	code := status(err)
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	msg := strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
 
 // Handler returns an http.Handler that classifies an uploaded image: a
-// POST with the image as the body, or as the "image" field of a multipart
-// form. It answers JSON: a Prediction, or {"error": "..."} with status 400
-// (bad image), 405 (not a POST) or 500.
+// POST with the image (JPEG, PNG or GIF) as the body, or as the "image"
+// field of a multipart form. The image goes through the training pipeline's
+// decoder within the budgets. It answers JSON: a Prediction, or {"error":
+// "..."} with status 400 (not an image), 405 (not a POST), 413 (over the
+// byte or pixel budget), 503 with Retry-After (too many requests at once,
+// or over the time allowed) or 500. At most Options.MaxConcurrent requests
+// decode and predict at once, Options.MaxQueue more wait; a body sent too
+// slowly is answered 408.
 func (c *Classifier) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fail := func(code int, msg string) {
-			w.WriteHeader(code)
-			json.NewEncoder(w).Encode(map[string]string{"error": msg})
-		}
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
-			fail(http.StatusMethodNotAllowed, "POST an image (body or multipart field \"image\")")
+			writeError(w, &httpError{http.StatusMethodNotAllowed, "POST an image (body or multipart field \"image\")"})
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxUpload)
-		var body io.Reader = r.Body
-		if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
-			f, _, err := r.FormFile("image")
-			if err != nil {
-				fail(http.StatusBadRequest, "multipart upload without an \"image\" field: "+err.Error())
-				return
-			}
-			defer f.Close()
-			body = f
-		}
-		img, _, err := image.Decode(body)
+		p, err := c.serve(w, r)
 		if err != nil {
-			fail(http.StatusBadRequest, "not an image (JPEG, PNG, GIF): "+err.Error())
+			writeError(w, err)
 			return
 		}
-		p, err := c.Predict(img)
-		if err != nil {
-			fail(http.StatusInternalServerError, err.Error())
-			return
-		}
+		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(p)
 	})
+}
+
+// serve decodes one request's image and predicts it, within the gate and
+// the time allowed.
+func (c *Classifier) serve(w http.ResponseWriter, r *http.Request) (Prediction, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.opts.Timeout)
+	defer cancel()
+	// A slow client cannot hold a slot past the deadline (servers that
+	// cannot set one return an error, which changes nothing).
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(c.opts.Timeout))
+	leave, err := c.gate.enter(ctx)
+	if err != nil {
+		return Prediction{}, err
+	}
+	defer leave()
+	maxBytes := c.opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = vision.DefaultMaxBytes
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBytes+1<<20) // the form's overhead too
+	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error {
+		return upload(r, func(body io.Reader) error {
+			if err := p.Reader(body, dst); err != nil {
+				var pe *vision.PixelsError
+				var be *vision.BytesError
+				var mb *http.MaxBytesError
+				if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &mb) || errors.Is(err, os.ErrDeadlineExceeded) {
+					return err
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("%w: %v", errDecode, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return Prediction{}, err
+	}
+	ps, err := c.forward([][]byte{buf})
+	if err != nil {
+		return Prediction{}, err
+	}
+	return ps[0], nil
 }

@@ -659,6 +659,9 @@ func (t *Trainer) writeHistory() error {
 		w.Write([]string{strconv.Itoa(s.Epoch), f(s.LR), f(s.TrainLoss), f(s.TrainAcc), f(s.ValLoss), f(s.ValAcc), f(s.Seconds), f(s.ImagesPerSec)})
 	}
 	w.Flush()
+	if err := w.Error(); err != nil {
+		return fmt.Errorf("history.csv: %w", err)
+	}
 	return vision.WriteFileAtomic(filepath.Join(t.Dir, "history.csv"), buf.Bytes())
 }
 

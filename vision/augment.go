@@ -44,8 +44,8 @@ func ParseAugment(s string) (*Augment, error) {
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		f, err := strconv.ParseFloat(v, 64)
-		if !ok || err != nil || f < 0 {
-			return nil, fmt.Errorf("augmentation %q: want key=non-negative number", kv)
+		if !ok || err != nil || !(f >= 0) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("augmentation %q: want key=a finite non-negative number", kv)
 		}
 		switch strings.TrimSpace(k) {
 		case "rotate":

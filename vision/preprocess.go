@@ -86,6 +86,18 @@ func (l Limits) bytes() int64 {
 	return l.MaxBytes
 }
 
+// BytesError is an encoded image larger than the byte budget.
+type BytesError struct {
+	Size, Max int64 // Size -1: more than Max, read no further
+}
+
+func (e *BytesError) Error() string {
+	if e.Size < 0 {
+		return fmt.Sprintf("image of more than %d bytes is over the budget (raise --max-bytes to allow it)", e.Max)
+	}
+	return fmt.Sprintf("file of %d bytes is over the budget of %d bytes (raise --max-bytes to allow it)", e.Size, e.Max)
+}
+
 // Format names an encoded image format, as Sniff reads it from the first
 // bytes (never from a file name).
 type Format string
@@ -167,7 +179,7 @@ func (p *Preprocessor) File(path string, dst []byte) error {
 		return fmt.Errorf("not a regular file (%s): refused", fileKind(st.Mode()))
 	}
 	if st.Size() > p.Limits.bytes() {
-		return fmt.Errorf("file of %d bytes is over the budget of %d bytes (raise --max-bytes to allow it)", st.Size(), p.Limits.bytes())
+		return &BytesError{Size: st.Size(), Max: p.Limits.bytes()}
 	}
 	if err := p.read(f, st.Size()); err != nil {
 		return err
@@ -206,7 +218,7 @@ func (p *Preprocessor) read(r io.Reader, hint int64) error {
 		return err
 	}
 	if n > max {
-		return fmt.Errorf("image of more than %d bytes is over the budget (raise --max-bytes to allow it)", max)
+		return &BytesError{Size: -1, Max: max}
 	}
 	return nil
 }
@@ -226,7 +238,7 @@ func (p *Preprocessor) Bytes(data []byte, dst []byte) error {
 		return fmt.Errorf("destination holds %d bytes, want %d", len(dst), p.Size())
 	}
 	if int64(len(data)) > p.Limits.bytes() {
-		return fmt.Errorf("image of %d bytes is over the budget of %d bytes (raise --max-bytes to allow it)", len(data), p.Limits.bytes())
+		return &BytesError{Size: int64(len(data)), Max: p.Limits.bytes()}
 	}
 	if len(data) == 0 {
 		return errors.New("empty file")

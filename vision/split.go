@@ -265,20 +265,27 @@ func LoadManifest(path string, recs []Record) (Assignment, error) {
 		byName[r.ImageName] = i
 	}
 	a := make(Assignment, len(recs))
-	seen := make([]bool, len(recs))
+	seen := make([]int, len(recs)) // line of the row that placed each record
 	for n, row := range rows[1:] {
+		line := n + 2
 		i, ok := byName[row[0]]
 		if !ok {
-			return nil, fmt.Errorf("%s:%d: image %q is not in this dataset's HandInfo.csv", path, n+2, row[0])
+			return nil, fmt.Errorf("%s:%d: image %q is not in this dataset's HandInfo.csv", path, line, row[0])
 		}
 		s, err := ParseSplit(row[1])
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n+2, err)
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
 		}
-		a[i], seen[i] = s, true
+		if seen[i] != 0 {
+			if a[i] != s {
+				return nil, fmt.Errorf("%s: image %q is in two splits: %s on line %d, %s on line %d", path, row[0], a[i], seen[i], s, line)
+			}
+			continue // the same row twice: harmless
+		}
+		a[i], seen[i] = s, line
 	}
-	for i, ok := range seen {
-		if !ok {
+	for i, line := range seen {
+		if line == 0 {
 			return nil, fmt.Errorf("%s: image %q (HandInfo.csv line %d) is not listed", path, recs[i].ImageName, recs[i].Line)
 		}
 	}

@@ -236,6 +236,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 	s.Model.Classes = d.Scheme.Classes()
 	s.Model.Width, s.Model.Height = d.Cache.W, d.Cache.H
 	s.Model.Mean, s.Model.Std = vision.Mean, vision.Std
+	s.Model.ExactDecode = s.Exact // served models decode as they were trained
 	if rank == 0 {
 		if err := f.WriteSpec(s); err != nil {
 			return nil, err

@@ -48,7 +48,7 @@ func Identify(s Spec, d *Data) (Identity, error) {
 	tc := s.Train
 	tc.Epochs, tc.CheckpointEvery = 0, 0
 	mc := s.Model
-	mc.Classes, mc.Width, mc.Height, mc.Mean, mc.Std, mc.Pretrained = nil, 0, 0, [3]float32{}, [3]float32{}, ""
+	mc.Classes, mc.Width, mc.Height, mc.Mean, mc.Std, mc.Pretrained, mc.ExactDecode = nil, 0, 0, [3]float32{}, [3]float32{}, "", false
 	w := "none"
 	if s.Weights != "" {
 		h, err := fileSHA256(s.Weights)

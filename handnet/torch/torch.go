@@ -70,6 +70,10 @@ func UsableCPUs() int {
 	return max(n, 1)
 }
 
+// ErrDeviceName is wrapped by ParseDevice's errors for names it does not
+// know (as opposed to devices that are not there).
+var ErrDeviceName = errors.New("unknown device name")
+
 // ParseDevice reads a device name: "auto" (CUDA 0 when available, else
 // CPU), "cpu", "cuda" (CUDA 0) or "cuda:N". CUDA devices must exist.
 func ParseDevice(name string) (gotch.Device, error) {
@@ -87,7 +91,7 @@ func ParseDevice(name string) (gotch.Device, error) {
 		if s != "cuda" {
 			n, err := strconv.Atoi(strings.TrimPrefix(s, "cuda:"))
 			if err != nil || n < 0 {
-				return gotch.Device{}, fmt.Errorf("device %q: want auto, cpu, cuda or cuda:N with N a GPU index", name)
+				return gotch.Device{}, fmt.Errorf("device %q: %w: want auto, cpu, cuda or cuda:N with N a GPU index", name, ErrDeviceName)
 			}
 			idx = n
 		}
@@ -104,7 +108,7 @@ func ParseDevice(name string) (gotch.Device, error) {
 		}
 		return gotch.CudaBuilder(uint(idx)), nil
 	}
-	return gotch.Device{}, fmt.Errorf("device %q: want auto, cpu, cuda or cuda:N", name)
+	return gotch.Device{}, fmt.Errorf("device %q: %w: want auto, cpu, cuda or cuda:N", name, ErrDeviceName)
 }
 
 // DeviceName formats d the way ParseDevice reads it.
@@ -219,10 +223,14 @@ func Clean(msg string) string {
 	if os.Getenv("HANDNET_DEBUG") != "" {
 		return msg
 	}
-	for _, cut := range []string{"Exception raised from", "\nframe #", "Traceback of TorchScript"} {
-		if i := strings.Index(msg, cut); i >= 0 {
-			msg = msg[:i]
+	cut := false
+	for _, marker := range []string{"Exception raised from", "\nframe #", "Traceback of TorchScript"} {
+		if i := strings.Index(msg, marker); i >= 0 {
+			msg, cut = msg[:i], true
 		}
+	}
+	if !cut {
+		return msg
 	}
 	return strings.Join(strings.Fields(msg), " ")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -113,35 +114,68 @@ func init() {
 				} else if *manifest != "" {
 					log.Infof("split saved to %s", *manifest)
 				}
-				return dataStats(ds, a, m, *seed, *asJSON)
+				src := splitSource{Method: string(m), Seed: *seed}
+				if loaded {
+					src = splitSource{Method: "manifest", Manifest: *manifest}
+				}
+				return dataStats(ds, a, src, *asJSON)
 			}
 		},
 	})
+}
+
+// limitFlags are the budgets of each image decode.
+type limitFlags struct{ pixels, bytes int64 }
+
+func (l *limitFlags) register(fs *pflag.FlagSet) {
+	fs.Int64Var(&l.pixels, "max-pixels", vision.DefaultMaxPixels, "refuse images of more pixels (width x height, read from the header before decoding)")
+	fs.Int64Var(&l.bytes, "max-bytes", vision.DefaultMaxBytes, "refuse image files of more bytes (checked before reading)")
+}
+
+func (l *limitFlags) validate() error {
+	if l.pixels <= 0 || l.bytes <= 0 {
+		return usagef("--max-pixels and --max-bytes must be positive")
+	}
+	return nil
 }
 
 // cacheFlags are the flags of every command that reads a dataset's cache.
 type cacheFlags struct {
 	data, dir      string
 	skipBad, exact bool
+	limits         limitFlags
 }
 
 func (c *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.data, "data", "", "dataset folder with HandInfo.csv and Hands/ (required)")
 	fs.StringVar(&c.dir, "cache-dir", "", "folder for the preprocessed-image cache (default "+vision.DefaultCacheDir()+")")
-	fs.BoolVar(&c.skipBad, "skip-bad", false, "skip missing or unreadable images (counted in the summary) instead of stopping")
-	fs.BoolVar(&c.exact, "exact", false, "decode JPEGs at full resolution (slower; the default fast path differs by <1/255)")
+	fs.BoolVar(&c.skipBad, "skip-bad", false, "train without missing or unreadable images (they are counted and named) instead of stopping")
+	fs.BoolVar(&c.exact, "exact", false, "decode JPEGs at full resolution (slower; the default fast path differs by <1/255); served models decode the same way")
+	c.limits.register(fs)
 }
 
-// open reads the dataset and opens (building if needed) its cache.
+// options are the cache options of the flags; ctx stops a build.
+func (c *cacheFlags) options(ctx context.Context) vision.CacheOptions {
+	return vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact, Context: ctx,
+		Limits: vision.Limits{MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes}}
+}
+
+// open reads the dataset and opens (building if needed; Ctrl-C stops the
+// build) its cache.
 func (c *cacheFlags) open() (*vision.Dataset, *vision.Cache, error) {
 	if c.data == "" {
 		return nil, nil, usagef("--data is required")
+	}
+	if err := c.limits.validate(); err != nil {
+		return nil, nil, err
 	}
 	ds, err := vision.Open(c.data)
 	if err != nil {
 		return nil, nil, err
 	}
-	cache, err := experiment.OpenCache(ds, vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact}, hooks(""))
+	ctx, stop := interruptible()
+	defer stop()
+	cache, err := experiment.OpenCache(ds, c.options(ctx), hooks(""))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -159,23 +193,36 @@ func parseSize(s string) (int, int, error) {
 }
 
 type statsReport struct {
-	Dataset     string           `json:"dataset"`
-	Images      int              `json:"images"`
-	Subjects    int              `json:"subjects"`
-	Classes     []string         `json:"classes"`
-	ClassCounts []int            `json:"class_counts"`
-	Split       string           `json:"split"`
-	Seed        uint64           `json:"seed"`
-	SplitSizes  map[string]int   `json:"split_sizes"`
-	SplitClass  map[string][]int `json:"split_class_counts"`
-	SplitSubj   map[string]int   `json:"split_subjects"`
+	Dataset     string   `json:"dataset"`
+	Images      int      `json:"images"`
+	Subjects    int      `json:"subjects"`
+	Classes     []string `json:"classes"`
+	ClassCounts []int    `json:"class_counts"`
+	splitSource
+	SplitSizes map[string]int   `json:"split_sizes"`
+	SplitClass map[string][]int `json:"split_class_counts"`
+	SplitSubj  map[string]int   `json:"split_subjects"`
 }
 
-func dataStats(ds *vision.Dataset, a vision.Assignment, m vision.SplitMethod, seed uint64, asJSON bool) error {
+// splitSource says where a split came from: a method and seed, or a manifest.
+type splitSource struct {
+	Method   string `json:"split"`
+	Seed     uint64 `json:"seed,omitempty"`
+	Manifest string `json:"manifest,omitempty"`
+}
+
+func (s splitSource) String() string {
+	if s.Manifest != "" {
+		return "split read from " + s.Manifest
+	}
+	return fmt.Sprintf("split %s (seed %d)", s.Method, s.Seed)
+}
+
+func dataStats(ds *vision.Dataset, a vision.Assignment, source splitSource, asJSON bool) error {
 	classes := vision.Classes8.Classes()
 	labels := vision.Classes8.Labels(ds.Records)
 	r := statsReport{Dataset: ds.Dir, Images: len(ds.Records), Subjects: len(ds.Subjects()), Classes: classes,
-		ClassCounts: make([]int, len(classes)), Split: string(m), Seed: seed,
+		ClassCounts: make([]int, len(classes)), splitSource: source,
 		SplitSizes: map[string]int{}, SplitClass: map[string][]int{}, SplitSubj: map[string]int{}}
 	subj := map[string]map[string]bool{}
 	for _, s := range vision.Splits {
@@ -197,8 +244,8 @@ func dataStats(ds *vision.Dataset, a vision.Assignment, m vision.SplitMethod, se
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Printf("%s: %d images, %d subjects\nsplit %s (seed %d): train %d, val %d, test %d images; %d/%d/%d subjects\n\n",
-		ds.Dir, r.Images, r.Subjects, m, seed, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"],
+	fmt.Printf("%s: %d images, %d subjects\n%s: train %d, val %d, test %d images; %d/%d/%d subjects\n\n",
+		ds.Dir, r.Images, r.Subjects, source, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"],
 		r.SplitSubj["train"], r.SplitSubj["val"], r.SplitSubj["test"])
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "class\tall\ttrain\tval\ttest\t")

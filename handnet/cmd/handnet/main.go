@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 )
@@ -89,11 +90,15 @@ func run(args []string) int {
 	}
 	if err := runFn(fs.Args()); err != nil {
 		var ue usageError
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) || errors.Is(err, torch.ErrDeviceName) {
 			fmt.Fprintf(os.Stderr, "handnet %s: %v\nRun 'handnet %s --help' for its flags.\n", c.name, err, c.name)
 			return 2
 		}
-		fmt.Fprintf(os.Stderr, "handnet %s: %v\n", c.name, err)
+		msg := err.Error()
+		if !*verbose {
+			msg = torch.Clean(msg) // no C++ backtraces unless -v
+		}
+		fmt.Fprintf(os.Stderr, "handnet %s: %s\n", c.name, msg)
 		return 1
 	}
 	return 0

@@ -47,7 +47,16 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"eval", "--run", filepath.Join(dir, "norun")}, 1},
 		{[]string{"doctor", "--device", "cpu"}, 0},
 		{[]string{"doctor", "--device", "cuda"}, cuda},
-		{[]string{"doctor", "--device", "tpu"}, 1},
+		{[]string{"doctor", "--device", "tpu"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--device", "tpu"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--momentum", "NaN"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--gamma", "NaN"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--weight-decay", "+Inf"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--lr", "NaN"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--augment", "rotate=NaN"}, 2},
+		{[]string{"train", "--data", dir, "--out", "/"}, 2},
+		{[]string{"reproduce", "--data", dir, "--out", dir, "--transfer-lr", "Inf"}, 2},
+		{[]string{"predict", "--checkpoint", "x", "--device", "tpu", dir}, 2},
 	}
 	for _, tt := range tests {
 		if got := run(tt.args); got != tt.want {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/weights"
 	"github.com/spf13/pflag"
 )
@@ -29,9 +31,17 @@ func init() {
 			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
 			device := fs.String("device", "auto", "device: auto, cpu, cuda or cuda:N")
 			threads := fs.Int("threads", 0, "CPU threads for torch (0: all usable CPUs)")
+			var lim limitFlags
+			lim.register(fs)
 			return func(args []string) error {
 				if *ckpt == "" {
 					return usagef("--checkpoint is required")
+				}
+				if _, err := torch.ParseDevice(*device); errors.Is(err, torch.ErrDeviceName) {
+					return usagef("--device: %v", err)
+				}
+				if err := lim.validate(); err != nil {
+					return err
 				}
 				if len(args) == 0 {
 					return usagef("name at least one image or folder")
@@ -39,7 +49,7 @@ func init() {
 				if *top < 1 {
 					return usagef("--top must be at least 1")
 				}
-				return predict(*ckpt, *top, *asJSON, *device, *threads, args)
+				return predict(*ckpt, *top, *asJSON, handnet.Options{Device: *device, Threads: *threads, MaxPixels: lim.pixels, MaxBytes: lim.bytes}, args)
 			}
 		},
 	})
@@ -112,7 +122,7 @@ func init() {
 	})
 }
 
-func predict(ckpt string, top int, asJSON bool, device string, threads int, args []string) error {
+func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string) error {
 	var files []string
 	for _, a := range args {
 		fi, err := os.Stat(a)
@@ -133,7 +143,7 @@ func predict(ckpt string, top int, asJSON bool, device string, threads int, args
 	if len(files) == 0 {
 		return fmt.Errorf("no images found in %v", args)
 	}
-	c, err := handnet.LoadWith(ckpt, handnet.Options{Device: device, Threads: threads})
+	c, err := handnet.LoadWith(ckpt, o)
 	if err != nil {
 		return err
 	}
@@ -152,7 +162,9 @@ func predict(ckpt string, top int, asJSON bool, device string, threads int, args
 		if err != nil {
 			failed++
 			if asJSON {
-				enc.Encode(map[string]string{"file": f, "error": err.Error()})
+				if err := enc.Encode(map[string]string{"file": f, "error": err.Error()}); err != nil {
+					return err
+				}
 			} else {
 				fmt.Fprintf(os.Stderr, "skipped %s: %v\n", f, err)
 			}
@@ -162,10 +174,12 @@ func predict(ckpt string, top int, asJSON bool, device string, threads int, args
 			p.Top = p.Top[:top]
 		}
 		if asJSON {
-			enc.Encode(struct {
+			if err := enc.Encode(struct {
 				File string `json:"file"`
 				handnet.Prediction
-			}{f, p})
+			}{f, p}); err != nil {
+				return err
+			}
 			continue
 		}
 		var alts []string

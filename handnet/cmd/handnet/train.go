@@ -75,10 +75,17 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 
 func (f *specFlags) spec() (experiment.Spec, error) {
 	s := experiment.Spec{Data: f.cache.data, CacheDir: f.cache.dir, SkipBad: f.cache.skipBad, Exact: f.cache.exact,
+		MaxPixels: f.cache.limits.pixels, MaxBytes: f.cache.limits.bytes,
 		Split: f.split, Scheme: f.scheme, Augment: f.augment, Device: f.device, Train: f.cfg,
 		Model: model.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
 	if s.Data == "" {
 		return s, usagef("--data is required")
+	}
+	if _, err := torch.ParseDevice(f.device); errors.Is(err, torch.ErrDeviceName) {
+		return s, usagef("--device: %v", err)
+	}
+	if err := f.cache.limits.validate(); err != nil {
+		return s, err
 	}
 	if err := s.Train.Validate(); err != nil {
 		return s, usagef("%v", err)
@@ -331,6 +338,9 @@ func init() {
 				}
 				if *out == "" {
 					return usagef("--out is required")
+				}
+				if err := experiment.CheckOut(*out); err != nil {
+					return usagef("%v", err)
 				}
 				if err := d.validate(); err != nil {
 					return err
