@@ -18,7 +18,6 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/sugarme/gotch/pickle"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -199,16 +198,12 @@ func Read(p string) (map[string]*ts.Tensor, error) {
 	if err := checkMagic(p); err != nil {
 		return nil, err
 	}
-	t, err := pickle.Decode(p)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not a PyTorch state dict: %w", p, err)
-	}
-	return t, nil
+	return readPyTorch(p)
 }
 
 // checkMagic accepts the two formats torch.save writes: a zip archive
-// (PyTorch >= 1.6) or a pickle stream (legacy). gotch's unpickler loops
-// forever on an empty file, so anything else stops here.
+// (PyTorch >= 1.6) or a pickle stream (legacy); anything else stops here
+// with an error that says what the file starts with.
 func checkMagic(p string) error {
 	f, err := os.Open(p)
 	if err != nil {

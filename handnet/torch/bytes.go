@@ -22,6 +22,13 @@ func FromBytes(buf []byte, shape []int64, dtype gotch.DType) (*ts.Tensor, error)
 	if n != int64(len(buf)) {
 		return nil, fmt.Errorf("%d bytes for shape %v of %v (want %d)", len(buf), shape, dtype, n)
 	}
+	if len(shape) == 0 { // a scalar: gotch's AtTensorOfData wants a dimension
+		t, err := FromBytes(buf, []int64{1}, dtype)
+		if err != nil {
+			return nil, err
+		}
+		return t.Squeeze(true)
+	}
 	var p unsafe.Pointer
 	if len(buf) > 0 {
 		p = unsafe.Pointer(&buf[0])
