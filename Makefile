@@ -6,7 +6,7 @@ BIN     := bin/handnet
 # Timeout for the whole test run; the cold libtch compile is not part of it.
 TESTFLAGS ?= -timeout 30m
 
-.PHONY: all setup build test run clean fixtures
+.PHONY: all setup build test run clean fixtures fuzz
 
 all: build
 
@@ -23,6 +23,20 @@ test: setup fixtures
 	$(GO) test $(TESTFLAGS) ./...
 	@echo "== the library under the race detector (32 goroutines predicting at once)"
 	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
+
+# Fuzz every parser of outside input for FUZZTIME each (make test runs
+# their seed corpora). A failing input is saved under the package's
+# testdata/fuzz/ and becomes a regression test once committed.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := vision:FuzzReadHandInfo vision:FuzzReadManifest vision:FuzzPreprocess \
+	handnet/model:FuzzReadSafetensors weights:FuzzReadPyTorch handnet:FuzzHandler
+fuzz: setup fixtures
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "== $$fn (./$$pkg, $(FUZZTIME))"; \
+	  out=$$($(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg 2>&1); st=$$?; \
+	  echo "$$out" | grep -v '^fuzz: elapsed'; echo "$$out" | grep '^fuzz: elapsed' | tail -n 2 | head -n 1; \
+	  [ $$st = 0 ] || exit 1; \
+	done
 
 # Golden fixtures for the parity tests, made by PyTorch itself (Debian's
 # python3-torch and python3-torchvision, installed when missing): the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -248,11 +249,25 @@ func SaveManifest(path string, recs []Record, a Assignment) error {
 // assignment for recs. Every record must be listed; unknown images are an
 // error (the manifest belongs to another dataset).
 func LoadManifest(path string, recs []Record) (Assignment, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	cr := csv.NewReader(bytes.NewReader(b))
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	return ReadManifest(f, path, recs)
+}
+
+// ReadManifest reads a manifest from r (named path in errors); see
+// LoadManifest.
+func ReadManifest(r io.Reader, path string, recs []Record) (Assignment, error) {
+	cr := csv.NewReader(r)
 	rows, err := cr.ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

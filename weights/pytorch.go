@@ -68,7 +68,20 @@ func readPyTorch(p string) (tensors map[string]*ts.Tensor, err error) {
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	tensors = map[string]*ts.Tensor{}
+	// Tensors may share a storage (tied weights): bound what all of them
+	// take together, not only each.
+	budget := 2*int64(len(data)) + 64<<20
 	for _, nt := range named {
+		n := int64(1)
+		for _, d := range nt.t.Size {
+			if d < 0 || d > 1<<40 || n > 0 && int64(d) > (1<<40)/max(n, 1) {
+				return tensors, fmt.Errorf("%s: tensor %s: size %v out of range", p, nt.name, nt.t.Size)
+			}
+			n *= int64(d)
+		}
+		if budget -= 8 * n; budget < 0 {
+			return tensors, fmt.Errorf("%s: its tensors would take more than twice the file's size (shared or expanded storages)", p)
+		}
 		t, err := toTensor(nt.t)
 		if err != nil {
 			return tensors, fmt.Errorf("%s: tensor %s: %w", p, nt.name, err)
@@ -517,6 +530,9 @@ func toTensor(t *pytorch.Tensor) (*ts.Tensor, error) {
 		shape[i] = int64(n)
 	}
 	gather := func(n int, set func(dst, src int)) error {
+		if numel > n {
+			return fmt.Errorf("size %v has %d elements, its storage %d: expanded (stride-0) tensors are not supported", t.Size, numel, n)
+		}
 		if numel > 0 && last >= n {
 			return fmt.Errorf("size %v, strides %v and offset %d reach element %d of a storage of %d", t.Size, t.Stride, t.StorageOffset, last, n)
 		}

@@ -212,6 +212,9 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		if c.Finished != nil {
 			return c.Finished, nil
 		}
+		if o.Resume && !c.Resume {
+			h.logf("nothing saved in %s yet: starting the run from the beginning", dir)
+		}
 		o.Resume = c.Resume
 		defer func() {
 			if _, statErr := os.Stat(f.Path(train.LastCheckpoint)); err != nil && statErr != nil {

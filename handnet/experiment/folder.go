@@ -214,7 +214,8 @@ func (c *Claim) Release() {
 // locks it: a new folder is created, an empty one used; one that holds a
 // run of the same identity is resumed only when resume is set (or reuse:
 // then a finished run is returned in Claim.Finished, a started one resumed,
-// and a new one started); one of another identity is refused, naming what
+// and a new one started) — a resume of a run that saved nothing yet starts
+// it from the beginning; one of another identity is refused, naming what
 // differs, and so is one that holds other files. Temporary files of killed
 // processes are swept (under the lock, so never a live writer's).
 func (f Folder) Claim(id Identity, epochs int, resume, reuse bool) (*Claim, error) {
@@ -223,9 +224,8 @@ func (f Folder) Claim(id Identity, epochs int, resume, reuse bool) (*Claim, erro
 	}
 	c := &Claim{Folder: f}
 	if _, err := os.Stat(f.Dir); os.IsNotExist(err) {
-		if resume && !reuse {
-			return nil, fmt.Errorf("resume: %s does not exist: nothing to resume", f.Dir)
-		}
+		// Also with resume: a run killed before it made its folder starts
+		// from the beginning.
 		if err := os.MkdirAll(f.Dir, 0o755); err != nil {
 			return nil, err
 		}
@@ -273,10 +273,7 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 			}
 			return fmt.Errorf("--out %s holds other files (%s): name a new or empty folder", f.Dir, strings.Join(other, ", "))
 		}
-		if resume && !reuse {
-			return fmt.Errorf("resume: %s holds no run (no %s): nothing to resume", f.Dir, SpecFile)
-		}
-		return nil
+		return nil // an empty folder: a resume starts from the beginning
 	}
 	saved, err := f.ReadSpec()
 	if err != nil {
@@ -294,10 +291,9 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 			c.Resume = started
 		}
 	case resume:
-		if !started {
-			return fmt.Errorf("resume: %s has no %s yet (the run stopped before its first checkpoint): start it again without --resume", f.Dir, train.LastCheckpoint)
-		}
-		c.Resume = true
+		// Nothing saved yet (stopped before its first checkpoint): start
+		// from the beginning.
+		c.Resume = started
 	case started:
 		return fmt.Errorf("%s already holds this run; add --resume to continue it, or choose another --out", f.Dir)
 	}
