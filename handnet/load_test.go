@@ -7,7 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"sync"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 )
 
@@ -89,7 +90,7 @@ func drive(url string, imgs [][]byte, clients int, d time.Duration) loadResult {
 // BenchmarkHandlerLoad drives Classifier.Handler over real HTTP with 32
 // concurrent clients posting 1600x1200 JPEGs for 30 s (HANDNET_LOAD_SECONDS
 // changes it): it reports requests/s, p50/p99 latency, errors, and RSS after
-// a warm-up and at the end.
+// a 10 s warm-up and at the end.
 //
 //	go test -run '^$' -bench HandlerLoad -benchtime 1x ./handnet
 func BenchmarkHandlerLoad(b *testing.B) {
@@ -107,12 +108,14 @@ func BenchmarkHandlerLoad(b *testing.B) {
 	defer srv.Close()
 	http.DefaultTransport.(*http.Transport).MaxIdleConnsPerHost = 64
 	for range b.N {
-		drive(srv.URL, imgs, 32, 3*time.Second) // warm-up
-		runtime.GC()
+		drive(srv.URL, imgs, 32, 10*time.Second) // warm-up: pools and allocators fill
+		debug.FreeOSMemory() // RSS without garbage Go has not returned yet
 		before := rssMiB()
+		tensors := torch.LiveTensors()
 		r := drive(srv.URL, imgs, 32, time.Duration(secs)*time.Second)
-		runtime.GC()
+		debug.FreeOSMemory()
 		after := rssMiB()
+		b.ReportMetric(float64(torch.LiveTensors()-tensors), "tensors-leaked")
 		if r.errors > 0 {
 			b.Errorf("%d requests failed", r.errors)
 		}

@@ -1,9 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/vision"
+	"image"
+	"image/png"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sugarme/gotch"
 )
@@ -91,5 +100,44 @@ func TestTrainEvalEndToEnd(t *testing.T) {
 	// Training into a finished run without --resume is refused.
 	if got := run(steps[3]); got != 1 {
 		t.Errorf("second train into %s: exit %d, want 1", out, got)
+	}
+}
+
+// TestPredictHostileFolder: a folder with a .jpg that is a link to
+// /dev/zero, a FIFO named .jpg and a PNG named .jpg: the first two are
+// reported and skipped at once, the PNG is classified, the exit code is 1.
+func TestPredictHostileFolder(t *testing.T) {
+	dir := t.TempDir()
+	ckpt := filepath.Join(dir, "m.safetensors")
+	th := torch.NewThread(1)
+	err := th.Do(func() error {
+		m, err := model.New(model.Config{Arch: "cnn", Dropout: "none", Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height,
+			Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		return model.SaveCheckpoint(ckpt, m, nil, nil)
+	})
+	th.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs := filepath.Join(dir, "imgs")
+	os.MkdirAll(imgs, 0o755)
+	os.Symlink("/dev/zero", filepath.Join(imgs, "zero.jpg"))
+	syscall.Mkfifo(filepath.Join(imgs, "fifo.jpg"), 0o644)
+	var buf bytes.Buffer
+	png.Encode(&buf, image.NewRGBA(image.Rect(0, 0, 200, 150)))
+	os.WriteFile(filepath.Join(imgs, "really-a-png.jpg"), buf.Bytes(), 0o644)
+	p := start(t, nil, "predict", "--checkpoint", ckpt, "--json", imgs)
+	if code := p.wait(t, time.Minute); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, p.out.String())
+	}
+	out := p.out.String()
+	for _, want := range []string{`zero.jpg: not a regular file (a device)`, `fifo.jpg: not a regular file (a FIFO)`, `"file":"` + filepath.Join(imgs, "really-a-png.jpg") + `","class"`, "2 of 3 images could not be read"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }
