@@ -109,7 +109,7 @@ func BenchmarkHandlerLoad(b *testing.B) {
 	http.DefaultTransport.(*http.Transport).MaxIdleConnsPerHost = 64
 	for range b.N {
 		drive(srv.URL, imgs, 32, 10*time.Second) // warm-up: pools and allocators fill
-		debug.FreeOSMemory() // RSS without garbage Go has not returned yet
+		debug.FreeOSMemory()                     // RSS without garbage Go has not returned yet
 		before := rssMiB()
 		tensors := torch.LiveTensors()
 		r := drive(srv.URL, imgs, 32, time.Duration(secs)*time.Second)

@@ -11,8 +11,6 @@ import (
 	"github.com/sugarme/gotch/ts"
 )
 
-
-
 // TestTinyStateDicts reads a small state dict in both formats, a
 // transposed (strided) tensor and a BatchNorm counter (a 0-dim tensor)
 // included.

@@ -32,21 +32,21 @@ import (
 
 // Spec is an experiment's full description, saved as run.json.
 type Spec struct {
-	Data     string       `json:"data"`
-	CacheDir string       `json:"cache_dir,omitempty"`
-	SkipBad  bool         `json:"skip_bad,omitempty"`
-	Exact    bool         `json:"exact,omitempty"`
+	Data     string `json:"data"`
+	CacheDir string `json:"cache_dir,omitempty"`
+	SkipBad  bool   `json:"skip_bad,omitempty"`
+	Exact    bool   `json:"exact,omitempty"`
 	// Budgets of each decode when the cache is built (0: the defaults).
-	MaxPixels int64 `json:"max_pixels,omitempty"`
-	MaxBytes  int64 `json:"max_bytes,omitempty"`
-	Split    string       `json:"split"`  // random, stratified or subject
-	Scheme   string       `json:"scheme"` // class8, gender or aspect
-	Augment  string       `json:"augment,omitempty"`
-	Device   string       `json:"device"`
-	Model    model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
-	Weights  string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
-	Train    train.Config `json:"train"`
-	Title    string       `json:"title,omitempty"`
+	MaxPixels int64        `json:"max_pixels,omitempty"`
+	MaxBytes  int64        `json:"max_bytes,omitempty"`
+	Split     string       `json:"split"`  // random, stratified or subject
+	Scheme    string       `json:"scheme"` // class8, gender or aspect
+	Augment   string       `json:"augment,omitempty"`
+	Device    string       `json:"device"`
+	Model     model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
+	Weights   string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
+	Train     train.Config `json:"train"`
+	Title     string       `json:"title,omitempty"`
 	// Identity is filled in when the run starts (see Identify).
 	Identity Identity `json:"identity"`
 	// WorldSize is the number of data-parallel processes that trained it.
