@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
@@ -139,5 +140,44 @@ func TestPredictHostileFolder(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestNoLeftovers: a run that fails before its first checkpoint leaves no
+// folder; a manifest with conflicting rows is refused naming both lines;
+// data stats says when it used a manifest.
+func TestNoLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if code := run([]string{"fakedata", "--out", data, "--count", "60", "--size", "340x256", "--per-subject", "20"}); code != 0 {
+		t.Fatal("fakedata failed")
+	}
+	bad := filepath.Join(dir, "bad.pth")
+	os.WriteFile(bad, []byte("PK\x03\x04not really"), 0o644)
+	out := filepath.Join(dir, "run")
+	if code := run([]string{"train", "--data", data, "--cache-dir", filepath.Join(dir, "cache"), "--out", out, "--model", "resnet18", "--weights", bad, "--epochs", "1"}); code != 1 {
+		t.Fatalf("train with broken weights: exit %d, want 1", code)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(out)
+		t.Errorf("the failed run left %s behind: %v", out, entries)
+	}
+	manifest := filepath.Join(dir, "split.csv")
+	if code := run([]string{"data", "stats", "--data", data, "--manifest", manifest}); code != 0 {
+		t.Fatal("data stats --manifest (writing it) failed")
+	}
+	b, _ := os.ReadFile(manifest)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	first := strings.Split(lines[1], ",")
+	other := map[string]string{"train": "test", "val": "test", "test": "train"}[first[1]]
+	os.WriteFile(manifest, []byte(string(b)+first[0]+","+other+"\n"), 0o644)
+	p := start(t, nil, "data", "stats", "--data", data, "--manifest", manifest)
+	if code := p.wait(t, time.Minute); code != 1 || !strings.Contains(p.out.String(), fmt.Sprintf("is in two splits: %s on line 2, %s on line %d", first[1], other, len(lines)+1)) {
+		t.Errorf("conflicting manifest: exit %d\n%s", code, p.out.String())
+	}
+	os.WriteFile(manifest, b, 0o644)
+	p = start(t, nil, "data", "stats", "--data", data, "--manifest", manifest)
+	if code := p.wait(t, time.Minute); code != 0 || !strings.Contains(p.out.String(), "split read from "+manifest) || strings.Contains(p.out.String(), "seed 42") {
+		t.Errorf("data stats --manifest: exit %d\n%s", code, p.out.String())
 	}
 }
