@@ -164,3 +164,68 @@ func TestReadBadFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestGoldenGradCAM: handnet's Grad-CAM of the saved input equals PyTorch's
+// (tools/fixtures/golden.py) within 1e-4, for the study's CNN (last block)
+// and ResNet-18 (layer4).
+func TestGoldenGradCAM(t *testing.T) {
+	dir := fixtures(t)
+	for _, tc := range []struct {
+		name string
+		cfg  model.Config
+	}{
+		{"cnn", model.Config{Arch: "cnn", Dropout: "none", Classes: classes(8), Width: 170, Height: 128}},
+		{"resnet18", model.Config{Arch: "resnet18", Classes: classes(1000), Width: 170, Height: 128}},
+	} {
+		th := torch.NewThread(0)
+		err := th.Do(func() error {
+			m, err := model.New(tc.cfg, gotch.CPU)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			w, err := Read(filepath.Join(dir, tc.name+".pth"))
+			if err != nil {
+				return err
+			}
+			if err := m.Load(w, func(n string) bool { return strings.HasSuffix(n, "num_batches_tracked") }, nil); err != nil {
+				return err
+			}
+			io, err := Read(filepath.Join(dir, tc.name+"-io.pth"))
+			if err != nil {
+				return err
+			}
+			ref, err := Read(filepath.Join(dir, tc.name+"-cam.pth"))
+			if err != nil {
+				return err
+			}
+			x := io["input"].MustNarrow(0, 0, 1, false)
+			cls := int(ref["class"].Int64Values()[0])
+			cam, err := model.GradCAM(m, x, cls)
+			if err != nil {
+				return err
+			}
+			maxDiff := func(got []float32, want *ts.Tensor) float64 {
+				w := want.Vals().([]float32)
+				if len(w) != len(got) {
+					return math.Inf(1)
+				}
+				d := 0.0
+				for i := range w {
+					d = math.Max(d, math.Abs(float64(got[i])-float64(w[i])))
+				}
+				return d
+			}
+			dCam, dRaw := maxDiff(cam.Values, ref["cam"]), maxDiff(cam.Raw, ref["raw"])
+			t.Logf("%s: class %d, max |map - PyTorch's| %.3g (scaled), %.3g (raw %dx%d)", tc.name, cls, dCam, dRaw, cam.RawW, cam.RawH)
+			if cam.Class != cls || !(dCam <= 1e-4) || !(dRaw <= 1e-4) {
+				return fmt.Errorf("%s: Grad-CAM differs from PyTorch's: %g scaled, %g raw (want <= 1e-4)", tc.name, dCam, dRaw)
+			}
+			return nil
+		})
+		th.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

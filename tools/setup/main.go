@@ -31,7 +31,7 @@ const (
 	gotchVersion = "v0.9.1"
 	// formatVersion changes whenever what this program writes changes, so
 	// that older prepared copies are rebuilt.
-	formatVersion = "8"
+	formatVersion = "9"
 )
 
 // Debian packages the project needs: libtorch (when no other is named) and
@@ -330,7 +330,9 @@ func freeOutputPointers(tsDir string) error {
 	if err != nil {
 		return err
 	}
-	re := regexp.MustCompile(`(?m)^(\s*)(\w+) := \(\*lib\.Ctensor\)\(unsafe\.Pointer\(C\.malloc\(0\)\)\)$`)
+	// An existing free of the same slot on the next line (gotch's
+	// RunBackward has one) is kept once.
+	re := regexp.MustCompile(`(?m)^(\s*)(\w+) := \(\*lib\.Ctensor\)\(unsafe\.Pointer\(C\.malloc\(0\)\)\)(\n\s*defer C\.free\(unsafe\.Pointer\(\w+\)\))?$`)
 	total := 0
 	for _, f := range files {
 		b, err := os.ReadFile(f)
