@@ -6,6 +6,8 @@ package handnet
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -40,7 +43,16 @@ type Classifier struct {
 	pre    sync.Pool // *vision.Preprocessor
 	norm   *vision.Normalizer
 	gate   *gate
+	info   ModelInfo
 	closed sync.Once
+}
+
+// ModelInfo identifies the model a Classifier serves.
+type ModelInfo struct {
+	Checkpoint string   `json:"checkpoint"` // the file's name
+	SHA256     string   `json:"sha256"`     // of the checkpoint file
+	Arch       string   `json:"arch"`
+	Classes    []string `json:"classes"`
 }
 
 // Prediction is a classifier's answer for one image.
@@ -117,6 +129,12 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		return nil, err
 	}
 	cfg := c.net.Config
+	sum, err := fileSHA256(path)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.info = ModelInfo{Checkpoint: filepath.Base(path), SHA256: sum, Arch: cfg.Arch, Classes: append([]string(nil), cfg.Classes...)}
 	c.norm = vision.NewNormalizer(cfg.Mean, cfg.Std)
 	c.pre.New = func() any {
 		p, err := vision.NewPreprocessor(cfg.Width, cfg.Height)
@@ -129,6 +147,23 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 	}
 	return c, nil
 }
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Info identifies the model: checkpoint file, its SHA-256, architecture
+// and classes.
+func (c *Classifier) Info() ModelInfo { return c.info }
 
 // Classes returns the class names, index = class index.
 func (c *Classifier) Classes() []string { return append([]string(nil), c.net.Config.Classes...) }

@@ -165,6 +165,24 @@ func (p *Preprocessor) Size() int { return 3 * p.W * p.H }
 // regular files are read (a device, FIFO or socket is refused without
 // blocking), and only up to the byte budget.
 func (p *Preprocessor) File(path string, dst []byte) error {
+	if err := p.open(path); err != nil {
+		return err
+	}
+	return p.Bytes(p.file, dst)
+}
+
+// ReadFile reads an image file within the byte budget: only a regular
+// file (a device, FIFO or socket is refused without blocking).
+func (l Limits) ReadFile(path string) ([]byte, error) {
+	p := &Preprocessor{Limits: l}
+	if err := p.open(path); err != nil {
+		return nil, err
+	}
+	return p.file, nil
+}
+
+// open reads a regular file within the byte budget into p.file.
+func (p *Preprocessor) open(path string) error {
 	// O_NONBLOCK: opening a FIFO must not wait for a writer.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -181,10 +199,7 @@ func (p *Preprocessor) File(path string, dst []byte) error {
 	if st.Size() > p.Limits.bytes() {
 		return &BytesError{Size: st.Size(), Max: p.Limits.bytes()}
 	}
-	if err := p.read(f, st.Size()); err != nil {
-		return err
-	}
-	return p.Bytes(p.file, dst)
+	return p.read(f, st.Size())
 }
 
 func fileKind(m os.FileMode) string {

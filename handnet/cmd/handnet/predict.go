@@ -122,12 +122,14 @@ func init() {
 	})
 }
 
-func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string) error {
+// imageFiles expands the arguments: files as given, folders walked for
+// .jpg/.jpeg/.png/.gif files (the content decides the format when read).
+func imageFiles(args []string) ([]string, error) {
 	var files []string
 	for _, a := range args {
 		fi, err := os.Stat(a)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if !fi.IsDir() {
 			files = append(files, a)
@@ -141,7 +143,15 @@ func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string
 		})
 	}
 	if len(files) == 0 {
-		return fmt.Errorf("no images found in %v", args)
+		return nil, fmt.Errorf("no images found in %v", args)
+	}
+	return files, nil
+}
+
+func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string) error {
+	files, err := imageFiles(args)
+	if err != nil {
+		return err
 	}
 	c, err := handnet.LoadWith(ckpt, o)
 	if err != nil {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/png"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/vision"
+	log "github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+)
+
+// classifierFlags load a checkpoint for prediction.
+type classifierFlags struct {
+	ckpt    string
+	device  string
+	threads int
+	limits  limitFlags
+}
+
+func (c *classifierFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.ckpt, "checkpoint", "", "handnet checkpoint, e.g. a run's best.safetensors (required)")
+	fs.StringVar(&c.device, "device", "auto", "device: auto, cpu, cuda or cuda:N")
+	fs.IntVar(&c.threads, "threads", 0, "CPU threads for torch (0: all usable CPUs)")
+	c.limits.register(fs)
+}
+
+func (c *classifierFlags) options() (handnet.Options, error) {
+	if c.ckpt == "" {
+		return handnet.Options{}, usagef("--checkpoint is required")
+	}
+	if _, err := torch.ParseDevice(c.device); errors.Is(err, torch.ErrDeviceName) {
+		return handnet.Options{}, usagef("--device: %v", err)
+	}
+	if err := c.limits.validate(); err != nil {
+		return handnet.Options{}, err
+	}
+	return handnet.Options{Device: c.device, Threads: c.threads, MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes}, nil
+}
+
+func init() {
+	register(&command{
+		name:  "serve",
+		usage: "--checkpoint FILE [--addr :8080] [--device D] [--max-batch 32] [--max-wait 5ms] [--drain 10s]",
+		summary: "Serve a trained model over HTTP: POST /predict (and /explain, with a Grad-CAM overlay), GET /healthz,\n" +
+			"/readyz, /metrics (Prometheus) and a web page at /. Concurrent requests are batched into shared\n" +
+			"forward passes. SIGTERM or Ctrl-C stops accepting, finishes what is in flight (--drain), exits 0.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			var cf classifierFlags
+			cf.register(fs)
+			addr := fs.String("addr", ":8080", "address to listen on")
+			maxBatch := fs.Int("max-batch", 32, "images per forward pass at most (1: no batching)")
+			maxWait := fs.Duration("max-wait", 5*time.Millisecond, "how long a forward pass waits for more images after the first")
+			drain := fs.Duration("drain", 10*time.Second, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
+			conc := fs.Int("max-concurrent", 0, "images decoded at once (0: the number of CPUs)")
+			queue := fs.Int("max-queue", 0, "requests that may wait for a decode slot (0: 8 x --max-concurrent); beyond, 503")
+			timeout := fs.Duration("timeout", 30*time.Second, "time one request may take, reading its body included")
+			return func(args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				o, err := cf.options()
+				if err != nil {
+					return err
+				}
+				if *maxBatch < 1 || *maxWait <= 0 || *drain < 0 || *timeout <= 0 || *conc < 0 || *queue < 0 {
+					return usagef("--max-batch, --max-wait and --timeout must be positive; --drain, --max-concurrent and --max-queue not negative")
+				}
+				o.MaxConcurrent, o.MaxQueue, o.Timeout = *conc, *queue, *timeout
+				return serve(cf.ckpt, *addr, o, handnet.ServerOptions{MaxBatch: *maxBatch, MaxWait: *maxWait}, *drain)
+			}
+		},
+	})
+	register(&command{
+		name:  "explain",
+		usage: "--checkpoint FILE [--class C] [--out DIR] IMG|DIR...",
+		summary: "Grad-CAM: where the network looks. For each image, writes NAME.cam.png (the map blended over the\n" +
+			"photo) into --out and prints a JSON line (class, probability, explained class, file written).",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			var cf classifierFlags
+			cf.register(fs)
+			class := fs.String("class", "", "class to explain, by name or index (default: each image's predicted class)")
+			out := fs.String("out", "explain", "folder for the NAME.cam.png files")
+			size := fs.Int("size", 640, "longest side of the pictures written, in pixels")
+			return func(args []string) error {
+				o, err := cf.options()
+				if err != nil {
+					return err
+				}
+				if len(args) == 0 {
+					return usagef("name at least one image or folder")
+				}
+				if *size < 16 {
+					return usagef("--size %d: want at least 16", *size)
+				}
+				return explain(cf.ckpt, o, *class, *out, *size, args)
+			}
+		},
+	})
+}
+
+func serve(ckpt, addr string, o handnet.Options, so handnet.ServerOptions, drain time.Duration) error {
+	c, err := handnet.LoadWith(ckpt, o)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--addr %s: %w", addr, err)
+	}
+	srv := handnet.NewServer(c, so)
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	info := c.Info()
+	log.WithFields(log.Fields{"addr": ln.Addr().String(), "checkpoint": ckpt, "sha256": info.SHA256[:12], "arch": info.Arch,
+		"max_batch": so.MaxBatch, "max_wait": so.MaxWait}).Info("serving")
+	fmt.Printf("serving %s (%s) on http://%s\n", filepath.Base(ckpt), info.Arch, ln.Addr())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ln) }()
+	select {
+	case err := <-done:
+		srv.Close()
+		return err
+	case s := <-sig:
+		log.Infof("%v: no new requests; finishing those in flight (up to %v)", s, drain)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	err = hs.Shutdown(ctx)
+	srv.Close()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("requests still in flight after --drain %v were cut", drain)
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func explain(ckpt string, o handnet.Options, className, out string, size int, args []string) error {
+	files, err := imageFiles(args)
+	if err != nil {
+		return err
+	}
+	c, err := handnet.LoadWith(ckpt, o)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	class := -1
+	if className != "" {
+		if class = c.ClassIndex(className); class < 0 {
+			n, err := strconv.Atoi(className)
+			if err != nil || n < 0 || n >= len(c.Classes()) {
+				return usagef("--class %q: want one of %s, or an index 0-%d", className, strings.Join(c.Classes(), ", "), len(c.Classes())-1)
+			}
+			class = n
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	failed := 0
+	for _, f := range files {
+		e, photo, err := c.ExplainFile(f, class)
+		if err != nil {
+			failed++
+			if err := enc.Encode(map[string]string{"file": f, "error": err.Error()}); err != nil {
+				return err
+			}
+			continue
+		}
+		dst := filepath.Join(out, strings.TrimSuffix(filepath.Base(f), filepath.Ext(f))+".cam.png")
+		if err := writePNG(dst, e.Overlay(photo, size)); err != nil {
+			return err
+		}
+		if err := enc.Encode(struct {
+			File        string  `json:"file"`
+			Class       string  `json:"class"`
+			Probability float64 `json:"probability"`
+			Explained   string  `json:"explained"`
+			Written     string  `json:"written"`
+		}{f, e.Class, e.Probability, e.Explained, dst}); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d images could not be explained", failed, len(files))
+	}
+	return nil
+}
+
+// writePNG writes an image atomically.
+func writePNG(path string, img image.Image) error {
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		return err
+	}
+	return vision.WriteFileAtomic(path, b.Bytes())
+}

@@ -1,0 +1,528 @@
+package handnet
+
+import (
+	"context"
+	"embed"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image/png"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/handnet/handnet/vision"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	log "github.com/sirupsen/logrus"
+)
+
+//go:embed web
+var webFiles embed.FS
+
+// ServerOptions configures NewServer.
+type ServerOptions struct {
+	// Micro-batching: concurrent requests are gathered into one forward
+	// pass of up to MaxBatch images (0: 32; 1: no batching), waiting at most
+	// MaxWait (0: 5 ms) for more after the first.
+	MaxBatch int
+	MaxWait  time.Duration
+	// Logger receives one structured line per request (nil: logrus's
+	// standard logger).
+	Logger *log.Logger
+	// Registry receives the metrics (nil: a registry of the server's own,
+	// with Go's and the process's collectors).
+	Registry *prometheus.Registry
+}
+
+// Server serves a Classifier over HTTP as a production service:
+//
+//	POST /predict   an image (body, or multipart field "image"; several
+//	                files in one multipart request are all answered), ?top=K
+//	POST /explain   the same, plus a Grad-CAM overlay (?class=NAME|INDEX)
+//	GET  /healthz   the process is alive
+//	GET  /readyz    the model is loaded and a warm-up forward pass is done
+//	GET  /metrics   Prometheus metrics
+//	GET  /          a web page: drop a photo, see the classes and the map
+//
+// Concurrent requests are decoded on their own goroutines (at most
+// Options.MaxConcurrent at once, Options.MaxQueue waiting; beyond, 503) and
+// batched into shared forward passes. Server is an http.Handler.
+type Server struct {
+	c     *Classifier
+	o     ServerOptions
+	log   *log.Logger
+	jobs  chan *job
+	ready atomic.Bool
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	mux   *http.ServeMux
+	once  sync.Once
+
+	registry *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	batches  prometheus.Histogram
+	queue    prometheus.Gauge
+	images   prometheus.Counter
+	rate     prometheus.Gauge
+	waiting  atomic.Int64
+	served   atomic.Int64
+}
+
+type job struct {
+	buf  []byte
+	done chan jobResult
+}
+
+type jobResult struct {
+	p   Prediction
+	err error
+}
+
+// NewServer starts serving c: the batcher, and a warm-up forward pass in
+// the background (until it is done, /readyz answers 503). Close stops it.
+func NewServer(c *Classifier, o ServerOptions) *Server {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 32
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = 5 * time.Millisecond
+	}
+	s := &Server{c: c, o: o, log: o.Logger, jobs: make(chan *job, 4*o.MaxBatch), stop: make(chan struct{}), registry: o.Registry}
+	if s.log == nil {
+		s.log = log.StandardLogger()
+	}
+	if s.registry == nil {
+		s.registry = prometheus.NewRegistry()
+		s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handnet_http_requests_total", Help: "HTTP requests by path and status code."}, []string{"path", "code"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "handnet_http_request_duration_seconds", Help: "HTTP request latency by path.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, []string{"path"})
+	s.batches = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "handnet_batch_size", Help: "Images per forward pass.", Buckets: prometheus.ExponentialBuckets(1, 2, 8)})
+	s.queue = prometheus.NewGauge(prometheus.GaugeOpts{Name: "handnet_queue_depth", Help: "Images decoded and waiting for a forward pass."})
+	s.images = prometheus.NewCounter(prometheus.CounterOpts{Name: "handnet_images_total", Help: "Images classified."})
+	s.rate = prometheus.NewGauge(prometheus.GaugeOpts{Name: "handnet_images_per_second", Help: "Images classified per second, over the last 10 seconds."})
+	s.registry.MustRegister(s.requests, s.latency, s.batches, s.queue, s.images, s.rate)
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("POST /predict", s.predict)
+	s.mux.HandleFunc("POST /explain", s.explain)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /{$}", s.page)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &httpError{http.StatusNotFound, fmt.Sprintf("no %s %s: see / for the page, POST /predict or /explain", r.Method, r.URL.Path)})
+	})
+	s.wg.Add(3)
+	go s.batcher()
+	go s.meter()
+	go s.warmUp()
+	return s
+}
+
+// Ready tells whether the warm-up forward pass is done.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Close stops the batcher (after the batch in progress); requests still
+// waiting get an error. Stop accepting requests first (http.Server.Shutdown).
+func (s *Server) Close() {
+	s.once.Do(func() { close(s.stop) })
+	s.wg.Wait()
+}
+
+func (s *Server) warmUp() {
+	defer s.wg.Done()
+	cfg := s.c.net.Config
+	if _, err := s.c.forward([][]byte{make([]byte, 3*cfg.Width*cfg.Height)}); err != nil {
+		s.log.WithError(err).Error("warm-up forward pass failed: not ready")
+		return
+	}
+	s.ready.Store(true)
+}
+
+// batcher gathers decoded images into forward passes.
+func (s *Server) batcher() {
+	defer s.wg.Done()
+	for {
+		var first *job
+		select {
+		case first = <-s.jobs:
+		case <-s.stop:
+			s.drainJobs()
+			return
+		}
+		batch := []*job{first}
+		timer := time.NewTimer(s.o.MaxWait)
+	gather:
+		for len(batch) < s.o.MaxBatch {
+			select {
+			case j := <-s.jobs:
+				batch = append(batch, j)
+			case <-timer.C:
+				break gather
+			}
+		}
+		timer.Stop()
+		s.queue.Sub(float64(len(batch)))
+		bufs := make([][]byte, len(batch))
+		for i, j := range batch {
+			bufs[i] = j.buf
+		}
+		s.batches.Observe(float64(len(batch)))
+		preds, err := s.c.forward(bufs)
+		for i, j := range batch {
+			if err != nil {
+				j.done <- jobResult{err: err}
+			} else {
+				j.done <- jobResult{p: preds[i]}
+			}
+		}
+		s.images.Add(float64(len(batch)))
+		s.served.Add(int64(len(batch)))
+	}
+}
+
+func (s *Server) drainJobs() {
+	for {
+		select {
+		case j := <-s.jobs:
+			j.done <- jobResult{err: errors.New("server stopping")}
+		default:
+			return
+		}
+	}
+}
+
+// meter updates the images/s gauge every second, over 10 seconds.
+func (s *Server) meter() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var hist []int64
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			hist = append(hist, s.served.Load())
+			if len(hist) > 11 {
+				hist = hist[1:]
+			}
+			if n := len(hist); n > 1 {
+				s.rate.Set(float64(hist[n-1]-hist[0]) / float64(n-1))
+			}
+		}
+	}
+}
+
+// submit queues a decoded image for the next forward pass.
+func (s *Server) submit(ctx context.Context, buf []byte) (Prediction, error) {
+	j := &job{buf: buf, done: make(chan jobResult, 1)}
+	s.queue.Inc()
+	select {
+	case s.jobs <- j:
+	case <-s.stop:
+		s.queue.Dec()
+		return Prediction{}, errors.New("server stopping")
+	case <-ctx.Done():
+		s.queue.Dec()
+		return Prediction{}, ctx.Err()
+	}
+	select {
+	case r := <-j.done:
+		return r.p, r.err
+	case <-ctx.Done(): // the batch still runs; its answer is dropped
+		return Prediction{}, ctx.Err()
+	}
+}
+
+// ServeHTTP routes a request and logs it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w, code: 200}
+	s.mux.ServeHTTP(rec, r)
+	path := r.URL.Path
+	switch path {
+	case "/", "/predict", "/explain", "/healthz", "/readyz", "/metrics":
+	default:
+		path = "other" // keep the label set small
+	}
+	d := time.Since(start)
+	s.requests.WithLabelValues(path, strconv.Itoa(rec.code)).Inc()
+	s.latency.WithLabelValues(path).Observe(d.Seconds())
+	s.log.WithFields(log.Fields{"method": r.Method, "path": r.URL.Path, "status": rec.code, "duration_ms": float64(d.Microseconds()) / 1000,
+		"bytes": rec.bytes, "remote": r.RemoteAddr}).Info("request")
+}
+
+type recorder struct {
+	http.ResponseWriter
+	code  int
+	bytes int64
+}
+
+func (r *recorder) WriteHeader(code int) { r.code = code; r.ResponseWriter.WriteHeader(code) }
+func (r *recorder) Write(b []byte) (int, error) {
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if !s.Ready() {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "warming up"})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"status": "ready", "model": s.c.Info()})
+}
+
+func (s *Server) page(w http.ResponseWriter, r *http.Request) {
+	b, err := webFiles.ReadFile("web/index.html")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+	w.Write(b)
+}
+
+// imagePart is one image of a request.
+type imagePart struct {
+	name string
+	data []byte
+	err  error
+}
+
+// readUploads reads a request's images: the body, or every file part of a
+// multipart form (field "image", or any file), each within the byte budget.
+func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePart, error) {
+	maxBytes := s.c.opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = vision.DefaultMaxBytes
+	}
+	if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBytes)
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return []imagePart{{name: "body", data: b}}, nil
+	}
+	const maxFiles = 64
+	r.Body = http.MaxBytesReader(w, r.Body, 4*maxBytes+1<<20)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return nil, &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
+	}
+	var out []imagePart
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
+		}
+		if part.FormName() != "image" && part.FileName() == "" {
+			continue
+		}
+		if len(out) == maxFiles {
+			return nil, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("more than %d images in one request", maxFiles)}
+		}
+		name := part.FileName()
+		if name == "" {
+			name = fmt.Sprintf("image %d", len(out)+1)
+		}
+		b, err := io.ReadAll(io.LimitReader(part, maxBytes+1))
+		if err != nil {
+			return nil, err
+		}
+		u := imagePart{name: name, data: b}
+		if int64(len(b)) > maxBytes {
+			u.data, u.err = nil, &vision.BytesError{Size: -1, Max: maxBytes}
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, &httpError{http.StatusBadRequest, "multipart upload without an \"image\" file"}
+	}
+	return out, nil
+}
+
+// decode preprocesses one upload within the gate.
+func (s *Server) decode(ctx context.Context, data []byte) ([]byte, error) {
+	leave, err := s.c.gate.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
+	buf, err := s.c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Bytes(data, dst) })
+	if err != nil {
+		var pe *vision.PixelsError
+		var be *vision.BytesError
+		if !errors.As(err, &pe) && !errors.As(err, &be) {
+			err = fmt.Errorf("%w: %v", errDecode, err)
+		}
+	}
+	return buf, err
+}
+
+// topK parses ?top=K (default all classes).
+func (s *Server) topK(r *http.Request) (int, error) {
+	k := len(s.c.net.Config.Classes)
+	if v := r.URL.Query().Get("top"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return 0, &httpError{http.StatusBadRequest, fmt.Sprintf("top=%q: want a positive integer", v)}
+		}
+		k = min(n, k)
+	}
+	return k, nil
+}
+
+// predictResult is one image's answer in a multi-image response.
+type predictResult struct {
+	File string `json:"file"`
+	*Prediction
+	Error string `json:"error,omitempty"`
+}
+
+func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.c.opts.Timeout)
+	defer cancel()
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.c.opts.Timeout))
+	k, err := s.topK(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ups, err := s.readUploads(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	results := make([]predictResult, len(ups))
+	errs := make([]error, len(ups))
+	var wg sync.WaitGroup
+	for i, u := range ups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := u.err
+			var p Prediction
+			if err == nil {
+				var buf []byte
+				if buf, err = s.decode(ctx, u.data); err == nil {
+					p, err = s.submit(ctx, buf)
+				}
+			}
+			errs[i] = err
+			results[i].File = u.name
+			if err != nil {
+				results[i].Error = strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
+				return
+			}
+			p.Top = p.Top[:k]
+			results[i].Prediction = &p
+		}()
+	}
+	wg.Wait()
+	if len(ups) == 1 {
+		if errs[0] != nil {
+			writeError(w, errs[0])
+			return
+		}
+		writeJSON(w, 200, struct {
+			*Prediction
+			Model ModelInfo `json:"model"`
+		}{results[0].Prediction, s.c.Info()})
+		return
+	}
+	code := 200
+	for _, e := range errs {
+		if e != nil && status(e) >= 500 {
+			code = status(e)
+		}
+	}
+	writeJSON(w, code, map[string]any{"results": results, "model": s.c.Info()})
+}
+
+func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.c.opts.Timeout)
+	defer cancel()
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.c.opts.Timeout))
+	class := -1
+	if v := r.URL.Query().Get("class"); v != "" {
+		if class = s.c.ClassIndex(v); class < 0 {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n >= len(s.c.net.Config.Classes) {
+				writeError(w, &httpError{http.StatusBadRequest, fmt.Sprintf("class=%q: want a class name or index (0-%d)", v, len(s.c.net.Config.Classes)-1)})
+				return
+			}
+			class = n
+		}
+	}
+	ups, err := s.readUploads(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(ups) != 1 || ups[0].err != nil {
+		if len(ups) == 1 {
+			writeError(w, ups[0].err)
+		} else {
+			writeError(w, &httpError{http.StatusBadRequest, "explain takes one image"})
+		}
+		return
+	}
+	leave, err := s.c.gate.enter(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	e, photo, err := s.c.ExplainBytes(ups[0].data, class)
+	leave()
+	if err == nil {
+		s.images.Inc()
+		s.served.Add(1)
+	}
+	if err != nil {
+		var pe *vision.PixelsError
+		var be *vision.BytesError
+		if !errors.As(err, &pe) && !errors.As(err, &be) {
+			err = fmt.Errorf("%w: %v", errDecode, err)
+		}
+		writeError(w, err)
+		return
+	}
+	var png64 strings.Builder
+	enc := base64.NewEncoder(base64.StdEncoding, &png64)
+	if err := png.Encode(enc, e.Overlay(photo, 640)); err != nil {
+		writeError(w, err)
+		return
+	}
+	enc.Close()
+	writeJSON(w, 200, struct {
+		*Explanation
+		Overlay string    `json:"overlay"`
+		Model   ModelInfo `json:"model"`
+	}{e, "data:image/png;base64," + png64.String(), s.c.Info()})
+}
