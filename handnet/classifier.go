@@ -84,6 +84,9 @@ type Options struct {
 	MaxConcurrent int
 	MaxQueue      int
 	Timeout       time.Duration
+	// CAM is how Explain weighs activations by gradients (default
+	// model.AutoCAM: HiResCAM for the study CNN, Grad-CAM for ResNet-18).
+	CAM model.CAMMethod
 }
 
 func (o *Options) fill() {

@@ -20,6 +20,8 @@ type Explanation struct {
 	// asked for.
 	Explained      string `json:"explained"`
 	ExplainedIndex int    `json:"explained_index"`
+	// Method is how the map was made: gradcam or hirescam.
+	Method model.CAMMethod `json:"method"`
 	// Map is H×W (the model's input size, row-major), in [0, 1].
 	Map  []float32 `json:"-"`
 	W, H int       `json:"-"`
@@ -43,7 +45,7 @@ func (c *Classifier) Explain(img image.Image, class int) (*Explanation, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.explain(buf, class)
+	return c.explain(buf, class, c.opts.CAM)
 }
 
 // ExplainFile explains an image file (decoded as PredictFile decodes it)
@@ -63,11 +65,15 @@ func (c *Classifier) ExplainFile(path string, class int) (*Explanation, image.Im
 
 // ExplainBytes is ExplainFile for an encoded image held in memory.
 func (c *Classifier) ExplainBytes(data []byte, class int) (*Explanation, image.Image, error) {
+	return c.explainBytes(data, class, c.opts.CAM)
+}
+
+func (c *Classifier) explainBytes(data []byte, class int, method model.CAMMethod) (*Explanation, image.Image, error) {
 	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Bytes(data, dst) })
 	if err != nil {
 		return nil, nil, err
 	}
-	e, err := c.explain(buf, class)
+	e, err := c.explain(buf, class, method)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -91,8 +97,8 @@ func (c *Classifier) ClassIndex(name string) int {
 	return -1
 }
 
-// explain runs Grad-CAM on a preprocessed image, on the torch thread.
-func (c *Classifier) explain(buf []byte, class int) (*Explanation, error) {
+// explain maps a preprocessed image, on the torch thread.
+func (c *Classifier) explain(buf []byte, class int, method model.CAMMethod) (*Explanation, error) {
 	cfg := c.net.Config
 	if class >= len(cfg.Classes) {
 		return nil, fmt.Errorf("class %d: the model has %d", class, len(cfg.Classes))
@@ -111,7 +117,7 @@ func (c *Classifier) explain(buf []byte, class int) (*Explanation, error) {
 			return err
 		}
 		in := s.T(s.T(s.T(t).MustView([]int64{1, 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
-		cam, err = model.GradCAM(c.net, in, class)
+		cam, err = model.GradCAM(c.net, in, class, method)
 		return err
 	})
 	if errors.Is(err, torch.ErrClosed) {
@@ -120,7 +126,7 @@ func (c *Classifier) explain(buf []byte, class int) (*Explanation, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Explanation{Prediction: prediction(cfg.Classes, cam.Probs), Explained: cfg.Classes[cam.Class], ExplainedIndex: cam.Class,
+	e := &Explanation{Prediction: prediction(cfg.Classes, cam.Probs), Explained: cfg.Classes[cam.Class], ExplainedIndex: cam.Class, Method: cam.Method,
 		Map: cam.Values, W: cam.W, H: cam.H, View: vision.CHW(buf, cfg.Width, cfg.Height)}
 	return e, nil
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/vision"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -45,7 +46,8 @@ type ServerOptions struct {
 //
 //	POST /predict   an image (body, or multipart field "image"; several
 //	                files in one multipart request are all answered), ?top=K
-//	POST /explain   the same, plus a Grad-CAM overlay (?class=NAME|INDEX)
+//	POST /explain   the same, plus a Grad-CAM overlay (?class=NAME|INDEX,
+//	                ?method=auto|gradcam|hirescam)
 //	GET  /healthz   the process is alive
 //	GET  /readyz    the model is loaded and a warm-up forward pass is done
 //	GET  /metrics   Prometheus metrics
@@ -480,6 +482,14 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 			class = n
 		}
 	}
+	method, err := model.ParseCAMMethod(r.URL.Query().Get("method"))
+	if err != nil {
+		writeError(w, &httpError{http.StatusBadRequest, err.Error()})
+		return
+	}
+	if r.URL.Query().Get("method") == "" {
+		method = s.c.opts.CAM
+	}
 	ups, err := s.readUploads(w, r)
 	if err != nil {
 		writeError(w, err)
@@ -498,7 +508,7 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	e, photo, err := s.c.ExplainBytes(ups[0].data, class)
+	e, photo, err := s.c.explainBytes(ups[0].data, class, method)
 	leave()
 	if err == nil {
 		s.images.Inc()

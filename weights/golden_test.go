@@ -165,9 +165,9 @@ func TestReadBadFiles(t *testing.T) {
 	}
 }
 
-// TestGoldenGradCAM: handnet's Grad-CAM of the saved input equals PyTorch's
-// (tools/fixtures/golden.py) within 1e-4, for the study's CNN (last block)
-// and ResNet-18 (layer4).
+// TestGoldenGradCAM: handnet's Grad-CAM and HiResCAM of the saved input
+// equal PyTorch's (tools/fixtures/golden.py) within 1e-4, for the study's
+// CNN (last block) and ResNet-18 (layer4).
 func TestGoldenGradCAM(t *testing.T) {
 	dir := fixtures(t)
 	for _, tc := range []struct {
@@ -201,25 +201,27 @@ func TestGoldenGradCAM(t *testing.T) {
 			}
 			x := io["input"].MustNarrow(0, 0, 1, false)
 			cls := int(ref["class"].Int64Values()[0])
-			cam, err := model.GradCAM(m, x, cls)
-			if err != nil {
-				return err
-			}
-			maxDiff := func(got []float32, want *ts.Tensor) float64 {
-				w := want.Vals().([]float32)
-				if len(w) != len(got) {
-					return math.Inf(1)
+			for _, method := range []model.CAMMethod{model.HiResCAMMethod, model.GradCAMMethod} {
+				cam, err := model.GradCAM(m, x, cls, method)
+				if err != nil {
+					return err
 				}
-				d := 0.0
-				for i := range w {
-					d = math.Max(d, math.Abs(float64(got[i])-float64(w[i])))
+				maxDiff := func(got []float32, want *ts.Tensor) float64 {
+					w := want.Vals().([]float32)
+					if len(w) != len(got) {
+						return math.Inf(1)
+					}
+					d := 0.0
+					for i := range w {
+						d = math.Max(d, math.Abs(float64(got[i])-float64(w[i])))
+					}
+					return d
 				}
-				return d
-			}
-			dCam, dRaw := maxDiff(cam.Values, ref["cam"]), maxDiff(cam.Raw, ref["raw"])
-			t.Logf("%s: class %d, max |map - PyTorch's| %.3g (scaled), %.3g (raw %dx%d)", tc.name, cls, dCam, dRaw, cam.RawW, cam.RawH)
-			if cam.Class != cls || !(dCam <= 1e-4) || !(dRaw <= 1e-4) {
-				return fmt.Errorf("%s: Grad-CAM differs from PyTorch's: %g scaled, %g raw (want <= 1e-4)", tc.name, dCam, dRaw)
+				dCam, dRaw := maxDiff(cam.Values, ref[string(method)]), maxDiff(cam.Raw, ref[string(method)+"_raw"])
+				t.Logf("%s %s: class %d, max |map - PyTorch's| %.3g (scaled), %.3g (raw %dx%d)", tc.name, method, cls, dCam, dRaw, cam.RawW, cam.RawH)
+				if cam.Class != cls || cam.Method != method || !(dCam <= 1e-4) || !(dRaw <= 1e-4) {
+					return fmt.Errorf("%s %s: map differs from PyTorch's: %g scaled, %g raw (want <= 1e-4)", tc.name, method, dCam, dRaw)
+				}
 			}
 			return nil
 		})

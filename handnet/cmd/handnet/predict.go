@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
-	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/weights"
 	"github.com/spf13/pflag"
 )
@@ -26,21 +24,13 @@ func init() {
 		summary: "Classify images with a trained checkpoint (a run's best.safetensors). Folders are walked for\n" +
 			".jpg/.jpeg/.png/.gif files. Unreadable images are reported and skipped; the exit code is 1 if any failed.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
-			ckpt := fs.String("checkpoint", "", "handnet checkpoint (required)")
+			var cf classifierFlags
+			cf.register(fs)
 			top := fs.Int("top", 1, "show the K most likely classes")
 			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
-			device := fs.String("device", "auto", "device: auto, cpu, cuda or cuda:N")
-			threads := fs.Int("threads", 0, "CPU threads for torch (0: all usable CPUs)")
-			var lim limitFlags
-			lim.register(fs)
 			return func(args []string) error {
-				if *ckpt == "" {
-					return usagef("--checkpoint is required")
-				}
-				if _, err := torch.ParseDevice(*device); errors.Is(err, torch.ErrDeviceName) {
-					return usagef("--device: %v", err)
-				}
-				if err := lim.validate(); err != nil {
+				o, err := cf.options()
+				if err != nil {
 					return err
 				}
 				if len(args) == 0 {
@@ -49,7 +39,7 @@ func init() {
 				if *top < 1 {
 					return usagef("--top must be at least 1")
 				}
-				return predict(*ckpt, *top, *asJSON, handnet.Options{Device: *device, Threads: *threads, MaxPixels: lim.pixels, MaxBytes: lim.bytes}, args)
+				return predict(cf.ckpt, *top, *asJSON, o, args)
 			}
 		},
 	})

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	log "github.com/sirupsen/logrus"
@@ -30,6 +31,7 @@ type classifierFlags struct {
 	ckpt    string
 	device  string
 	threads int
+	method  string
 	limits  limitFlags
 }
 
@@ -37,6 +39,7 @@ func (c *classifierFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ckpt, "checkpoint", "", "handnet checkpoint, e.g. a run's best.safetensors (required)")
 	fs.StringVar(&c.device, "device", "auto", "device: auto, cpu, cuda or cuda:N")
 	fs.IntVar(&c.threads, "threads", 0, "CPU threads for torch (0: all usable CPUs)")
+	fs.StringVar(&c.method, "method", "auto", "class-activation maps: gradcam, hirescam, or auto (hirescam for the study CNN, whose fully connected head makes Grad-CAM's averaged gradients cancel; gradcam for ResNet-18, where the two agree)")
 	c.limits.register(fs)
 }
 
@@ -50,7 +53,11 @@ func (c *classifierFlags) options() (handnet.Options, error) {
 	if err := c.limits.validate(); err != nil {
 		return handnet.Options{}, err
 	}
-	return handnet.Options{Device: c.device, Threads: c.threads, MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes}, nil
+	method, err := model.ParseCAMMethod(c.method)
+	if err != nil {
+		return handnet.Options{}, usagef("--method: %v", err)
+	}
+	return handnet.Options{Device: c.device, Threads: c.threads, MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes, CAM: method}, nil
 }
 
 func init() {
@@ -195,12 +202,13 @@ func explain(ckpt string, o handnet.Options, className, out string, size int, ar
 			return err
 		}
 		if err := enc.Encode(struct {
-			File        string  `json:"file"`
-			Class       string  `json:"class"`
-			Probability float64 `json:"probability"`
-			Explained   string  `json:"explained"`
-			Written     string  `json:"written"`
-		}{f, e.Class, e.Probability, e.Explained, dst}); err != nil {
+			File        string          `json:"file"`
+			Class       string          `json:"class"`
+			Probability float64         `json:"probability"`
+			Explained   string          `json:"explained"`
+			Method      model.CAMMethod `json:"method"`
+			Written     string          `json:"written"`
+		}{f, e.Class, e.Probability, e.Explained, e.Method, dst}); err != nil {
 			return err
 		}
 	}
