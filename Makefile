@@ -6,7 +6,7 @@ BIN     := bin/handnet
 # Timeout for the whole test run; the cold libtch compile is not part of it.
 TESTFLAGS ?= -timeout 30m
 
-.PHONY: all setup build test run clean fixtures fuzz
+.PHONY: all setup build test run clean fixtures fuzz browser
 
 all: build
 
@@ -19,8 +19,8 @@ setup:
 build: setup
 	$(GO) build -o $(BIN) ./handnet/cmd/handnet
 
-test: setup fixtures
-	$(GO) test $(TESTFLAGS) ./...
+test: setup fixtures browser
+	CI=$${CI:-1} $(GO) test $(TESTFLAGS) ./...
 	@echo "== the library under the race detector (32 goroutines predicting at once)"
 	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
 
@@ -37,6 +37,13 @@ fuzz: setup fixtures
 	  echo "$$out" | grep -v '^fuzz: elapsed'; echo "$$out" | grep '^fuzz: elapsed' | tail -n 2 | head -n 1; \
 	  [ $$st = 0 ] || exit 1; \
 	done
+
+# Debian's chromium, for the web page's test in a real browser (chromedp).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian) for the web page's browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "run: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 # Golden fixtures for the parity tests, made by PyTorch itself (Debian's
 # python3-torch and python3-torchvision, installed when missing): the
