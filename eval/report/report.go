@@ -22,6 +22,9 @@ type Evaluation struct {
 	PerClass  []eval.ClassStat `json:"per_class"`
 	Breakdown eval.Breakdown   `json:"errors"`
 	Mistakes  []Mistake        `json:"most_confident_mistakes"`
+	// MistakeMaps names the grid of the mistakes' class-activation maps
+	// (MistakeMaps), when one was drawn.
+	MistakeMaps string `json:"mistake_maps,omitempty"`
 }
 
 // Mistake is a misclassified image, named.
@@ -175,6 +178,10 @@ func writeEvaluation(b *strings.Builder, t *Evaluation, bestEpoch int) {
 		fmt.Fprintf(b, "\nMost confident mistakes:\n\n| image | true | predicted | confidence |\n|---|---|---|---:|\n")
 		for _, m := range t.Mistakes {
 			fmt.Fprintf(b, "| %s | %s | %s | %.3f |\n", m.Image, m.True, m.Predicted, m.Confidence)
+		}
+		if t.MistakeMaps != "" {
+			fmt.Fprintf(b, "\nWhere the network looked for the class it wrongly chose, in the most confident mistakes "+
+				"(class-activation maps of the last convolutional block over the image as the network saw it):\n\n[![mistakes](%s)](%s)\n", t.MistakeMaps, t.MistakeMaps)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,7 @@ import (
 	"github.com/handnet/handnet/weights"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+	xdraw "golang.org/x/image/draw"
 )
 
 // Spec is an experiment's full description, saved as run.json.
@@ -304,7 +306,11 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return err
 		}
 		r.BestEpoch = r.History.Best()
-		r.Test, err = evaluateCheckpoint(f.Path(train.BestCheckpoint), s.Model, dev, testL, d, "test", g)
+		mapsDir := dir
+		if rank != 0 {
+			mapsDir = ""
+		}
+		r.Test, err = evaluateCheckpoint(f.Path(train.BestCheckpoint), s.Model, dev, testL, d, "test", g, mapsDir)
 		return err
 	})
 	if err != nil {
@@ -370,8 +376,10 @@ func (sh *shared) apply(rank int, id Identity, d *Data) error {
 
 // evaluateCheckpoint evaluates a checkpoint of a model of config cfg on l.
 // In a data-parallel run rank 0 reads it and broadcasts the weights, and
-// every rank evaluates its shard. Call it on a torch thread.
-func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *vision.Loader, d *Data, split string, g *dist.Group) (*report.Evaluation, error) {
+// every rank evaluates its shard. With mapsDir, the class-activation maps
+// of the most confident mistakes are drawn there (report.MistakeMaps).
+// Call it on a torch thread.
+func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *vision.Loader, d *Data, split string, g *dist.Group, mapsDir string) (*report.Evaluation, error) {
 	var m *model.Model
 	classes := cfg.Classes
 	if g == nil || g.Rank() == 0 {
@@ -406,7 +414,53 @@ func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *visi
 			return nil, err
 		}
 	}
-	return report.Evaluate(p, classes, d.Set.Records, split), nil
+	ev := report.Evaluate(p, classes, d.Set.Records, split)
+	if mapsDir != "" {
+		if err := mistakeMaps(m, p, d, classes, filepath.Join(mapsDir, report.MistakeMaps)); err != nil {
+			return nil, fmt.Errorf("mistake maps: %w", err)
+		}
+		if len(ev.Mistakes) > 0 {
+			ev.MistakeMaps = report.MistakeMaps
+		}
+	}
+	return ev, nil
+}
+
+// mistakeMaps draws the class-activation maps (for the predicted class) of
+// the 8 most confident mistakes over their cached images, as a grid.
+func mistakeMaps(m *model.Model, p *eval.Predictions, d *Data, classes []string, path string) error {
+	var tiles []report.Tile
+	norm := vision.NewNormalizer(m.Config.Mean, m.Config.Std)
+	w, h := d.Cache.W, d.Cache.H
+	for _, mk := range p.ConfidentMistakes(8) {
+		pix := d.Cache.Image(mk.Index)
+		x := make([]float32, len(pix))
+		norm.Apply(x, pix)
+		s := torch.NewScope()
+		t, err := ts.OfSlice(x)
+		if err != nil {
+			s.Close()
+			return err
+		}
+		in := s.T(s.T(s.T(t).MustView([]int64{1, 3, int64(h), int64(w)}, false)).MustTo(m.VS.Device(), false))
+		cam, err := model.GradCAM(m, in, mk.Pred, model.AutoCAM)
+		s.Close()
+		if err != nil {
+			return err
+		}
+		view := vision.Fit(vision.CHW(pix, w, h), 2*max(w, h))
+		if b := view.Bounds(); b.Dx() < 2*w { // upscale the small view for a readable grid
+			big := image.NewRGBA(image.Rect(0, 0, 2*w, 2*h))
+			xdraw.NearestNeighbor.Scale(big, big.Bounds(), view, b, xdraw.Src, nil)
+			view = big
+		}
+		tiles = append(tiles, report.Tile{Image: vision.Overlay(view, cam.Values, cam.W, cam.H, 0.45), Caption: []string{
+			d.Set.Records[mk.Index].ImageName,
+			"true: " + classes[mk.Label],
+			fmt.Sprintf("predicted: %s %.2f", classes[mk.Pred], mk.Confidence),
+		}})
+	}
+	return report.Grid(path, tiles, 4)
 }
 
 func ts2(named []model.NamedTensor) []*ts.Tensor {
@@ -469,7 +523,7 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 				return err
 			}
 		}
-		ev, err = evaluateCheckpoint(f.Path(name), s.Model, dev, l, d, sp.String(), nil)
+		ev, err = evaluateCheckpoint(f.Path(name), s.Model, dev, l, d, sp.String(), nil, "")
 		return err
 	})
 	return ev, err
