@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/vision"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -31,7 +32,8 @@ var webFiles embed.FS
 type ServerOptions struct {
 	// Micro-batching: concurrent requests are gathered into one forward
 	// pass of up to MaxBatch images (0: 32; 1: no batching), waiting at most
-	// MaxWait (0: 5 ms) for more after the first.
+	// MaxWait (0: 5 ms) for more after the first — and not at all when no
+	// other request is being decoded.
 	MaxBatch int
 	MaxWait  time.Duration
 	// Logger receives one structured line per request (nil: logrus's
@@ -74,7 +76,7 @@ type Server struct {
 	queue    prometheus.Gauge
 	images   prometheus.Counter
 	rate     prometheus.Gauge
-	waiting  atomic.Int64
+	decoding atomic.Int64 // requests decoding an image: more may come for the batch
 	served   atomic.Int64
 }
 
@@ -168,6 +170,15 @@ func (s *Server) batcher() {
 			select {
 			case j := <-s.jobs:
 				batch = append(batch, j)
+				continue
+			default:
+			}
+			if s.decoding.Load() == 0 {
+				break // nothing else is on its way: do not wait for it
+			}
+			select {
+			case j := <-s.jobs:
+				batch = append(batch, j)
 			case <-timer.C:
 				break gather
 			}
@@ -189,6 +200,12 @@ func (s *Server) batcher() {
 		}
 		s.images.Add(float64(len(batch)))
 		s.served.Add(int64(len(batch)))
+		if len(batch) >= 8 {
+			// A large batch's activations, freed, would otherwise stay
+			// resident as the C heap's high-water mark (measured: ~400 MB at
+			// batch 32, 2 ms to give back). The answers are out already.
+			native.ReleaseMemory()
+		}
 	}
 }
 
@@ -371,6 +388,8 @@ func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePar
 
 // decode preprocesses one upload within the gate.
 func (s *Server) decode(ctx context.Context, data []byte) ([]byte, error) {
+	s.decoding.Add(1)
+	defer s.decoding.Add(-1)
 	leave, err := s.c.gate.enter(ctx)
 	if err != nil {
 		return nil, err

@@ -20,6 +20,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <malloc.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -305,6 +307,8 @@ char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n) {
   std::memcpy(vals, back.data_ptr<double>(), sizeof(double) * n);
   HN_CATCH
 }
+
+void hn_release_memory(void) { malloc_trim(0); }
 
 void hn_group_free(hn_group* g) {
   try {

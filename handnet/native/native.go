@@ -312,3 +312,9 @@ func (g *Group) Close() {
 	}
 	runtime.SetFinalizer(g, nil)
 }
+
+// ReleaseMemory gives the C heap's free memory back to the system (glibc's
+// malloc_trim): libtorch's freed activations otherwise stay resident at the
+// high-water mark of the largest batch. It takes milliseconds; call it now
+// and then, not per step.
+func ReleaseMemory() { C.hn_release_memory() }

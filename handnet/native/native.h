@@ -52,6 +52,11 @@ char* hn_group_broadcast(hn_group* g, hn_tensor* ts, int n, int root, int64_t bu
 char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n);
 void hn_group_free(hn_group* g);
 
+// hn_release_memory gives the C heap's free memory back to the system
+// (glibc's malloc_trim): after a large batch, freed activations otherwise
+// stay resident as the allocator's high-water mark.
+void hn_release_memory(void);
+
 #ifdef __cplusplus
 }
 #endif

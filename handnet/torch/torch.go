@@ -140,8 +140,10 @@ func NewThread(threads int) *Thread {
 	t := &Thread{work: make(chan func()), done: make(chan struct{}), threads: threads}
 	ready := make(chan struct{})
 	go func() {
+		// Locked for good: when the goroutine ends (Close), Go ends the OS
+		// thread with it, and with it the OpenMP team libtorch started for
+		// it (a thread given back to Go would keep the team and its memory).
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
 		lib.AtSetNumThreads(threads)
 		t.threads = lib.AtGetNumThreads()
 		close(ready)
