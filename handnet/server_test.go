@@ -100,7 +100,7 @@ func TestServerEndpoints(t *testing.T) {
 		t.Errorf("multipart results: %v", res)
 	}
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/nowhere": 404} {
-		if code, v := getJSON(http.Get(hs.URL+path)); code != want {
+		if code, v := getJSON(http.Get(hs.URL + path)); code != want {
 			t.Errorf("GET %s: %d %v, want %d", path, code, v, want)
 		}
 	}
