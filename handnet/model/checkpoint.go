@@ -173,8 +173,11 @@ func ReadSafetensors(path string) (map[string]*ts.Tensor, map[string]string, err
 	if err != nil {
 		return nil, nil, err
 	}
+	// A safetensors file starts with its header's length and then "{"; a
+	// small header's length can look like a pickle's first bytes (0x80 0x02).
+	isSafe := len(b) >= 9 && b[8] == '{' && binary.LittleEndian.Uint64(b) <= uint64(len(b)-8)
 	switch {
-	case len(b) >= 4 && string(b[:4]) == "PK\x03\x04", len(b) >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5:
+	case !isSafe && (len(b) >= 4 && string(b[:4]) == "PK\x03\x04" || len(b) >= 3 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5 && b[2] != 0):
 		return nil, nil, fmt.Errorf("%s is a PyTorch file (torch.save), not a handnet checkpoint (safetensors); to start ResNet-18 from it use --weights", path)
 	case len(b) < 8:
 		return nil, nil, fmt.Errorf("%s: %d bytes, too short for a safetensors file", path, len(b))

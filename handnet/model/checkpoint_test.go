@@ -141,3 +141,26 @@ func TestHostileCheckpoints(t *testing.T) {
 		t.Errorf("4 classes over a 3-class head: %v", err)
 	}
 }
+
+// TestSmallHeaderIsNotAPickle: a checkpoint whose header is 640 bytes long
+// starts with 0x80 0x02, a pickle's first bytes: it is still read.
+func TestSmallHeaderIsNotAPickle(t *testing.T) {
+	th := torch.NewThread(1)
+	defer th.Close()
+	for n := 400; n < 700; n++ {
+		p := filepath.Join(t.TempDir(), "c.safetensors")
+		meta := map[string]any{"__metadata__": map[string]string{"pad": strings.Repeat("x", n)}, "w": map[string]any{"dtype": "F32", "shape": []int{1}, "data_offsets": []int{0, 4}}}
+		rawSafetensors(t, p, meta, make([]byte, 4))
+		b, _ := os.ReadFile(p)
+		if b[0] != 0x80 || b[1] != 0x02 {
+			continue
+		}
+		var err error
+		th.Do(func() error { _, _, err = ReadSafetensors(p); return nil })
+		if err != nil {
+			t.Fatalf("header of %d bytes: %v", binary.LittleEndian.Uint64(b), err)
+		}
+		return
+	}
+	t.Fatal("no header length gave the bytes 0x80 0x02")
+}

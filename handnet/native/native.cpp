@@ -310,6 +310,61 @@ char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n) {
 
 void hn_release_memory(void) { malloc_trim(0); }
 
+char* hn_sgd_step(hn_tensor* params, hn_tensor* grads, hn_tensor* bufs, int n, double lr, double momentum,
+                  double weight_decay, int fused) {
+  HN_TRY
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> P, G, D;
+  std::vector<int> idx;  // positions in bufs
+  for (int i = 0; i < n; i++) {
+    if (grads[i] == nullptr || !T(grads[i]).defined()) continue;
+    P.push_back(T(params[i]));
+    G.push_back(T(grads[i]));
+    idx.push_back(i);
+  }
+  if (P.empty()) return nullptr;
+  if (!fused) {
+    for (size_t k = 0; k < P.size(); k++) {
+      at::Tensor d = G[k];
+      if (weight_decay != 0) d = d.add(P[k], weight_decay);
+      if (momentum != 0) {
+        hn_tensor& slot = bufs[idx[k]];
+        if (slot == nullptr) {
+          slot = new at::Tensor(d.clone().detach());
+        } else {
+          T(slot).mul_(momentum).add_(d, 1);
+        }
+        d = T(slot);
+      }
+      P[k].add_(d, -lr);
+      G[k].zero_();
+    }
+    return nullptr;
+  }
+  D = weight_decay != 0 ? at::_foreach_add(G, P, weight_decay) : G;
+  if (momentum != 0) {
+    std::vector<at::Tensor> B, Dold;
+    for (size_t k = 0; k < P.size(); k++) {
+      hn_tensor& slot = bufs[idx[k]];
+      if (slot == nullptr) {
+        slot = new at::Tensor(D[k].clone().detach());
+      } else {
+        B.push_back(T(slot));
+        Dold.push_back(D[k]);
+      }
+    }
+    if (!B.empty()) {
+      at::_foreach_mul_(B, momentum);
+      at::_foreach_add_(B, Dold, 1);
+    }
+    D.clear();
+    for (size_t k = 0; k < P.size(); k++) D.push_back(T(bufs[idx[k]]));
+  }
+  at::_foreach_add_(P, D, -lr);
+  at::_foreach_zero_(G);
+  HN_CATCH
+}
+
 void hn_group_free(hn_group* g) {
   try {
     delete g;

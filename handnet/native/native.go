@@ -318,3 +318,46 @@ func (g *Group) Close() {
 // high-water mark of the largest batch. It takes milliseconds; call it now
 // and then, not per step.
 func ReleaseMemory() { C.hn_release_memory() }
+
+// SGDStep applies torch.optim.SGD's update (dampening 0, no Nesterov) to
+// params from grads, then zeroes the gradients; grads[i] nil or undefined
+// skips params[i]. bufs holds the momentum buffers: a nil entry gets a new
+// buffer (the first step of that parameter). fused runs it as multi-tensor
+// kernels (_foreach_): a handful of kernels instead of several per
+// parameter, with the same bits on the CPU.
+func SGDStep(params, grads, bufs []*ts.Tensor, lr, momentum, weightDecay float64, fused bool) error {
+	n := len(params)
+	if len(grads) != n || len(bufs) != n {
+		return fmt.Errorf("sgd: %d params, %d grads, %d buffers", n, len(grads), len(bufs))
+	}
+	if n == 0 {
+		return nil
+	}
+	mem := C.malloc(C.size_t(3*n) * C.size_t(unsafe.Sizeof(C.hn_tensor(nil))))
+	defer C.free(mem)
+	all := unsafe.Slice((*C.hn_tensor)(mem), 3*n)
+	p, g, b := all[:n], all[n:2*n], all[2*n:]
+	for i := range params {
+		p[i] = C.hn_tensor(params[i].Ctensor())
+		g[i], b[i] = nil, nil
+		if grads[i] != nil {
+			g[i] = C.hn_tensor(grads[i].Ctensor())
+		}
+		if bufs[i] != nil {
+			b[i] = C.hn_tensor(bufs[i].Ctensor())
+		}
+	}
+	f := C.int(0)
+	if fused {
+		f = 1
+	}
+	err := cerr(C.hn_sgd_step(&p[0], &g[0], &b[0], C.int(n), C.double(lr), C.double(momentum), C.double(weightDecay), f))
+	for i := range bufs {
+		if bufs[i] == nil && b[i] != nil {
+			bufs[i] = ts.FromCtensor(unsafe.Pointer(b[i]))
+		}
+	}
+	runtime.KeepAlive(params)
+	runtime.KeepAlive(grads)
+	return err
+}

@@ -52,6 +52,16 @@ char* hn_group_broadcast(hn_group* g, hn_tensor* ts, int n, int root, int64_t bu
 char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n);
 void hn_group_free(hn_group* g);
 
+// hn_sgd_step is torch.optim.SGD's update (dampening 0, no Nesterov) over n
+// parameters: d = grad + weight_decay·param; buf = d the first time (a new
+// tensor written into bufs[i], which is NULL then), else buf·momentum + d;
+// param −= lr·buf (or lr·d without momentum); then the gradients are zeroed.
+// Parameters whose grad is undefined are skipped. fused = 1 runs it as a few
+// multi-tensor (_foreach_) kernels, fused = 0 as kernels per parameter; on
+// the CPU both give the same bits.
+char* hn_sgd_step(hn_tensor* params, hn_tensor* grads, hn_tensor* bufs, int n, double lr, double momentum,
+                  double weight_decay, int fused);
+
 // hn_release_memory gives the C heap's free memory back to the system
 // (glibc's malloc_trim): after a large batch, freed activations otherwise
 // stay resident as the allocator's high-water mark.
