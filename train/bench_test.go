@@ -47,7 +47,7 @@ func BenchmarkTraining(b *testing.B) {
 			opt := NewSGD(r.model.Trainable(), cfg.LR, cfg.Momentum, 0)
 			step := func() error {
 				logits := r.model.Forward(batch.X, true)
-				loss := logits.CrossEntropyForLogits(batch.Y)
+				loss := torch.CrossEntropy(logits, batch.Y)
 				_ = loss.Float64Values()
 				if err := loss.Backward(); err != nil {
 					return err

@@ -76,7 +76,7 @@ func TestTrainingParityWithPyTorch(t *testing.T) {
 					x := ref["x"].MustSelect(0, i, false)
 					y := ref["y"].MustSelect(0, i, false)
 					logits := m.Forward(x, true)
-					loss := logits.CrossEntropyForLogits(y)
+					loss := torch.CrossEntropy(logits, y)
 					if err := loss.Backward(); err != nil {
 						return err
 					}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -149,6 +150,36 @@ type State struct {
 	// WorldSize is the number of data-parallel processes (0 or 1: one). A run
 	// resumed with another world size restarts from the last epoch boundary.
 	WorldSize int `json:"world_size,omitempty"`
+	// Scaler is the loss scale of an fp16 run (nil otherwise).
+	Scaler *Scaler `json:"scaler,omitempty"`
+}
+
+// Scaler is mixed-precision loss scaling, as torch.cuda.amp.GradScaler with
+// its defaults: the loss is multiplied by Scale before the backward pass so
+// that small fp16 gradients do not flush to zero; the gradients are divided
+// by it before the step; a step whose gradients hold an infinity or NaN is
+// skipped and the scale halved; after 2000 good steps in a row it doubles.
+type Scaler struct {
+	Scale float64 `json:"scale"`
+	Good  int     `json:"good"`  // good steps since the last change
+	Skips int     `json:"skips"` // steps skipped so far
+}
+
+// NewScaler returns a scaler at GradScaler's initial scale, 2^16.
+func NewScaler() *Scaler { return &Scaler{Scale: 65536} }
+
+// update records a step's outcome.
+func (s *Scaler) update(foundInf bool) {
+	if foundInf {
+		s.Scale *= 0.5
+		s.Good = 0
+		s.Skips++
+		return
+	}
+	if s.Good++; s.Good >= 2000 {
+		s.Scale *= 2
+		s.Good = 0
+	}
 }
 
 // Checkpoint file names inside a run folder: the best epoch's weights, the
@@ -201,6 +232,9 @@ type Trainer struct {
 	OnBatch func(Progress)
 	OnEpoch func(EpochStats)
 	Logf    func(format string, args ...any)
+	// Scaler scales the loss (see Scaler); nil: a new one for fp16 models,
+	// none otherwise. The run's copy is saved in checkpoints.
+	Scaler *Scaler
 
 	opt   *SGD
 	state State
@@ -249,10 +283,17 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 		t.Params = t.Model.Trainable()
 	}
 	t.opt = NewSGD(t.Params, t.Config.LR, t.Config.Momentum, t.Config.WeightDecay)
-	t.state = State{Config: t.Config, BestValAcc: -1, WorldSize: t.size()}
+	t.state = State{Config: t.Config, BestValAcc: -1, WorldSize: t.size(), Scaler: t.Scaler}
+	if t.Scaler == nil && t.Model.Precision() == model.FP16 {
+		t.state.Scaler = NewScaler()
+	}
 	if resume {
+		scaler := t.state.Scaler
 		if err := t.restore(); err != nil {
 			return nil, err
+		}
+		if t.state.Scaler == nil || scaler == nil {
+			t.state.Scaler = scaler // precision changed: start its scale afresh
 		}
 	} else {
 		if t.Comm != nil {
@@ -410,8 +451,15 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 		}
 		torch.ManualSeed(stepSeed(cfg.Seed, e, b, t.rank()))
 		logits := t.Model.Forward(batch.X, true)
-		loss := logits.CrossEntropyForLogits(batch.Y)
-		if err := loss.Backward(); err != nil {
+		loss := torch.CrossEntropy(logits, batch.Y)
+		if sc := t.state.Scaler; sc != nil {
+			scaled := loss.MustMulScalar(ts.FloatScalar(sc.Scale), false)
+			err = scaled.Backward()
+			scaled.MustDrop()
+		} else {
+			err = loss.Backward()
+		}
+		if err != nil {
 			return err
 		}
 		if t.Comm != nil {
@@ -427,7 +475,7 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 				return err
 			}
 		}
-		if err := t.opt.Step(); err != nil {
+		if err := t.step(); err != nil {
 			return err
 		}
 		n := len(batch.Indices)
@@ -464,6 +512,36 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 	return nil
 }
 
+// step updates the weights; under loss scaling it first unscales the
+// gradients and skips the update when they overflowed.
+func (t *Trainer) step() error {
+	sc := t.state.Scaler
+	if sc == nil {
+		return t.opt.Step()
+	}
+	gs, err := t.grads()
+	if err != nil {
+		return err
+	}
+	inf, err := native.Unscale(gs, 1/sc.Scale)
+	if err == nil && inf {
+		for _, g := range gs {
+			g.MustZero_()
+		}
+	}
+	for _, g := range gs {
+		g.MustDrop()
+	}
+	if err != nil {
+		return err
+	}
+	sc.update(inf)
+	if inf {
+		return nil
+	}
+	return t.opt.Step()
+}
+
 // meter sums an epoch's loss (times batch size) and correct predictions
 // on the device, so that a step need not wait for the GPU to read them.
 type meter struct {
@@ -488,7 +566,7 @@ func (m *meter) add(loss, logits, y *ts.Tensor, n int) {
 
 // flush reads and clears the sums.
 func (m *meter) flush() (loss float64, correct int) {
-	loss, correct = m.loss.Float64Values()[0], int(m.correct.Int64Values()[0])
+	loss, correct = torch.Float64s(m.loss)[0], int(m.correct.Int64Values()[0])
 	m.drop()
 	return loss, correct
 }

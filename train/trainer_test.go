@@ -223,7 +223,7 @@ func TestFusedSGDIsBitIdentical(t *testing.T) {
 					return err
 				}
 				logits := m.Forward(b.X, true)
-				loss := logits.CrossEntropyForLogits(b.Y)
+				loss := torch.CrossEntropy(logits, b.Y)
 				loss.Backward()
 				if err := opt.Step(); err != nil {
 					return err

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
@@ -105,7 +106,90 @@ type Model struct {
 	VS     *nn.VarStore
 	Net    Net
 	named  []NamedTensor
+
+	precision    Precision
+	channelsLast bool
 }
+
+// Precision is the arithmetic of a forward pass: fp32, or mixed precision
+// (autocast) with bf16 or fp16 for the convolutions and matrix products.
+// Weights, gradients and optimizer state stay fp32 in every case.
+type Precision string
+
+// The precisions Forward runs in.
+const (
+	FP32 Precision = "fp32"
+	BF16 Precision = "bf16"
+	FP16 Precision = "fp16"
+)
+
+// ParsePrecision reads "fp32", "bf16" or "fp16".
+func ParsePrecision(s string) (Precision, error) {
+	switch p := Precision(strings.ToLower(strings.TrimSpace(s))); p {
+	case FP32, BF16, FP16:
+		return p, nil
+	case "":
+		return FP32, nil
+	}
+	return "", fmt.Errorf("precision %q: want fp32, bf16 or fp16", s)
+}
+
+func (p Precision) dtype() gotch.DType {
+	if p == FP16 {
+		return gotch.Half
+	}
+	return gotch.BFloat16
+}
+
+// SetPrecision makes Forward run in p. fp16 needs CUDA: libtorch's CPU
+// autocast computes in bf16 only.
+func (m *Model) SetPrecision(p Precision) error {
+	if _, err := ParsePrecision(string(p)); err != nil {
+		return err
+	}
+	if p == FP16 && !m.VS.Device().IsCuda() {
+		return errors.New("precision fp16 needs a CUDA device (the CPU's autocast runs bf16 only): use --precision bf16 or fp32")
+	}
+	if p != FP32 && p != "" {
+		// Enter and leave once: an unsupported build fails here, not in Forward.
+		if err := native.Autocast(m.VS.Device(), p.dtype(), func() error { return nil }); err != nil {
+			return fmt.Errorf("precision %s: %w", p, err)
+		}
+	}
+	m.precision = p
+	return nil
+}
+
+// Precision returns the precision Forward runs in.
+func (m *Model) Precision() Precision {
+	if m.precision == "" {
+		return FP32
+	}
+	return m.precision
+}
+
+// SetChannelsLast lays the convolution weights out channels last (NHWC in
+// memory) and makes Forward feed inputs that way, which oneDNN and cuDNN
+// run faster for many convolutions (and is what bf16 tensor cores want); off
+// lays them back out NCHW. Values, checkpoints and gradients' meaning are
+// unchanged.
+func (m *Model) SetChannelsLast(on bool) error {
+	err := torch.NoGrad(func() error {
+		for _, nt := range m.Named() {
+			if err := native.SetChannelsLast(nt.Tensor, on); err != nil {
+				return fmt.Errorf("%s: %w", nt.Name, err)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		m.channelsLast = on
+	}
+	return err
+}
+
+// ChannelsLast says whether the model runs channels last.
+func (m *Model) ChannelsLast() bool { return m.channelsLast }
 
 // Archs lists the architectures New builds.
 var Archs = []string{"cnn", "resnet18"}
@@ -199,10 +283,32 @@ func (m *Model) resetParameters() error {
 }
 
 // Forward runs the network in evaluation or training mode and returns the
-// logits; every intermediate tensor is freed.
+// logits (float32 whatever the precision); every intermediate tensor is
+// freed. Under mixed precision only the forward pass runs in autocast, as
+// PyTorch recommends: the loss and backward pass run outside it.
 func (m *Model) Forward(x *ts.Tensor, train bool) *ts.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
+	if m.channelsLast && x.Dim() == 4 && !native.IsChannelsLast(x) {
+		if cl, err := native.ChannelsLast(x); err == nil {
+			x = s.T(cl)
+		}
+	}
+	if p := m.Precision(); p != FP32 {
+		var out *ts.Tensor
+		// SetPrecision checked that autocast works in this build.
+		err := native.Autocast(m.VS.Device(), p.dtype(), func() error {
+			out = m.Net.Head(s, m.Net.Features(s, x, train), train)
+			return nil
+		})
+		if err != nil {
+			panic("model: autocast: " + err.Error())
+		}
+		if out.DType() != gotch.Float {
+			out = s.T(out.MustTotype(gotch.Float, false))
+		}
+		return s.Keep(out)
+	}
 	return s.Keep(m.Net.Head(s, m.Net.Features(s, x, train), train))
 }
 

@@ -7,6 +7,7 @@
 #include "native.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
@@ -14,6 +15,9 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef HANDNET_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef HANDNET_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #endif
 #ifdef HANDNET_NCCL
 #include <c10/cuda/CUDAFunctions.h>
@@ -305,6 +309,105 @@ char* hn_group_allreduce_sum_f64(hn_group* g, double* vals, int n) {
   wait(g, g->pg->allreduce(v, o));
   at::Tensor back = t.cpu().contiguous();
   std::memcpy(vals, back.data_ptr<double>(), sizeof(double) * n);
+  HN_CATCH
+}
+
+// Autocast state per device type. PyTorch 2.4 replaced the per-device
+// functions (set_cpu_enabled, set_autocast_gpu_dtype …) by ones taking the
+// device type.
+namespace {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+at::DeviceType devType(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
+bool acEnabled(int cuda) { return at::autocast::is_autocast_enabled(devType(cuda)); }
+at::ScalarType acDtype(int cuda) { return at::autocast::get_autocast_dtype(devType(cuda)); }
+void acSet(int cuda, bool on, at::ScalarType t) {
+  at::autocast::set_autocast_enabled(devType(cuda), on);
+  at::autocast::set_autocast_dtype(devType(cuda), t);
+}
+#else
+bool acEnabled(int cuda) { return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled(); }
+at::ScalarType acDtype(int cuda) {
+  return cuda ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+}
+void acSet(int cuda, bool on, at::ScalarType t) {
+  if (cuda) {
+    at::autocast::set_enabled(on);
+    at::autocast::set_autocast_gpu_dtype(t);
+  } else {
+    at::autocast::set_cpu_enabled(on);
+    at::autocast::set_autocast_cpu_dtype(t);
+  }
+}
+#endif
+}  // namespace
+
+char* hn_autocast_enter(int cuda, int dtype, int* prev_enabled, int* prev_dtype) {
+  HN_TRY
+  auto t = static_cast<at::ScalarType>(dtype);
+  if (t != at::kBFloat16 && t != at::kHalf) return dup("autocast: dtype must be bfloat16 or float16");
+  *prev_enabled = acEnabled(cuda) ? 1 : 0;
+  *prev_dtype = static_cast<int>(acDtype(cuda));
+  acSet(cuda, true, t);
+  at::autocast::increment_nesting();
+  HN_CATCH
+}
+
+char* hn_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
+  HN_TRY
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  acSet(cuda, prev_enabled != 0, static_cast<at::ScalarType>(prev_dtype));
+  HN_CATCH
+}
+
+char* hn_set_channels_last(hn_tensor t, int on) {
+  HN_TRY
+  at::Tensor& x = T(t);
+  if (x.dim() != 4) return nullptr;
+  at::NoGradGuard no_grad;
+  x.set_data(x.contiguous(on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  HN_CATCH
+}
+
+char* hn_channels_last(hn_tensor t, hn_tensor* out) {
+  HN_TRY
+  *out = new at::Tensor(T(t).contiguous(at::MemoryFormat::ChannelsLast));
+  HN_CATCH
+}
+
+int hn_is_channels_last(hn_tensor t) {
+  try {
+    return T(t).is_contiguous(at::MemoryFormat::ChannelsLast) && !T(t).is_contiguous() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+char* hn_unscale(hn_tensor* ts, int n, double inv_scale, int* found_inf) {
+  HN_TRY
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> G, ok;
+  for (int i = 0; i < n; i++) {
+    if (ts[i] != nullptr && T(ts[i]).defined()) G.push_back(T(ts[i]));
+  }
+  *found_inf = 0;
+  if (G.empty()) return nullptr;
+  at::_foreach_mul_(G, inv_scale);
+  for (auto& g : G) ok.push_back(at::isfinite(g).all());
+  *found_inf = at::stack(ok).all().item<bool>() ? 0 : 1;
+  HN_CATCH
+}
+
+char* hn_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  HN_TRY
+#ifdef HANDNET_CUDA
+  *free_bytes = -1;
+  *total_bytes = static_cast<int64_t>(at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device))->totalGlobalMem);
+  return nullptr;
+#else
+  (void)device;
+  *free_bytes = *total_bytes = -1;
+  return dup("not a CUDA build of handnet's native layer");
+#endif
   HN_CATCH
 }
 

@@ -1,7 +1,9 @@
 // Package native is handnet's own C++ layer over libtorch, for what gotch's
 // generated ops do not reach: c10d's TCP store and process groups (Gloo on the
-// CPU, NCCL on CUDA) today; CUDA graphs, memory formats, autocast dtypes and
-// multi-tensor kernels belong here too.
+// CPU, NCCL on CUDA), autocast with a chosen dtype, the channels-last memory
+// format, and multi-tensor (_foreach_) kernels for the optimizer step and
+// loss-scale checks. CUDA graphs belong here too (not yet written: they need
+// a CUDA machine to be tested on).
 //
 // The C++ (native.cpp) is compiled by cgo against the libtorch that `make
 // setup` (tools/setup) found, with the flags it writes into flags.go: the same
@@ -24,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -360,4 +363,92 @@ func SGDStep(params, grads, bufs []*ts.Tensor, lr, momentum, weightDecay float64
 	runtime.KeepAlive(params)
 	runtime.KeepAlive(grads)
 	return err
+}
+
+// Autocast runs f with mixed precision (torch.autocast) on device's kind of
+// device, for ops of the calling thread: eligible ops (convolutions, matrix
+// products) compute in dtype, gotch.BFloat16 or gotch.Half. The previous
+// state comes back afterwards, and the cache of cast weights is cleared
+// when the outermost region ends. Call it on a torch thread (autocast, as
+// grad mode, is thread-local).
+func Autocast(device gotch.Device, dtype gotch.DType, f func() error) error {
+	cuda := C.int(0)
+	if device.IsCuda() {
+		cuda = 1
+	}
+	var pe, pd C.int
+	if err := cerr(C.hn_autocast_enter(cuda, C.int(dtype.CInt()), &pe, &pd)); err != nil {
+		return err
+	}
+	ferr := f()
+	if err := cerr(C.hn_autocast_exit(cuda, pe, pd)); err != nil && ferr == nil {
+		ferr = err
+	}
+	return ferr
+}
+
+// SetChannelsLast re-lays t out in place, channels last (NHWC in memory)
+// when on, contiguous NCHW otherwise; every handle on t's data (a model's
+// parameter, its optimizer's) sees the new layout. Tensors that are not
+// 4-D are left alone.
+func SetChannelsLast(t *ts.Tensor, on bool) error {
+	o := C.int(0)
+	if on {
+		o = 1
+	}
+	err := cerr(C.hn_set_channels_last(C.hn_tensor(t.Ctensor()), o))
+	runtime.KeepAlive(t)
+	return err
+}
+
+// ChannelsLast returns t laid out channels last, as a new tensor handle.
+func ChannelsLast(t *ts.Tensor) (*ts.Tensor, error) {
+	var out C.hn_tensor
+	err := cerr(C.hn_channels_last(C.hn_tensor(t.Ctensor()), &out))
+	runtime.KeepAlive(t)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
+}
+
+// IsChannelsLast says whether t is laid out channels last (and not also
+// plainly contiguous).
+func IsChannelsLast(t *ts.Tensor) bool {
+	r := C.hn_is_channels_last(C.hn_tensor(t.Ctensor())) != 0
+	runtime.KeepAlive(t)
+	return r
+}
+
+// Unscale multiplies the tensors (gradients; nil entries are skipped) by
+// invScale in place, in one multi-tensor kernel, and reports whether any
+// then holds a NaN or an infinity: the check of mixed-precision loss
+// scaling, after which the step is skipped and the scale lowered.
+func Unscale(tensors []*ts.Tensor, invScale float64) (foundInf bool, err error) {
+	var live []*ts.Tensor
+	for _, t := range tensors {
+		if t != nil {
+			live = append(live, t)
+		}
+	}
+	if len(live) == 0 {
+		return false, nil
+	}
+	arr, free := handles(live)
+	defer free()
+	var fi C.int
+	if err := cerr(C.hn_unscale(arr, C.int(len(live)), C.double(invScale), &fi)); err != nil {
+		return false, err
+	}
+	return fi != 0, nil
+}
+
+// CUDAMemory returns the total memory of CUDA device index (an error on
+// builds without CUDA).
+func CUDAMemory(index int) (total int64, err error) {
+	var f, t C.int64_t
+	if err := cerr(C.hn_cuda_mem_info(C.int(index), &f, &t)); err != nil {
+		return 0, err
+	}
+	return int64(t), nil
 }

@@ -62,6 +62,34 @@ void hn_group_free(hn_group* g);
 char* hn_sgd_step(hn_tensor* params, hn_tensor* grads, hn_tensor* bufs, int n, double lr, double momentum,
                   double weight_decay, int fused);
 
+// Autocast (torch.autocast): hn_autocast_enter turns mixed precision on for
+// this thread's ops on the CPU (cuda = 0) or CUDA (cuda = 1), with dtype an
+// at::ScalarType code (5 Half, 15 BFloat16), and returns the previous state
+// for hn_autocast_exit, which restores it and clears the cast cache when the
+// outermost region ends. gotch can only switch autocast on, not choose its
+// dtype.
+char* hn_autocast_enter(int cuda, int dtype, int* prev_enabled, int* prev_dtype);
+char* hn_autocast_exit(int cuda, int prev_enabled, int prev_dtype);
+
+// hn_set_channels_last re-lays t's data out in place (set_data): channels
+// last (NHWC in memory) when on, else contiguous. For 4-D parameters, whose
+// handles (the model's, the optimizer's) all see the new layout.
+char* hn_set_channels_last(hn_tensor t, int on);
+// hn_channels_last returns t laid out channels last (t itself, shared, when
+// it already is); *out is a new handle.
+char* hn_channels_last(hn_tensor t, hn_tensor* out);
+// hn_is_channels_last says whether t is laid out channels last.
+int hn_is_channels_last(hn_tensor t);
+
+// hn_unscale multiplies the defined tensors among ts by inv_scale in place
+// (one multi-tensor kernel) and sets *found_inf when any holds a NaN or an
+// infinity afterwards: mixed-precision loss scaling's check (GradScaler).
+char* hn_unscale(hn_tensor* ts, int n, double inv_scale, int* found_inf);
+
+// hn_cuda_mem_info reports the current CUDA device's free and total bytes
+// (an error on builds without CUDA).
+char* hn_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes);
+
 // hn_release_memory gives the C heap's free memory back to the system
 // (glibc's malloc_trim): after a large batch, freed activations otherwise
 // stay resident as the allocator's high-water mark.

@@ -1,11 +1,16 @@
 package native
 
 import (
+	"errors"
+	"math"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -144,5 +149,110 @@ func TestGroupOfOne(t *testing.T) {
 	}
 	if _, err := NewGroup("mpi", s, 0, 1, -1, time.Second, ""); err == nil || !strings.Contains(err.Error(), "want gloo or nccl") {
 		t.Errorf("unknown backend: %v", err)
+	}
+}
+
+func TestAutocast(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	x := ts.MustRand([]int64{2, 3, 8, 8}, gotch.Float, gotch.CPU)
+	w := ts.MustRand([]int64{4, 3, 3, 3}, gotch.Float, gotch.CPU)
+	defer x.MustDrop()
+	defer w.MustDrop()
+	conv := func() gotch.DType {
+		y := ts.MustConv2d(x, w, ts.NewTensor(), []int64{1}, []int64{1}, []int64{1}, 1)
+		defer y.MustDrop()
+		return y.DType()
+	}
+	if d := conv(); d != gotch.Float {
+		t.Fatalf("before autocast: %v", d)
+	}
+	err := Autocast(gotch.CPU, gotch.BFloat16, func() error {
+		if d := conv(); d != gotch.BFloat16 {
+			t.Errorf("inside autocast bf16: conv gives %v", d)
+		}
+		return Autocast(gotch.CPU, gotch.BFloat16, func() error { // nested
+			if d := conv(); d != gotch.BFloat16 {
+				t.Errorf("nested: %v", d)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := conv(); d != gotch.Float {
+		t.Errorf("after autocast: conv gives %v, want float (state restored)", d)
+	}
+	if err := Autocast(gotch.CPU, gotch.Float, func() error { return nil }); err == nil {
+		t.Error("autocast to float32 accepted")
+	}
+	want := errors.New("from f")
+	if err := Autocast(gotch.CPU, gotch.BFloat16, func() error { return want }); err != want {
+		t.Errorf("f's error: got %v", err)
+	}
+}
+
+func TestChannelsLast(t *testing.T) {
+	x := ts.MustRand([]int64{2, 3, 5, 7}, gotch.Float, gotch.CPU)
+	defer x.MustDrop()
+	before := x.Float64Values()
+	alias := x.MustShallowClone()
+	defer alias.MustDrop()
+	if IsChannelsLast(x) {
+		t.Fatal("fresh tensor reported channels last")
+	}
+	if err := SetChannelsLast(x, true); err != nil {
+		t.Fatal(err)
+	}
+	if !IsChannelsLast(x) || !IsChannelsLast(alias) {
+		t.Fatalf("after SetChannelsLast: %v, alias %v", IsChannelsLast(x), IsChannelsLast(alias))
+	}
+	st := x.MustStride()
+	if st[1] != 1 || st[3] != 3 {
+		t.Errorf("strides %v, want NHWC (channel stride 1)", st)
+	}
+	if got := x.Float64Values(); !slices.Equal(got, before) {
+		t.Error("values changed with the layout")
+	}
+	y, err := ChannelsLast(x.MustContiguous(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.MustDrop()
+	if !IsChannelsLast(y) {
+		t.Error("ChannelsLast result is not channels last")
+	}
+	if err := SetChannelsLast(x, false); err != nil || IsChannelsLast(x) {
+		t.Errorf("back to contiguous: %v, %v", err, IsChannelsLast(x))
+	}
+	v := ts.MustOnes([]int64{3}, gotch.Float, gotch.CPU)
+	defer v.MustDrop()
+	if err := SetChannelsLast(v, true); err != nil {
+		t.Errorf("1-D tensor: %v (want left alone)", err)
+	}
+}
+
+func TestUnscale(t *testing.T) {
+	a := ts.MustOfSlice([]float32{2, 4})
+	b := ts.MustOfSlice([]float32{8})
+	defer a.MustDrop()
+	defer b.MustDrop()
+	inf, err := Unscale([]*ts.Tensor{a, nil, b}, 0.5)
+	if err != nil || inf {
+		t.Fatalf("finite: inf=%v err=%v", inf, err)
+	}
+	if got := append(a.Float64Values(), b.Float64Values()...); !slices.Equal(got, []float64{1, 2, 4}) {
+		t.Errorf("unscaled to %v, want [1 2 4]", got)
+	}
+	c := ts.MustOfSlice([]float32{1, float32(math.Inf(1))})
+	defer c.MustDrop()
+	if inf, err := Unscale([]*ts.Tensor{a, c}, 1); err != nil || !inf {
+		t.Errorf("with an infinity: inf=%v err=%v", inf, err)
+	}
+	n := ts.MustOfSlice([]float32{float32(math.NaN())})
+	defer n.MustDrop()
+	if inf, _ := Unscale([]*ts.Tensor{n}, 1); !inf {
+		t.Error("NaN not found")
 	}
 }

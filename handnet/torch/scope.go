@@ -1,6 +1,9 @@
 package torch
 
-import "github.com/sugarme/gotch/ts"
+import (
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
 
 // Scope owns the tensors made inside a piece of torch work and frees them all
 // at Close, except those handed out with Keep: the one place where
@@ -75,3 +78,25 @@ func (s *Scope) Close() {
 // LiveTensors is the number of tensor handles gotch has not freed: a leak
 // shows as a count that grows with the work done.
 func LiveTensors() int { return len(ts.ExistingTensors) }
+
+// CrossEntropy is the mean cross-entropy of logits [N,C] against class
+// indices y [N] (log-softmax then negative log-likelihood, as
+// torch.nn.functional.cross_entropy). gotch's CrossEntropyForLogits leaks
+// a tensor handle per call (its empty class-weight tensor).
+func CrossEntropy(logits, y *ts.Tensor) *ts.Tensor {
+	s := NewScope()
+	defer s.Close()
+	weight := s.T(ts.NewTensor())
+	logSm := s.T(logits.MustLogSoftmax(-1, logits.DType(), false))
+	return logSm.MustNllLoss(y, weight, 1, -100, false)
+}
+
+// Float64s returns t's values as float64s. gotch's Float64Values leaves its
+// converted copy for a finalizer to free (a leaked handle per call).
+func Float64s(t *ts.Tensor) []float64 {
+	d := t.MustTotype(gotch.Double, false)
+	defer d.MustDrop()
+	out := make([]float64, d.Numel())
+	d.MustCopyData(out, d.Numel())
+	return out
+}

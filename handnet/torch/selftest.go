@@ -46,9 +46,9 @@ func SelfTest(device gotch.Device, steps int) (SelfTestResult, error) {
 		p := r.MustMeanDim([]int64{2, 3}, false, gotch.Float, true)
 		logits := fc.Forward(p)
 		p.MustDrop()
-		loss := logits.CrossEntropyForLogits(y)
+		loss := CrossEntropy(logits, y)
 		logits.MustDrop()
-		v := loss.Float64Values()[0]
+		v := Float64s(loss)[0]
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			loss.MustDrop()
 			return res, fmt.Errorf("self-test on %s: loss is %v at step %d", res.Device, v, i)
