@@ -74,17 +74,38 @@ func ParseAugment(s string) (*Augment, error) {
 
 func uniform(rng *rand.Rand, m float64) float64 { return (rng.Float64()*2 - 1) * m }
 
+// draws are one image's random choices, drawn in a fixed order so that the
+// CPU and device loaders make the same ones.
+type draws struct {
+	angle, scale, tx, ty, bright, contrast, sat float64
+	flip                                        bool
+}
+
+func (a *Augment) draw(rng *rand.Rand, w, h int) draws {
+	var d draws
+	d.angle = uniform(rng, a.Rotate) * math.Pi / 180
+	d.scale = 1 + uniform(rng, a.Scale)
+	d.tx, d.ty = uniform(rng, a.Translate)*float64(w), uniform(rng, a.Translate)*float64(h)
+	d.bright = 1 + uniform(rng, a.Brightness)
+	d.contrast = 1 + uniform(rng, a.Contrast)
+	d.sat = 1 + uniform(rng, a.Saturation)
+	d.flip = a.HFlip > 0 && rng.Float64() < a.HFlip
+	return d
+}
+
+// FlipsOnly says whether the augmentation is at most a horizontal flip:
+// what the device loader (LoaderOptions.OnDevice) does on the device.
+func (a *Augment) FlipsOnly() bool {
+	return a == nil || a.Rotate == 0 && a.Translate == 0 && a.Scale == 0 && a.Brightness == 0 && a.Contrast == 0 && a.Saturation == 0
+}
+
 // apply writes an augmented copy of src (uint8 CHW, w×h) to dst and says
 // whether it mirrored the image. Pixels from outside the frame are white,
 // like the photos' background.
 func (a *Augment) apply(src, dst []byte, w, h int, rng *rand.Rand) (flipped bool) {
-	angle := uniform(rng, a.Rotate) * math.Pi / 180
-	scale := 1 + uniform(rng, a.Scale)
-	tx, ty := uniform(rng, a.Translate)*float64(w), uniform(rng, a.Translate)*float64(h)
-	bright := 1 + uniform(rng, a.Brightness)
-	contrast := 1 + uniform(rng, a.Contrast)
-	sat := 1 + uniform(rng, a.Saturation)
-	flipped = a.HFlip > 0 && rng.Float64() < a.HFlip
+	d := a.draw(rng, w, h)
+	angle, scale, tx, ty, bright, contrast, sat := d.angle, d.scale, d.tx, d.ty, d.bright, d.contrast, d.sat
+	flipped = d.flip
 	// Inverse map: output pixel → source position.
 	cos, sin := math.Cos(angle)/scale, math.Sin(angle)/scale
 	cx, cy := float64(w)/2, float64(h)/2

@@ -373,3 +373,14 @@ func (c *Cache) Close() error {
 	c.file, c.data = nil, nil
 	return err
 }
+
+// MemoryCache is a cache over images already in memory (count images of
+// 3×h×w uint8 CHW, one after another): for benchmarks and tests that want
+// loaders without a dataset on disk. Close does nothing.
+func MemoryCache(w, h int, images []byte) (*Cache, error) {
+	size := 3 * w * h
+	if w <= 0 || h <= 0 || len(images) == 0 || len(images)%size != 0 {
+		return nil, fmt.Errorf("memory cache: %d bytes is not a whole number of %dx%d images", len(images), w, h)
+	}
+	return &Cache{Path: "(memory)", W: w, H: h, Count: len(images) / size, Key: "memory", data: images}, nil
+}

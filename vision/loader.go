@@ -25,6 +25,11 @@ type LoaderOptions struct {
 	// Shard makes the loader serve one rank's share of every epoch in a
 	// data-parallel run (the zero value: everything).
 	Shard Shard
+	// OnDevice, when set, holds the cache's images on the device (see
+	// UploadCache): batches are gathered, flipped and normalised there, with
+	// the same values as the host path. Augmentation is then limited to
+	// flips (Augment.FlipsOnly).
+	OnDevice *DeviceImages
 }
 
 // Shard is one rank's share of a loader's images, cut as PyTorch's
@@ -50,8 +55,8 @@ type Loader struct {
 	o       LoaderOptions
 
 	norm       *Normalizer
-	scale      *ts.Tensor // per-channel 1/(255·std), on device (CUDA path)
-	shift      *ts.Tensor // per-channel −mean/std
+	lut        *ts.Tensor // normalisation table on the device (CUDA path)
+	offset     *ts.Tensor // its channel offsets
 	pool       chan []byte
 	hostFloats bool // normalise on the host (CPU device) rather than on the device
 }
@@ -87,6 +92,16 @@ func NewLoader(cache *Cache, indices, labels []int, mirror func(int) int, o Load
 	}
 	if o.Shard.Count > 1 && (o.Shard.Rank < 0 || o.Shard.Rank >= o.Shard.Count) {
 		return nil, fmt.Errorf("shard %d of %d", o.Shard.Rank, o.Shard.Count)
+	}
+	if d := o.OnDevice; d != nil {
+		switch {
+		case d.cache != cache:
+			return nil, errors.New("device images of another cache")
+		case d.device != o.Device:
+			return nil, fmt.Errorf("device images on %v, batches wanted on %v", d.device, o.Device)
+		case !o.Augment.FlipsOnly():
+			return nil, errors.New("with the data on the device, augmentation is limited to flips (hflip=…): pose and colour changes run on the CPU loader (--data-on-device off)")
+		}
 	}
 	l.norm = NewNormalizer(Mean, Std)
 	l.pool = make(chan []byte, o.Prefetch+o.Workers+1)
@@ -169,6 +184,8 @@ type hostBatch struct {
 // other goroutines.
 type Epoch struct {
 	l     *Loader
+	epoch int
+	order []int
 	slots []chan hostBatch
 	sem   chan struct{}
 	done  chan struct{}
@@ -182,7 +199,10 @@ type Epoch struct {
 func (l *Loader) Epoch(epoch, start int) *Epoch {
 	order := l.Order(epoch)
 	nb := l.Batches()
-	e := &Epoch{l: l, slots: make([]chan hostBatch, nb), sem: make(chan struct{}, l.o.Prefetch), done: make(chan struct{}), next: start}
+	e := &Epoch{l: l, epoch: epoch, order: order, slots: make([]chan hostBatch, nb), sem: make(chan struct{}, l.o.Prefetch), done: make(chan struct{}), next: start}
+	if l.o.OnDevice != nil {
+		return e // batches are gathered on the device in Next
+	}
 	for i := range e.slots {
 		e.slots[i] = make(chan hostBatch, 1)
 	}
@@ -252,8 +272,7 @@ func (l *Loader) prepare(epoch int, idx []int) hostBatch {
 			if aug == nil {
 				aug = make([]byte, size)
 			}
-			rng := rand.New(rand.NewPCG(l.o.Seed^0xa5a5a5a5, uint64(epoch)<<32|uint64(i)))
-			if l.o.Augment.apply(img, aug, l.cache.W, l.cache.H, rng) {
+			if l.o.Augment.apply(img, aug, l.cache.W, l.cache.H, l.augRNG(epoch, i)) {
 				label = l.mirror(label)
 			}
 			img = aug
@@ -268,10 +287,18 @@ func (l *Loader) prepare(epoch int, idx []int) hostBatch {
 	return hb
 }
 
+// augRNG is the generator of record i's augmentation in epoch.
+func (l *Loader) augRNG(epoch, i int) *rand.Rand {
+	return rand.New(rand.NewPCG(l.o.Seed^0xa5a5a5a5, uint64(epoch)<<32|uint64(i)))
+}
+
 // Next returns the next batch, or nil at the end of the epoch.
 func (e *Epoch) Next() (*Batch, error) {
 	if e.next >= len(e.slots) {
 		return nil, nil
+	}
+	if e.l.o.OnDevice != nil {
+		return e.nextOnDevice()
 	}
 	var hb hostBatch
 	select {
@@ -310,26 +337,48 @@ func (e *Epoch) Next() (*Batch, error) {
 	return &Batch{X: x, Y: y, Indices: hb.indices, Labels: labels}, nil
 }
 
-// toDevice moves a uint8 batch to the device and normalises it there.
-func (l *Loader) toDevice(buf []byte, shape []int64) (*ts.Tensor, error) {
-	if l.scale == nil {
-		sc, sh := make([]float32, 3), make([]float32, 3)
-		for c := range 3 {
-			sc[c] = 1 / (255 * Std[c])
-			sh[c] = -Mean[c] / Std[c]
+// nextOnDevice gathers the next batch from the device images.
+func (e *Epoch) nextOnDevice() (*Batch, error) {
+	l, b := e.l, e.next
+	e.next++
+	recs := e.order[b*l.o.BatchSize : min((b+1)*l.o.BatchSize, len(e.order))]
+	idx, flip := make([]int64, len(recs)), make([]bool, len(recs))
+	labels, y64 := make([]int, len(recs)), make([]int64, len(recs))
+	for k, i := range recs {
+		idx[k], labels[k] = int64(i), l.labels[i]
+		if a := l.o.Augment; a != nil && a.HFlip > 0 {
+			if flip[k] = a.draw(l.augRNG(e.epoch, i), l.cache.W, l.cache.H).flip; flip[k] {
+				labels[k] = l.mirror(labels[k])
+			}
 		}
-		l.scale = ts.MustOfSlice(sc).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
-		l.shift = ts.MustOfSlice(sh).MustView([]int64{1, 3, 1, 1}, true).MustTo(l.o.Device, true)
+		y64[k] = int64(labels[k])
 	}
+	x, err := l.o.OnDevice.batch(idx, flip)
+	if err != nil {
+		return nil, err
+	}
+	y := ts.MustOfSlice(y64)
+	if l.o.Device.IsCuda() {
+		y = y.MustTo(l.o.Device, true)
+	}
+	return &Batch{X: x, Y: y, Indices: append([]int(nil), recs...), Labels: labels}, nil
+}
+
+// toDevice moves a uint8 batch to the device and normalises it there, with
+// the host path's table (the same values).
+func (l *Loader) toDevice(buf []byte, shape []int64) (*ts.Tensor, error) {
+	if l.lut == nil {
+		l.lut, l.offset = normTable(l.o.Device)
+	}
+	s := torch.NewScope()
+	defer s.Close()
 	u8, err := torch.FromBytes(buf, shape, gotch.Uint8)
 	if err != nil {
 		return nil, err
 	}
-	d := u8.MustTo(l.o.Device, true)
-	f := d.MustTotype(gotch.Float, true)
-	f.MustMul_(l.scale)
-	f.MustAdd_(l.shift)
-	return f, nil
+	s.T(u8)
+	d := s.T(u8.MustTo(l.o.Device, false))
+	return normalizeWith(s, l.lut, l.offset, d), nil
 }
 
 // Close stops the epoch's background work; call it when leaving early.
@@ -372,4 +421,14 @@ func SplitLoaders(ds *Dataset, c *Cache, a Assignment, scheme Scheme, o LoaderOp
 		return nil, nil, nil, err
 	}
 	return train, val, test, nil
+}
+
+// Close frees the loader's device tensors (its normalisation table on a
+// CUDA device). Device images given in OnDevice belong to the caller.
+func (l *Loader) Close() {
+	if l.lut != nil {
+		l.lut.MustDrop()
+		l.offset.MustDrop()
+		l.lut, l.offset = nil, nil
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -39,16 +40,23 @@ type Spec struct {
 	SkipBad  bool   `json:"skip_bad,omitempty"`
 	Exact    bool   `json:"exact,omitempty"`
 	// Budgets of each decode when the cache is built (0: the defaults).
-	MaxPixels int64        `json:"max_pixels,omitempty"`
-	MaxBytes  int64        `json:"max_bytes,omitempty"`
-	Split     string       `json:"split"`  // random, stratified or subject
-	Scheme    string       `json:"scheme"` // class8, gender or aspect
-	Augment   string       `json:"augment,omitempty"`
-	Device    string       `json:"device"`
-	Model     model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
-	Weights   string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
-	Train     train.Config `json:"train"`
-	Title     string       `json:"title,omitempty"`
+	MaxPixels int64  `json:"max_pixels,omitempty"`
+	MaxBytes  int64  `json:"max_bytes,omitempty"`
+	Split     string `json:"split"`  // random, stratified or subject
+	Scheme    string `json:"scheme"` // class8, gender or aspect
+	Augment   string `json:"augment,omitempty"`
+	Device    string `json:"device"`
+	// Precision of the forward passes: fp32 (""), bf16 or fp16 (autocast;
+	// weights and optimizer state stay fp32). ChannelsLast lays the
+	// convolutions out NHWC. DataOnDevice is auto (""), on or off: the
+	// image cache uploaded once to the device (vision.UploadCache).
+	Precision    string       `json:"precision,omitempty"`
+	ChannelsLast bool         `json:"channels_last,omitempty"`
+	DataOnDevice string       `json:"data_on_device,omitempty"`
+	Model        model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
+	Weights      string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
+	Train        train.Config `json:"train"`
+	Title        string       `json:"title,omitempty"`
 	// Identity is filled in when the run starts (see Identify).
 	Identity Identity `json:"identity"`
 	// WorldSize is the number of data-parallel processes that trained it.
@@ -75,10 +83,18 @@ type Data struct {
 	Cache  *vision.Cache
 	Split  vision.Assignment
 	Scheme vision.Scheme
+
+	onDevice *vision.DeviceImages // the cache on the device, once uploaded
 }
 
 // Close releases the cache.
-func (d *Data) Close() { d.Cache.Close() }
+func (d *Data) Close() {
+	if d.onDevice != nil {
+		d.onDevice.Close()
+		d.onDevice = nil
+	}
+	d.Cache.Close()
+}
 
 // CacheOptions are the cache options of the spec; ctx stops a build.
 func (s Spec) CacheOptions(ctx context.Context) vision.CacheOptions {
@@ -139,13 +155,88 @@ func OpenCache(ds *vision.Dataset, o vision.CacheOptions, h Hooks) (*vision.Cach
 
 // Loaders returns the train, validation and test loaders for the spec;
 // shard is this rank's share in a data-parallel run (zero: everything).
-func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard) (trainL, valL, testL *vision.Loader, err error) {
+// With the data on the device (see DeviceData), the cache is uploaded on
+// the first call; call it on the torch thread that trains.
+func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard, h Hooks) (trainL, valL, testL *vision.Loader, err error) {
 	aug, err := vision.ParseAugment(s.Augment)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return vision.SplitLoaders(d.Set, d.Cache, d.Split, d.Scheme, vision.LoaderOptions{
-		BatchSize: s.Train.BatchSize, Shuffle: true, Seed: s.Train.Seed, Device: device, Augment: aug, Shard: shard})
+	o := vision.LoaderOptions{BatchSize: s.Train.BatchSize, Shuffle: true, Seed: s.Train.Seed, Device: device, Augment: aug, Shard: shard}
+	on, why, err := DeviceData(s.DataOnDevice, device, d.Cache, aug)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if on {
+		if d.onDevice == nil || d.onDevice.Device() != device {
+			start := time.Now()
+			if d.onDevice != nil {
+				d.onDevice.Close()
+			}
+			if d.onDevice, err = vision.UploadCache(d.Cache, device); err != nil {
+				return nil, nil, nil, fmt.Errorf("--data-on-device: %w (use --data-on-device off)", err)
+			}
+			h.logf("data on the device: %.0f MB uploaded to %s in %.1fs", float64(vision.DeviceBytes(d.Cache))/1e6, torch.DeviceName(device), time.Since(start).Seconds())
+		}
+		o.OnDevice = d.onDevice
+	} else if why != "" {
+		h.logf("data on the host: %s", why)
+	}
+	return vision.SplitLoaders(d.Set, d.Cache, d.Split, d.Scheme, o)
+}
+
+// DeviceDataFraction is the share of a GPU's memory the image cache may
+// take under --data-on-device auto.
+const DeviceDataFraction = 0.4
+
+// DeviceData decides whether the loaders gather batches from a copy of the
+// cache on the device: mode on, off, or auto ("": on for a CUDA device when
+// the cache takes at most DeviceDataFraction of its memory and the
+// augmentation is flips only). why explains an auto that said no, when it
+// is worth saying.
+func DeviceData(mode string, device gotch.Device, c *vision.Cache, aug *vision.Augment) (on bool, why string, err error) {
+	switch mode {
+	case "off":
+		return false, "", nil
+	case "on":
+		if !aug.FlipsOnly() {
+			return false, "", errors.New("--data-on-device on: the device loader only flips; pose and colour augmentation needs --data-on-device off")
+		}
+		return true, "", nil
+	case "", "auto":
+	default:
+		return false, "", fmt.Errorf("--data-on-device %q: want auto, on or off", mode)
+	}
+	if !device.IsCuda() {
+		return false, "", nil // on the CPU the cache is already in memory
+	}
+	if !aug.FlipsOnly() {
+		return false, "pose and colour augmentation runs on the CPU loader", nil
+	}
+	total, err := native.CUDAMemory(device.Value)
+	if err != nil {
+		return false, fmt.Sprintf("device memory unknown (%v)", err), nil
+	}
+	need := vision.DeviceBytes(c)
+	if float64(need) > DeviceDataFraction*float64(total) {
+		return false, fmt.Sprintf("the cache (%.0f MB) exceeds %.0f%% of the GPU's %.0f MB", float64(need)/1e6, 100*DeviceDataFraction, float64(total)/1e6), nil
+	}
+	return true, "", nil
+}
+
+// Prepare sets a model's runtime options from the spec: precision and
+// memory layout.
+func Prepare(m *model.Model, s Spec) error {
+	p, err := model.ParsePrecision(s.Precision)
+	if err != nil {
+		return err
+	}
+	if s.ChannelsLast {
+		if err := m.SetChannelsLast(true); err != nil {
+			return err
+		}
+	}
+	return m.SetPrecision(p)
 }
 
 // ReadSpec reads dir/run.json.
@@ -274,7 +365,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		if g != nil {
 			shard = vision.Shard{Rank: g.Rank(), Count: g.Size()}
 		}
-		trainL, valL, testL, err := d.Loaders(s, dev, shard)
+		trainL, valL, testL, err := d.Loaders(s, dev, shard, h)
 		if err != nil {
 			return err
 		}
@@ -290,6 +381,12 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return err
 		}
 		defer m.Close()
+		defer trainL.Close()
+		defer valL.Close()
+		defer testL.Close()
+		if err := Prepare(m, s); err != nil {
+			return err
+		}
 		if s.Weights != "" && rank == 0 && !o.Resume { // the other ranks get them by broadcast
 			if err := weights.LoadPretrained(m, s.Weights); err != nil {
 				return err
@@ -510,7 +607,9 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 		if err != nil {
 			return err
 		}
-		trainL, valL, testL, err := d.Loaders(s, dev, vision.Shard{})
+		es := s
+		es.DataOnDevice = "off" // one pass over one split: not worth an upload
+		trainL, valL, testL, err := d.Loaders(es, dev, vision.Shard{}, h)
 		if err != nil {
 			return err
 		}

@@ -72,6 +72,9 @@ func Identify(s Spec, d *Data) (Identity, error) {
 		"weights":  w,
 		"train":    js(tc),
 	}}
+	if p := s.Precision; p != "" && p != "fp32" { // fp32 runs keep their keys of before
+		id.Parts["precision"] = p
+	}
 	keys := make([]string, 0, len(id.Parts))
 	for k := range id.Parts {
 		keys = append(keys, k)

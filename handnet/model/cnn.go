@@ -125,9 +125,9 @@ func (m *CNN) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
 func (m *CNN) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
 	h := s.T(a.MustFlatten(1, -1, false))
 	h = dropout(s, h, m.drop.Flatten, train)
-	h = s.T(s.T(m.fc1.Forward(h)).MustRelu(false))
+	h = s.T(linear(s, m.fc1, h).MustRelu(false))
 	h = dropout(s, h, m.drop.FC1, train)
-	return s.T(m.fc2.Forward(h))
+	return linear(s, m.fc2, h)
 }
 
 // block is conv → [BatchNorm] → ReLU → max-pool 2 → [dropout].
@@ -147,4 +147,13 @@ func dropout(s *torch.Scope, x *ts.Tensor, p float64, train bool) *ts.Tensor {
 		return x
 	}
 	return s.T(ts.MustDropout(x, p, true))
+}
+
+// linear is x·Wᵀ + b as one op (at::linear, an addmm), as PyTorch's
+// nn.Linear computes it. gotch's Linear.Forward multiplies and then adds the
+// bias separately: more kernels, and under autocast the separate add
+// promotes the bf16 product back to float32.
+func linear(s *torch.Scope, l *nn.Linear, x *ts.Tensor) *ts.Tensor {
+	w := s.T(l.Ws.MustT(false)) // l.Ws is a transposed view of the [out,in] weight
+	return s.T(ts.MustLinear(x, w, l.Bs))
 }

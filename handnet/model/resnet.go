@@ -99,7 +99,7 @@ func (m *ResNet18) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor
 // Head pools layer4's activations and applies the classifier.
 func (m *ResNet18) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
 	pooled := s.T(s.T(a.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false))
-	return s.T(m.fc.Forward(pooled))
+	return linear(s, m.fc, pooled)
 }
 
 // block is torchvision's BasicBlock.

@@ -67,6 +67,17 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"train", "--data", dir, "--out", "/"}, 2},
 		{[]string{"reproduce", "--data", dir, "--out", dir, "--transfer-lr", "Inf"}, 2},
 		{[]string{"predict", "--checkpoint", "x", "--device", "tpu", dir}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--precision", "int8"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--precision", "fp16", "--device", "cpu"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--data-on-device", "maybe"}, 2},
+		{[]string{"train", "--data", dir, "--out", dir, "--data-on-device", "on", "--augment", "default"}, 2},
+		{[]string{"bench", "--modes", "fp32+graphs"}, 2},
+		{[]string{"bench", "--modes", "fp16", "--device", "cpu"}, 2},
+		{[]string{"bench", "--batch", "0"}, 2},
+		{[]string{"bench", "--models", "vgg"}, 2},
+		{[]string{"bench", "--phases", "eval"}, 2},
+		{[]string{"bench", "--models", "cnn", "--batch", "2", "--modes", "fp32", "--phases", "infer", "--steps", "1", "--min-time", "0s",
+			"--pytorch", "--python", filepath.Join(dir, "no-python")}, 1},
 	}
 	for _, tt := range tests {
 		if got := run(tt.args); got != tt.want {

@@ -43,6 +43,10 @@ type specFlags struct {
 	threads  int
 	cfg      train.Config
 	schedule string
+
+	precision    string
+	channelsLast bool
+	dataOnDevice string
 }
 
 func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
@@ -71,12 +75,16 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 	fs.StringVar(&f.augment, "augment", "none", "training augmentation: none, default, or key=value list (rotate, translate, scale, brightness, contrast, saturation, hflip)")
 	fs.StringVar(&f.device, "device", "auto", "device: auto, cpu, cuda or cuda:N")
 	fs.IntVar(&f.threads, "threads", 0, "CPU threads for torch (0: all usable CPUs)")
+	fs.StringVar(&f.precision, "precision", "fp32", "forward-pass arithmetic: fp32, bf16 (autocast; CPUs with AVX-512 BF16/AMX, GPUs) or fp16 (CUDA, with loss scaling); weights and optimizer state stay fp32")
+	fs.BoolVar(&f.channelsLast, "channels-last", false, "lay convolutions out channels last (NHWC), which oneDNN/cuDNN often run faster, bf16 especially")
+	fs.StringVar(&f.dataOnDevice, "data-on-device", "auto", "upload the image cache to the GPU once and build batches there: auto (when it fits in 40% of the GPU's memory and --augment is at most hflip), on or off")
 }
 
 func (f *specFlags) spec() (experiment.Spec, error) {
 	s := experiment.Spec{Data: f.cache.data, CacheDir: f.cache.dir, SkipBad: f.cache.skipBad, Exact: f.cache.exact,
 		MaxPixels: f.cache.limits.pixels, MaxBytes: f.cache.limits.bytes,
 		Split: f.split, Scheme: f.scheme, Augment: f.augment, Device: f.device, Train: f.cfg,
+		Precision: f.precision, ChannelsLast: f.channelsLast, DataOnDevice: f.dataOnDevice,
 		Model: model.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
 	if s.Data == "" {
 		return s, usagef("--data is required")
@@ -90,8 +98,26 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 	if err := s.Train.Validate(); err != nil {
 		return s, usagef("%v", err)
 	}
-	if _, err := vision.ParseAugment(f.augment); err != nil {
+	aug, err := vision.ParseAugment(f.augment)
+	if err != nil {
 		return s, usagef("--augment: %v", err)
+	}
+	p, err := model.ParsePrecision(f.precision)
+	if err != nil {
+		return s, usagef("--precision: %v", err)
+	}
+	if dev, err := torch.ParseDevice(f.device); err == nil && p == model.FP16 && !dev.IsCuda() {
+		return s, usagef("--precision fp16 needs a CUDA device (the CPU's autocast runs bf16 only): use bf16 or fp32")
+	}
+	s.Precision = string(p)
+	switch f.dataOnDevice {
+	case "auto", "off":
+	case "on":
+		if !aug.FlipsOnly() {
+			return s, usagef("--data-on-device on: the device loader only flips; drop the pose and colour parts of --augment or use --data-on-device off")
+		}
+	default:
+		return s, usagef("--data-on-device %q: want auto, on or off", f.dataOnDevice)
 	}
 	if _, err := vision.ParseSplitMethod(f.split); err != nil {
 		return s, usagef("--split: %v", err)

@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+)
+
+func TestParseMode(t *testing.T) {
+	for _, c := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"fp32", "fp32", true},
+		{"BF16+cl", "bf16+cl", true},
+		{"fp32+data", "fp32+data", true},
+		{"bf16+loader+cl", "bf16+cl+loader", true},
+		{"fp16+cl+data", "fp16+cl+data", true},
+		{"+cl", "", false},
+		{"fp32+data+loader", "", false},
+		{"fp32+graphs", "", false},
+		{"int8", "", false},
+		{"fp32+nhwc", "", false},
+	} {
+		m, err := ParseMode(c.in)
+		if (err == nil) != c.ok || (c.ok && m.String() != c.want) {
+			t.Errorf("ParseMode(%q) = %q, %v; want %q (ok %v)", c.in, m, err, c.want, c.ok)
+		}
+	}
+}
+
+// Every mode measures: positive rates from the steps it says it ran.
+func TestMeasure(t *testing.T) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	o := Options{Device: gotch.CPU, Warmup: 1, Steps: 2, MinTime: 1}
+	for _, c := range []Case{
+		{"cnn", 4, Mode{Precision: model.FP32}, "train"},
+		{"cnn", 4, Mode{Precision: model.FP32, Data: "loader"}, "train"},
+		{"cnn", 4, Mode{Precision: model.FP32, Data: "device"}, "train"},
+		{"cnn", 4, Mode{Precision: model.BF16, ChannelsLast: true}, "infer"},
+		{"resnet18", 2, Mode{Precision: model.FP32, ChannelsLast: true}, "train"},
+	} {
+		var r Row
+		if err := th.Do(func() (err error) { r, err = Measure(c, o); return err }); err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+		if r.Steps < 2 || r.Seconds <= 0 || r.HandnetImagesPerSec <= 0 || r.Mode != c.Mode.String() || r.Device != "cpu" {
+			t.Errorf("%s: row %+v", c, r)
+		}
+		if got := float64(r.Steps*c.Batch) / r.Seconds; got != r.HandnetImagesPerSec {
+			t.Errorf("%s: %v images/s, but %d steps of %d in %vs", c, r.HandnetImagesPerSec, r.Steps, c.Batch, r.Seconds)
+		}
+	}
+	if err := th.Do(func() error { _, err := Measure(Case{"cnn", 4, Mode{}, "eval"}, o); return err }); err == nil {
+		t.Error("phase eval accepted")
+	}
+}
+
+// The PyTorch side runs in Debian's python3-torch and its rows come back
+// keyed as Compare looks them up.
+func TestRunPyTorch(t *testing.T) {
+	py, err := FindPython("", false)
+	if err != nil {
+		t.Skipf("no PyTorch here (make test installs python3-torch): %v", err)
+	}
+	cases := []Case{{"cnn", 4, Mode{Precision: model.FP32, Data: "device"}, "train"}, {"cnn", 4, Mode{Precision: model.BF16, ChannelsLast: true}, "infer"}}
+	got := map[string]PyTorchRow{}
+	o := Options{Device: gotch.CPU, Warmup: 1, Steps: 2, MinTime: 1}
+	err = RunPyTorch(context.Background(), py, []Case{PyTorchCase(cases[0]), cases[1]}, o, 1, func(r PyTorchRow) {
+		got[Case{r.Model, r.Batch, mustMode(t, r.Mode), r.Phase}.String()] = r
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("rows %v", got)
+	}
+	rows := []Row{{HandnetImagesPerSec: 10}, {HandnetImagesPerSec: 20}}
+	Compare(rows, cases, got)
+	for i, r := range rows {
+		p := got[PyTorchCase(cases[i]).String()]
+		if r.PyTorchImagesPerSec == nil || *r.PyTorchImagesPerSec != p.ImagesPerSec || p.ImagesPerSec <= 0 || p.Steps < 2 {
+			t.Fatalf("row %d: %+v from %+v", i, r, p)
+		}
+		if *r.Ratio != r.HandnetImagesPerSec/p.ImagesPerSec {
+			t.Errorf("row %d: ratio %v", i, *r.Ratio)
+		}
+	}
+	if err := RunPyTorch(context.Background(), py, []Case{{"vgg", 4, Mode{Precision: model.FP32}, "train"}}, o, 1, func(PyTorchRow) {}); err == nil {
+		t.Error("unknown model: no error from the script")
+	}
+}
+
+func mustMode(t *testing.T, s string) Mode {
+	m, err := ParseMode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestFindPythonNamesWhatItTried(t *testing.T) {
+	_, err := FindPython("/nonexistent/python3", false)
+	if !errors.Is(err, ErrNoPyTorch) {
+		t.Fatalf("got %v, want ErrNoPyTorch", err)
+	}
+	t.Setenv("HANDNET_PYTHON", "/bin/false")
+	if _, err := FindPython("", false); !errors.Is(err, ErrNoPyTorch) {
+		t.Errorf("/bin/false taken for a python with torch: %v", err)
+	}
+}

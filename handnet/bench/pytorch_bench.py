@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""PyTorch's side of `handnet bench --pytorch`: the same training and
+inference steps, written the way a user writes them by hand.
+
+Usage: pytorch_bench.py --device cpu|cuda[:N] [--threads N] [--warmup W]
+                        [--steps S] [--min-seconds T] CASE...
+A CASE is MODEL:BATCH:MODE:PHASE, e.g. cnn:16:fp32:train or
+resnet18:256:bf16+cl:infer. MODE is fp32, bf16 or fp16, with +cl for
+channels_last (data modes such as +data run as plain: PyTorch's steps here
+use one batch resident on the device, its best case). For each case one JSON
+line goes to stdout:
+  {"model", "batch", "mode", "phase", "device", "images_per_sec", "steps", "seconds", "torch"}
+
+The models are handnet's: the study's CNN (conv 5x5 16/32/64, each ReLU +
+max-pool 2, then dropout 0.4, fc1 256, ReLU, dropout 0.4, fc2; 170x128 input)
+and torchvision's ResNet-18 with an 8-class head. A training step is
+forward, cross-entropy, backward and SGD (lr 0.0025, momentum 0.9); an
+inference step is a forward pass in eval mode under torch.inference_mode.
+Timing: warm-up steps, then steps until both --steps and --min-seconds are
+reached; CUDA is synchronised before the clock is read.
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+W, H, CLASSES = 170, 128, 8
+
+
+class StudyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 5)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.conv3 = nn.Conv2d(32, 64, 5)
+        self.fc1 = nn.Linear(64 * 12 * 17, 256)
+        self.fc2 = nn.Linear(256, CLASSES)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        x = F.dropout(torch.flatten(x, 1), 0.4, self.training)
+        x = F.dropout(F.relu(self.fc1(x)), 0.4, self.training)
+        return self.fc2(x)
+
+
+def build(name):
+    if name == "cnn":
+        return StudyCNN()
+    if name == "resnet18":
+        import torchvision
+        return torchvision.models.resnet18(num_classes=CLASSES)
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_case(case, device, args):
+    model_name, batch, mode, phase = case.split(":")
+    batch = int(batch)
+    parts = mode.split("+")
+    precision, cl = parts[0], "cl" in parts[1:]
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise SystemExit(f"case {case}: precision {precision!r}")
+    torch.manual_seed(0)
+    model = build(model_name).to(device)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, 3, H, W, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, CLASSES, (batch,), device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = None
+    if precision == "fp16":
+        scaler = torch.cuda.amp.GradScaler()
+
+    def autocast():
+        if dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=dtype)
+
+    if phase == "train":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0025, momentum=0.9)
+
+        def step():
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=False)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+    elif phase == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                model(x).float()
+    else:
+        raise SystemExit(f"case {case}: phase {phase!r}")
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        if n >= args.steps:
+            sync(device)
+            el = time.perf_counter() - start
+            if el >= args.min_seconds:
+                break
+    return {"model": model_name, "batch": batch, "mode": mode, "phase": phase, "device": str(device),
+            "images_per_sec": n * batch / el, "steps": n, "seconds": el, "torch": torch.__version__}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("cases", nargs="+")
+    args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for case in args.cases:
+        print(json.dumps(run_case(case, device, args)), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

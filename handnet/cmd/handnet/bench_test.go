@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handnet/handnet/handnet/bench"
+)
+
+// handnet bench --json --pytorch: one row per case with the fields the
+// issue names, PyTorch's figure and the ratio filled in; without a python
+// that has torch, the rows say why PyTorch is missing.
+func TestBenchJSON(t *testing.T) {
+	args := []string{"bench", "--models", "cnn", "--batch", "4", "--modes", "fp32,bf16+cl+data", "--phases", "train,infer",
+		"--warmup", "1", "--steps", "2", "--min-time", "0s", "--threads", "1", "--json", "--pytorch"}
+	py, pyErr := bench.FindPython("", false)
+	rows := benchRows(t, nil, args)
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4 (2 modes x 2 phases)", len(rows))
+	}
+	for _, r := range rows {
+		for _, k := range []string{"model", "batch", "mode", "phase", "device", "handnet_images_per_sec", "pytorch_images_per_sec", "ratio"} {
+			if _, ok := r[k]; !ok {
+				t.Errorf("row %v lacks %q", r, k)
+			}
+		}
+		if r["model"] != "cnn" || r["batch"] != 4.0 || r["device"] != "cpu" || !(r["handnet_images_per_sec"].(float64) > 0) {
+			t.Errorf("row %v", r)
+		}
+		if pyErr != nil {
+			t.Logf("no PyTorch here (%v): checking rows without it", pyErr)
+			continue
+		}
+		p, ok := r["pytorch_images_per_sec"].(float64)
+		ratio, ok2 := r["ratio"].(float64)
+		if !ok || !ok2 || p <= 0 || ratio != r["handnet_images_per_sec"].(float64)/p {
+			t.Errorf("row %v: PyTorch %v, ratio %v (python %s)", r, r["pytorch_images_per_sec"], r["ratio"], py)
+		}
+	}
+	// No python with torch: the handnet rows still come, PyTorch's are null
+	// with a reason.
+	rows = benchRows(t, []string{"HANDNET_PYTHON=/bin/false"}, args)
+	for _, r := range rows {
+		if r["pytorch_images_per_sec"] != nil || r["ratio"] != nil || !strings.Contains(r["pytorch_note"].(string), "no python3 with torch") {
+			t.Errorf("without PyTorch: row %v", r)
+		}
+	}
+}
+
+func benchRows(t *testing.T, env, args []string) []map[string]any {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), "HANDNET_TEST_MAIN=1"), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("handnet %q: %v:\n%s", args, err, stderr.String())
+		}
+	case <-time.After(3 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("handnet %q still running after 3 minutes:\n%s", args, stderr.String())
+	}
+	var rows []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("not JSON: %q (%v)", line, err)
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
