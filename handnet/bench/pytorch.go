@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
 )
 
 // Script is PyTorch's side of the benchmark (pytorch_bench.py beside this
