@@ -11,9 +11,9 @@ import (
 	"path"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"unsafe"
 
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/pytorch"
@@ -36,7 +36,7 @@ const MaxFileBytes = 2 << 30
 // readPyTorch reads a state dict saved by torch.save, in the zip format
 // (PyTorch >= 1.6) or the legacy one, into CPU tensors by name.
 func readPyTorch(p string) (tensors map[string]*ts.Tensor, err error) {
-	data, err := readRegular(p)
+	data, err := model.ReadRegular(p, MaxFileBytes, "a weights file")
 	if err != nil {
 		return nil, err
 	}
@@ -89,29 +89,6 @@ func readPyTorch(p string) (tensors map[string]*ts.Tensor, err error) {
 		tensors[nt.name] = t
 	}
 	return tensors, nil
-}
-
-func readRegular(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", p)
-	}
-	if st.Size() > MaxFileBytes {
-		return nil, fmt.Errorf("%s: %d bytes, more than the %d a weights file may have", p, st.Size(), int64(MaxFileBytes))
-	}
-	b := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, b); err != nil {
-		return nil, fmt.Errorf("%s: %w", p, err)
-	}
-	return b, nil
 }
 
 // Pickle opcodes by the argument that follows them (see Python's

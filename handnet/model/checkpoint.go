@@ -139,9 +139,10 @@ func view(t *ts.Tensor) (safetensors.TensorView, error) {
 // MaxCheckpointBytes is the largest safetensors file ReadSafetensors reads.
 const MaxCheckpointBytes = 4 << 30
 
-// readRegular reads a regular file of at most max bytes (a FIFO or device
-// is refused without blocking).
-func readRegular(path string, max int64) ([]byte, error) {
+// ReadRegular reads a regular file of at most max bytes (a FIFO or device
+// is refused without blocking); what names the kind of file in the error
+// about its size ("a checkpoint").
+func ReadRegular(path string, max int64, what string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
@@ -155,7 +156,7 @@ func readRegular(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
 	if st.Size() > max {
-		return nil, fmt.Errorf("%s: %d bytes, more than the %d a checkpoint may have", path, st.Size(), max)
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d %s may have", path, st.Size(), max, what)
 	}
 	b := make([]byte, st.Size())
 	if _, err := io.ReadFull(f, b); err != nil {
@@ -169,7 +170,7 @@ func readRegular(path string, max int64) ([]byte, error) {
 // built — the header's size, every dtype, shape and data range — so a
 // hostile file is a one-line error, never a crash.
 func ReadSafetensors(path string) (map[string]*ts.Tensor, map[string]string, error) {
-	b, err := readRegular(path, MaxCheckpointBytes)
+	b, err := ReadRegular(path, MaxCheckpointBytes, "a checkpoint")
 	if err != nil {
 		return nil, nil, err
 	}
