@@ -2,7 +2,10 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"runtime/debug"
 	"testing"
 
@@ -192,6 +195,47 @@ func TestLiveTensorsBounded(t *testing.T) {
 			if live[e] > live[0] {
 				t.Errorf("after epoch %d: %d live tensors, %d after the first: a leak", e+1, live[e], live[0])
 			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A process killed after an epoch's last checkpoint but before the history
+// and epoch files that follow it: the resume writes them, from the state.
+func TestResumeAfterEpochEndCompletesFiles(t *testing.T) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	cfg := DefaultConfig()
+	cfg.Epochs, cfg.BatchSize, cfg.Seed = 1, 8, 4
+	err := th.Do(func() error {
+		tn, _ := smallRun(t, 16, cfg, nil)
+		if _, err := tn.Run(context.Background(), false); err != nil {
+			return err
+		}
+		want, err := os.ReadFile(filepath.Join(tn.Dir, "history.csv"))
+		if err != nil {
+			return err
+		}
+		for _, f := range []string{"history.csv", "history.json", EpochCheckpoint} {
+			if err := os.Remove(filepath.Join(tn.Dir, f)); err != nil {
+				return err
+			}
+		}
+		if _, err := tn.Run(context.Background(), true); err != nil {
+			return err
+		}
+		got, err := os.ReadFile(filepath.Join(tn.Dir, "history.csv"))
+		if err != nil {
+			return fmt.Errorf("history.csv not rewritten by the resume: %w", err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("history after resume:\n%s\nwant\n%s", got, want)
+		}
+		if _, err := os.Stat(filepath.Join(tn.Dir, EpochCheckpoint)); err != nil {
+			t.Errorf("epoch checkpoint not restored: %v", err)
 		}
 		return nil
 	})

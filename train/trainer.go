@@ -295,6 +295,16 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 		if t.state.Scaler == nil || scaler == nil {
 			t.state.Scaler = scaler // precision changed: start its scale afresh
 		}
+		// A process killed after saving the last checkpoint at an epoch's end
+		// but before the files that follow it: bring them up to date.
+		if t.state.Batch == 0 && t.state.Epoch > 0 && len(t.state.History) == t.state.Epoch {
+			if err := t.markEpoch(); err != nil {
+				return nil, err
+			}
+			if err := t.writeHistory(); err != nil {
+				return nil, err
+			}
+		}
 	} else {
 		if t.Comm != nil {
 			if err := t.Comm.Broadcast(tensors(t.Model.Named()), "the broadcast of the initial weights"); err != nil {
