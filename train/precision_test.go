@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"runtime/debug"
 	"testing"
 
@@ -236,6 +237,19 @@ func TestResumeAfterEpochEndCompletesFiles(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(tn.Dir, EpochCheckpoint)); err != nil {
 			t.Errorf("epoch checkpoint not restored: %v", err)
+		}
+		// A second resume finds everything in place and leaves no litter.
+		if _, err := tn.Run(context.Background(), true); err != nil {
+			return err
+		}
+		entries, err := os.ReadDir(tn.Dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if strings.Contains(e.Name(), ".tmp") {
+				t.Errorf("left behind %s", e.Name())
+			}
 		}
 		return nil
 	})

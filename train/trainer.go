@@ -630,6 +630,11 @@ func (t *Trainer) markEpoch() error {
 		return nil
 	}
 	last, epoch := filepath.Join(t.Dir, LastCheckpoint), filepath.Join(t.Dir, EpochCheckpoint)
+	if a, err := os.Stat(last); err == nil {
+		if b, err := os.Stat(epoch); err == nil && os.SameFile(a, b) {
+			return nil // already marked (rename between two links of one file does nothing)
+		}
+	}
 	tmp := filepath.Join(t.Dir, "."+EpochCheckpoint+".tmp-link")
 	os.Remove(tmp)
 	if err := os.Link(last, tmp); err != nil {
@@ -640,7 +645,11 @@ func (t *Trainer) markEpoch() error {
 		}
 		return vision.WriteFileAtomic(epoch, b)
 	}
-	return os.Rename(tmp, epoch)
+	if err := os.Rename(tmp, epoch); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // restore loads weights, momentum and state from the run folder: the last
