@@ -185,6 +185,22 @@ func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard, h Hooks)
 	return vision.SplitLoaders(d.Set, d.Cache, d.Split, d.Scheme, o)
 }
 
+// CheckDeviceData checks a --data-on-device mode against the augmentation:
+// on, off or auto (""), and on only with flips at most (the device loader
+// does no pose or colour changes).
+func CheckDeviceData(mode string, aug *vision.Augment) error {
+	switch mode {
+	case "", "auto", "off":
+		return nil
+	case "on":
+		if !aug.FlipsOnly() {
+			return errors.New("--data-on-device on: the device loader only flips; drop the pose and colour parts of --augment or use --data-on-device off")
+		}
+		return nil
+	}
+	return fmt.Errorf("--data-on-device %q: want auto, on or off", mode)
+}
+
 // DeviceDataFraction is the share of a GPU's memory the image cache may
 // take under --data-on-device auto.
 const DeviceDataFraction = 0.4
@@ -195,17 +211,14 @@ const DeviceDataFraction = 0.4
 // augmentation is flips only). why explains an auto that said no, when it
 // is worth saying.
 func DeviceData(mode string, device gotch.Device, c *vision.Cache, aug *vision.Augment) (on bool, why string, err error) {
+	if err := CheckDeviceData(mode, aug); err != nil {
+		return false, "", err
+	}
 	switch mode {
 	case "off":
 		return false, "", nil
 	case "on":
-		if !aug.FlipsOnly() {
-			return false, "", errors.New("--data-on-device on: the device loader only flips; pose and colour augmentation needs --data-on-device off")
-		}
 		return true, "", nil
-	case "", "auto":
-	default:
-		return false, "", fmt.Errorf("--data-on-device %q: want auto, on or off", mode)
 	}
 	if !device.IsCuda() {
 		return false, "", nil // on the CPU the cache is already in memory

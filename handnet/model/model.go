@@ -141,14 +141,25 @@ func (p Precision) dtype() gotch.DType {
 	return gotch.BFloat16
 }
 
-// SetPrecision makes Forward run in p. fp16 needs CUDA: libtorch's CPU
-// autocast computes in bf16 only.
+// ErrFP16OnCPU says that fp16 was asked for on the CPU, whose autocast
+// computes in bf16 only.
+var ErrFP16OnCPU = errors.New("fp16 needs a CUDA device (the CPU's autocast runs bf16 only): use bf16 or fp32")
+
+// Check says whether p can run on device.
+func (p Precision) Check(device gotch.Device) error {
+	if p == FP16 && !device.IsCuda() {
+		return ErrFP16OnCPU
+	}
+	return nil
+}
+
+// SetPrecision makes Forward run in p (see Precision.Check).
 func (m *Model) SetPrecision(p Precision) error {
 	if _, err := ParsePrecision(string(p)); err != nil {
 		return err
 	}
-	if p == FP16 && !m.VS.Device().IsCuda() {
-		return errors.New("precision fp16 needs a CUDA device (the CPU's autocast runs bf16 only): use --precision bf16 or fp32")
+	if err := p.Check(m.VS.Device()); err != nil {
+		return fmt.Errorf("precision %s: %w", p, err)
 	}
 	if p != FP32 && p != "" {
 		// Enter and leave once: an unsupported build fails here, not in Forward.

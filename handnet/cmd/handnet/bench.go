@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/bench"
-	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	"github.com/sugarme/gotch"
 )
 
 // Default modes per device: what `handnet bench` measures without --modes.
@@ -66,7 +66,7 @@ func init() {
 						*modes = cudaModes
 					}
 				}
-				cases, err := benchCases(*models, *batches, *modes, *phases, dev.IsCuda())
+				cases, err := benchCases(*models, *batches, *modes, *phases, dev)
 				if err != nil {
 					return err
 				}
@@ -148,7 +148,7 @@ func containsCase(cs []bench.Case, key string) bool {
 }
 
 // benchCases expands the flag lists into cases, checking every value.
-func benchCases(models, batches, modes, phases string, cuda bool) ([]bench.Case, error) {
+func benchCases(models, batches, modes, phases string, device gotch.Device) ([]bench.Case, error) {
 	split := func(s string) []string {
 		var out []string
 		for _, x := range strings.Split(s, ",") {
@@ -172,8 +172,8 @@ func benchCases(models, batches, modes, phases string, cuda bool) ([]bench.Case,
 		if err != nil {
 			return nil, usagef("--modes: %v", err)
 		}
-		if mode.Precision == model.FP16 && !cuda {
-			return nil, usagef("--modes %s: fp16 needs a CUDA device (the CPU's autocast runs bf16 only)", m)
+		if err := mode.Precision.Check(device); err != nil {
+			return nil, usagef("--modes %s: %v", m, err)
 		}
 		ms = append(ms, mode)
 	}

@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
-	"github.com/handnet/handnet/vision"
 	"image"
 	"image/png"
 	"os"
@@ -120,21 +117,7 @@ func TestTrainEvalEndToEnd(t *testing.T) {
 // reported and skipped at once, the PNG is classified, the exit code is 1.
 func TestPredictHostileFolder(t *testing.T) {
 	dir := t.TempDir()
-	ckpt := filepath.Join(dir, "m.safetensors")
-	th := torch.NewThread(1)
-	err := th.Do(func() error {
-		m, err := model.New(model.Config{Arch: "cnn", Dropout: "none", Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height,
-			Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		return model.SaveCheckpoint(ckpt, m, nil, nil)
-	})
-	th.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ckpt := testCheckpoint(t)
 	imgs := filepath.Join(dir, "imgs")
 	os.MkdirAll(imgs, 0o755)
 	os.Symlink("/dev/zero", filepath.Join(imgs, "zero.jpg"))

@@ -106,18 +106,14 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 	if err != nil {
 		return s, usagef("--precision: %v", err)
 	}
-	if dev, err := torch.ParseDevice(f.device); err == nil && p == model.FP16 && !dev.IsCuda() {
-		return s, usagef("--precision fp16 needs a CUDA device (the CPU's autocast runs bf16 only): use bf16 or fp32")
+	if dev, err := torch.ParseDevice(f.device); err == nil {
+		if err := p.Check(dev); err != nil {
+			return s, usagef("--precision %s: %v", p, err)
+		}
 	}
 	s.Precision = string(p)
-	switch f.dataOnDevice {
-	case "auto", "off":
-	case "on":
-		if !aug.FlipsOnly() {
-			return s, usagef("--data-on-device on: the device loader only flips; drop the pose and colour parts of --augment or use --data-on-device off")
-		}
-	default:
-		return s, usagef("--data-on-device %q: want auto, on or off", f.dataOnDevice)
+	if err := experiment.CheckDeviceData(f.dataOnDevice, aug); err != nil {
+		return s, usagef("%v", err)
 	}
 	if _, err := vision.ParseSplitMethod(f.split); err != nil {
 		return s, usagef("--split: %v", err)
