@@ -11,7 +11,7 @@ TESTFLAGS ?= -timeout 30m
 all: build
 
 # Finds libtorch (LIBTORCH=/dir, LIBTORCH_USE_PYTORCH=1, or Debian's
-# libtorch-dev, installed when missing), prepares gotch for it in .build/ and
+# libtorch-dev, installed when missing), prepares gotch and the native layer for it in ~/.cache/handnet/ and
 # writes go.work. Cached: a second run takes well under a second.
 setup:
 	GOWORK=off $(GO) run ./tools/setup

@@ -4,6 +4,10 @@
 //   HANDNET_NCCL  c10d's NCCL backend (CUDA build, nccl.h found)
 //   HANDNET_CUDA  CUDA build with CUDA runtime headers
 // Version differences are guarded with TORCH_VERSION_MAJOR/MINOR.
+#ifndef HANDNET_SETUP
+#error "handnet's native layer has no flags for a libtorch: run `go run github.com/handnet/handnet/tools/setup` in your module's root (in handnet's own checkout: make setup); see handnet's README, 'Use handnet from your Go program'"
+#endif
+
 #include "native.h"
 
 #include <ATen/ATen.h>

@@ -96,7 +96,7 @@ func (p NativePlan) FlagsGo(in Install, opt string) string {
 
 package native
 
-// #cgo CPPFLAGS: %s
+// #cgo CPPFLAGS: -DHANDNET_SETUP %s
 // #cgo CXXFLAGS: %s %s
 // #cgo LDFLAGS: %s
 import "C"

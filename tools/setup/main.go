@@ -42,20 +42,28 @@ var (
 )
 
 func main() {
-	out := flag.String("out", ".build", "folder for the prepared gotch copy (git-ignored)")
-	work := flag.String("work", "go.work", "workspace file to write")
+	work := flag.String("work", "go.work", "workspace file to write, in the module whose root this is run from")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, `Usage: go run ./tools/setup [flags]
+		fmt.Fprintf(os.Stderr, `Usage: go run github.com/handnet/handnet/tools/setup [flags]
 
-Finds libtorch (LIBTORCH=/dir, LIBTORCH_USE_PYTORCH=1, or Debian's libtorch-dev),
-prepares gotch %s for it under -out, and writes -work.
+Run from the root of a Go module (this checkout, or a module of yours that
+requires github.com/handnet/handnet). It finds libtorch (LIBTORCH=/dir,
+LIBTORCH_USE_PYTORCH=1, or Debian's libtorch-dev, installed when missing),
+prepares gotch %s and handnet's native layer for it in the user cache
+(HANDNET_CACHE, default %s) and writes -work, after which plain
+go build / go run / go test use them. A second run with the same libtorch
+takes a second.
 
 Flags:
-`, gotchVersion)
+`, gotchVersion, defaultCacheHint())
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if err := run(*out, *work); err != nil {
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "setup: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	if err := run(*work); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		os.Exit(1)
 	}
@@ -72,8 +80,17 @@ type Stamp struct {
 	SetupVersion string           `json:"setup_version"`
 }
 
-func run(outDir, workFile string) error {
+// handnetModule is this project's module path: run from its own checkout,
+// setup writes the native layer's flags into handnet/native; run from any
+// other module it prepares a copy of the handnet module it requires.
+const handnetModule = "github.com/handnet/handnet"
+
+func run(workFile string) error {
 	start := time.Now()
+	mod, goLine, err := readGoMod("go.mod")
+	if err != nil {
+		return err
+	}
 	if err := ensurePackages("/usr/include/turbojpeg.h", jpegPackages); err != nil {
 		return err
 	}
@@ -95,61 +112,131 @@ func run(outDir, workFile string) error {
 	if err != nil {
 		return fmt.Errorf("no C++ compiler (%s): %v; install g++ (apt-get install g++)", cxx, err)
 	}
+	cache, err := cacheDir()
+	if err != nil {
+		return err
+	}
 	gotchDir, err := moduleDir(gotchModule + "@" + gotchVersion)
 	if err != nil {
 		return err
 	}
 	key := stampKey(in, strings.TrimSpace(string(compiler)), gotchDir)
-	dest := filepath.Join(outDir, "gotch")
+	dest := filepath.Join(cache, "gotch-"+gotchVersion+"-"+key[:12])
 	stampFile := filepath.Join(dest, "handnet-setup.json")
 	var st Stamp
 	if b, err := os.ReadFile(stampFile); err == nil && json.Unmarshal(b, &st) == nil && st.Key == key {
-		fmt.Printf("setup: libtorch %s (%s, %s) already prepared in %s\n", in.Version, in.Source, in.Root, dest)
+		fmt.Printf("setup: libtorch %s (%s, %s): gotch %s already prepared in %s\n", in.Version, in.Source, in.Root, gotchVersion, dest)
 	} else {
 		fmt.Printf("setup: preparing gotch %s for libtorch %s (%s, %s, C++11 ABI %v, CUDA %v)\n",
 			gotchVersion, in.Version, in.Source, in.Root, in.CXX11ABI, in.CUDA)
-		st, err = prepare(in, cxx, gotchDir, dest, key)
+		st, err = prepare(in, cxx, gotchDir, dest, key, strings.TrimSpace(string(compiler)))
 		if err != nil {
 			return err
 		}
-		st.Compiler = strings.TrimSpace(string(compiler))
-		if err := writeJSON(stampFile, st); err != nil {
-			return err
-		}
-		fmt.Printf("setup: %d wrappers replaced (listed in %s)\n", len(st.ReplacedOps), filepath.Join(dest, "replaced-ops.txt"))
+		fmt.Printf("setup: wrote gotch %s for libtorch %s to %s (%d wrappers replaced, listed in %s)\n",
+			gotchVersion, in.Version, dest, len(st.ReplacedOps), filepath.Join(dest, "replaced-ops.txt"))
 	}
-	plan, err := prepareNative(in, cxx, strings.TrimSpace(string(compiler)), filepath.Join(outDir, "native.json"))
+	plan, planKey, err := planNative(in, cxx, strings.TrimSpace(string(compiler)), cache)
 	if err != nil {
 		return fmt.Errorf("native layer: %w", err)
 	}
 	fmt.Printf("setup: native layer features: %s\n", strings.Join(append([]string{"store"}, plan.Have...), ", "))
-	abs, _ := filepath.Abs(dest)
-	rel, err := filepath.Rel(filepath.Dir(mustAbs(workFile)), abs)
-	if err != nil {
-		rel = abs
+
+	replaces := []string{fmt.Sprintf("%s %s => %s", gotchModule, gotchVersion, dest)}
+	if mod == handnetModule {
+		// This checkout: handnet is the main module, so its native package
+		// gets its flags in place (flags.go, git-ignored).
+		path, changed, err := writeFlagsGo(".", plan, in)
+		if err != nil {
+			return fmt.Errorf("native layer: %w", err)
+		}
+		if changed {
+			fmt.Printf("setup: wrote %s (cgo flags of the native layer)\n", path)
+		}
+	} else {
+		dep, err := requiredHandnet()
+		if err != nil {
+			return err
+		}
+		dir, err := prepareHandnet(dep, plan, planKey, in, cache)
+		if err != nil {
+			return err
+		}
+		replaces = append(replaces, fmt.Sprintf("%s %s => %s", handnetModule, dep.Version, dir))
 	}
-	workText := fmt.Sprintf("// Generated by `make setup` (tools/setup): builds against the prepared gotch copy.\ngo %s\n\nuse .\n\nreplace %s %s => ./%s\n",
-		goVersion("go.mod"), gotchModule, gotchVersion, filepath.ToSlash(rel))
+	workText := fmt.Sprintf("// Generated by handnet's tools/setup for libtorch %s (%s): builds against the\n"+
+		"// copies prepared for it. Run setup again after changing libtorch or handnet's version.\ngo %s\n\nuse .\n\n",
+		in.Version, in.Root, goLine)
+	for _, r := range replaces {
+		workText += "replace " + r + "\n"
+	}
 	if old, _ := os.ReadFile(workFile); string(old) != workText {
 		if err := writeAtomic(workFile, []byte(workText)); err != nil {
 			return err
 		}
+		fmt.Printf("setup: wrote %s:\n    %s\n", mustAbs(workFile), strings.Join(replaces, "\n    "))
+	} else {
+		fmt.Printf("setup: %s is up to date\n", mustAbs(workFile))
 	}
-	fmt.Printf("setup: done in %.1fs; go build ./... now uses %s\n", time.Since(start).Seconds(), dest)
+	fmt.Printf("setup: done in %.1fs; go build, go run and go test in %s now use libtorch %s\n",
+		time.Since(start).Seconds(), filepath.Dir(mustAbs(workFile)), in.Version)
 	return nil
 }
 
-// goVersion is the go directive of a go.mod (go.work must not ask for less).
-func goVersion(gomod string) string {
-	b, err := os.ReadFile(gomod)
-	if err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "go "); ok {
-				return strings.TrimSpace(v)
-			}
+// cacheDir is where prepared copies live: HANDNET_CACHE, or handnet/ in the
+// user cache directory (~/.cache/handnet). Copies are named by a key of what
+// they were made from, so every module on the machine shares them, and so
+// does Go's build cache (the compiled libtch is found again by its folder).
+func cacheDir() (string, error) {
+	d := os.Getenv("HANDNET_CACHE")
+	if d == "" {
+		uc, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("no user cache directory (%v): set HANDNET_CACHE to a folder for handnet's prepared copies", err)
+		}
+		d = filepath.Join(uc, "handnet")
+	}
+	d, err := filepath.Abs(d)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return "", fmt.Errorf("cache folder: %w (set HANDNET_CACHE to a writable folder)", err)
+	}
+	return d, nil
+}
+
+func defaultCacheHint() string {
+	if uc, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(uc, "handnet")
+	}
+	return "$HOME/.cache/handnet"
+}
+
+// readGoMod returns the module path and go directive of a go.mod.
+func readGoMod(path string) (module, goLine string, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			wd, _ := os.Getwd()
+			return "", "", fmt.Errorf("no go.mod in %s: run setup from the root of your Go module (go mod init, then go get %s@latest)", wd, handnetModule)
+		}
+		return "", "", err
+	}
+	goLine = "1.26"
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if v, ok := strings.CutPrefix(l, "module "); ok {
+			module = strings.Trim(strings.TrimSpace(v), `"`)
+		}
+		if v, ok := strings.CutPrefix(l, "go "); ok {
+			goLine = strings.TrimSpace(v)
 		}
 	}
-	return "1.26"
+	if module == "" {
+		return "", "", fmt.Errorf("%s names no module", path)
+	}
+	return module, goLine, nil
 }
 
 // ensurePackages installs Debian packages when marker is missing: as root
@@ -218,11 +305,12 @@ func stampKey(in libtorch.Install, compiler, gotchDir string) string {
 
 // prepare copies gotch to dest (through a temporary folder), configures its
 // libtch package for in, and replaces the wrappers that do not compile.
-func prepare(in libtorch.Install, cxx, gotchDir, dest, key string) (Stamp, error) {
-	tmp := dest + ".tmp"
+func prepare(in libtorch.Install, cxx, gotchDir, dest, key, compiler string) (Stamp, error) {
+	tmp := fmt.Sprintf("%s.tmp%d", dest, os.Getpid())
 	if err := os.RemoveAll(tmp); err != nil {
 		return Stamp{}, err
 	}
+	defer os.RemoveAll(tmp)
 	if err := copyTree(gotchDir, tmp, func(rel string) bool {
 		return rel == "example" || rel == "gen" || strings.HasSuffix(rel, "_test.go")
 	}); err != nil {
@@ -259,7 +347,7 @@ func prepare(in libtorch.Install, cxx, gotchDir, dest, key string) (Stamp, error
 		}
 		replaced = append(replaced, names...)
 	}
-	st := Stamp{Key: key, Libtorch: in, Gotch: gotchVersion, ReplacedOps: replaced, PreparedAt: time.Now().UTC(), SetupVersion: formatVersion}
+	st := Stamp{Key: key, Libtorch: in, Gotch: gotchVersion, Compiler: compiler, ReplacedOps: replaced, PreparedAt: time.Now().UTC(), SetupVersion: formatVersion}
 	if st.ReplacedOps == nil {
 		st.ReplacedOps = []string{}
 	}
@@ -282,13 +370,26 @@ func prepare(in libtorch.Install, cxx, gotchDir, dest, key string) (Stamp, error
 	if err := os.WriteFile(filepath.Join(tmp, "replaced-ops.txt"), []byte(list), 0o644); err != nil {
 		return Stamp{}, err
 	}
-	if err := os.RemoveAll(dest); err != nil {
+	if err := writeJSON(filepath.Join(tmp, "handnet-setup.json"), st); err != nil {
 		return Stamp{}, err
+	}
+	return st, replaceDir(tmp, dest)
+}
+
+// replaceDir moves the finished folder tmp to dest, replacing what is there
+// (a copy with an older stamp). Two setups racing for the same key both
+// produce the same copy; the loser keeps the winner's.
+func replaceDir(tmp, dest string) error {
+	if err := os.RemoveAll(dest); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, dest); err != nil {
-		return Stamp{}, err
+		if _, statErr := os.Stat(dest); statErr == nil {
+			return nil
+		}
+		return err
 	}
-	return st, nil
+	return nil
 }
 
 // syntaxCheck compiles libtch's C++ without generating code; ok is true
