@@ -78,20 +78,7 @@ func (d *jpegDecoder) decode(data []byte, minW, minH int, maxPixels int64) (rgbI
 	if int64(w)*int64(h) > maxPixels {
 		return rgbImage{}, &PixelsError{W: w, H: h, Max: maxPixels}
 	}
-	num, denom := 1, 1
-	if minW > 0 && minH > 0 {
-		var n C.int
-		factors := unsafe.Slice(C.tjGetScalingFactors(&n), int(n))
-		for _, f := range factors {
-			fn, fd := int(f.num), int(f.denom)
-			if fn*denom >= num*fd { // not smaller than the best so far
-				continue
-			}
-			if int(C.scaled(C.int(w), f.num, f.denom)) >= minW && int(C.scaled(C.int(h), f.num, f.denom)) >= minH {
-				num, denom = fn, fd
-			}
-		}
-	}
+	num, denom := jpegScale(w, h, minW, minH)
 	sw, sh := int(C.scaled(C.int(w), C.int(num), C.int(denom))), int(C.scaled(C.int(h), C.int(num), C.int(denom)))
 	cmyk := colorspace == C.TJCS_CMYK || colorspace == C.TJCS_YCCK
 	channels, format := 3, C.int(C.TJPF_RGB)
@@ -117,6 +104,26 @@ func (d *jpegDecoder) decode(data []byte, minW, minH int, maxPixels int64) (rgbI
 		out = out[:3*sw*sh]
 	}
 	return rgbImage{W: sw, H: sh, Pix: out}, nil
+}
+
+// jpegScale is the smallest DCT scale (num/denom, 1/8 … 1) at which a w×h
+// JPEG is at least minW×minH; 1/1 when minW or minH is 0.
+func jpegScale(w, h, minW, minH int) (num, denom int) {
+	num, denom = 1, 1
+	if minW > 0 && minH > 0 {
+		var n C.int
+		factors := unsafe.Slice(C.tjGetScalingFactors(&n), int(n))
+		for _, f := range factors {
+			fn, fd := int(f.num), int(f.denom)
+			if fn*denom >= num*fd { // not smaller than the best so far
+				continue
+			}
+			if int(C.scaled(C.int(w), f.num, f.denom)) >= minW && int(C.scaled(C.int(h), f.num, f.denom)) >= minH {
+				num, denom = fn, fd
+			}
+		}
+	}
+	return num, denom
 }
 
 // PixelsError is an image larger than the pixel budget (a decompression

@@ -2,6 +2,7 @@ package vision
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -247,8 +248,18 @@ func (p *Preprocessor) Reader(r io.Reader, dst []byte) error {
 	return p.Bytes(p.file, dst)
 }
 
-// Bytes preprocesses one encoded image held in memory into dst (len Size()).
+// Bytes preprocesses one encoded image held in memory into dst (len Size()),
+// within the process-wide decode memory budget (waiting for it as long as
+// it takes; see BytesContext).
 func (p *Preprocessor) Bytes(data []byte, dst []byte) error {
+	return p.BytesContext(context.Background(), data, dst)
+}
+
+// BytesContext is Bytes waiting for the decode memory budget at most until
+// ctx ends. The decode's cost is read from the header and charged before
+// anything is decoded; an image costing more than the whole budget is a
+// *MemoryError.
+func (p *Preprocessor) BytesContext(ctx context.Context, data []byte, dst []byte) error {
 	if len(dst) != p.Size() {
 		return fmt.Errorf("destination holds %d bytes, want %d", len(dst), p.Size())
 	}
@@ -262,6 +273,15 @@ func (p *Preprocessor) Bytes(data []byte, dst []byte) error {
 	if !ok {
 		return fmt.Errorf("not an image handnet reads (JPEG, PNG or GIF): starts with % x", data[:min(len(data), 8)])
 	}
+	cost, err := p.Cost(data)
+	if err != nil {
+		return err
+	}
+	release, err := budget.acquire(ctx, cost.Bytes, cost.What)
+	if err != nil {
+		return err
+	}
+	defer release()
 	if format == JPEG {
 		minW, minH := 2*p.W, 2*p.H
 		if p.Exact {
@@ -285,7 +305,10 @@ func (p *Preprocessor) Bytes(data []byte, dst []byte) error {
 	if err != nil {
 		return fmt.Errorf("corrupt or truncated %s: %v", format, err)
 	}
-	return p.Image(img, dst)
+	if b := img.Bounds(); int64(b.Dx())*int64(b.Dy()) > p.Limits.pixels() {
+		return &PixelsError{W: b.Dx(), H: b.Dy(), Max: p.Limits.pixels()}
+	}
+	return p.image(img, dst)
 }
 
 // Image preprocesses a decoded image into dst (len Size()), within the
@@ -295,7 +318,21 @@ func (p *Preprocessor) Image(img image.Image, dst []byte) error {
 	if int64(b.Dx())*int64(b.Dy()) > p.Limits.pixels() {
 		return &PixelsError{W: b.Dx(), H: b.Dy(), Max: p.Limits.pixels()}
 	}
-	return Image(img, p.W, p.H, dst)
+	return p.image(img, dst)
+}
+
+// image resizes a decoded image into dst with the Preprocessor's resizer
+// (its coefficients and intermediate rows are kept between calls).
+func (p *Preprocessor) image(img image.Image, dst []byte) error {
+	if len(dst) != p.Size() {
+		return fmt.Errorf("destination holds %d bytes, want %d", len(dst), p.Size())
+	}
+	b := img.Bounds()
+	if b.Dx() <= 0 || b.Dy() <= 0 {
+		return fmt.Errorf("empty image (%dx%d)", b.Dx(), b.Dy())
+	}
+	p.rs.resizeRows(b.Dx(), b.Dy(), rowReader(img), p.W, p.H, dst)
+	return nil
 }
 
 // PIL's fixed-point resampling (Imaging/Resample.c): 8-bit images are
@@ -379,20 +416,27 @@ type resizer struct {
 // resize resizes src (packed RGB) to w×h and writes planar CHW uint8 to dst:
 // horizontal pass first, rounded to 8 bits, then vertical, as PIL does.
 func (r *resizer) resize(src rgbImage, w, h int, dst []byte) {
-	if r.h.inSize != src.W || r.h.outSize != w {
-		r.h = bilinearCoeffs(src.W, w)
+	r.resizeRows(src.W, src.H, func(y int) []byte { return src.Pix[y*src.W*3 : (y+1)*src.W*3] }, w, h, dst)
+}
+
+// resizeRows is resize over a source of srcW×srcH pixels read one packed
+// RGB row at a time (the row may be reused by the next call): only the
+// horizontal pass's srcH×w rows are held, never a full-size copy.
+func (r *resizer) resizeRows(srcW, srcH int, rows func(y int) []byte, w, h int, dst []byte) {
+	if r.h.inSize != srcW || r.h.outSize != w {
+		r.h = bilinearCoeffs(srcW, w)
 	}
-	if r.v.inSize != src.H || r.v.outSize != h {
-		r.v = bilinearCoeffs(src.H, h)
+	if r.v.inSize != srcH || r.v.outSize != h {
+		r.v = bilinearCoeffs(srcH, h)
 	}
-	// Horizontal: src.H rows of w packed RGB pixels.
-	if need := src.H * w * 3; cap(r.mid) < need {
+	// Horizontal: srcH rows of w packed RGB pixels.
+	if need := srcH * w * 3; cap(r.mid) < need {
 		r.mid = make([]byte, need)
 	}
-	mid := r.mid[:src.H*w*3]
+	mid := r.mid[:srcH*w*3]
 	const half = int64(1) << (precBits - 1)
-	for y := 0; y < src.H; y++ {
-		row := src.Pix[y*src.W*3 : (y+1)*src.W*3]
+	for y := 0; y < srcH; y++ {
+		row := rows(y)
 		out := mid[y*w*3 : (y+1)*w*3]
 		for xx := 0; xx < w; xx++ {
 			k := r.h.k[xx*r.h.ksize : xx*r.h.ksize+r.h.n[xx]]
@@ -437,27 +481,78 @@ func Image(img image.Image, w, h int, dst []byte) error {
 	if b.Dx() <= 0 || b.Dy() <= 0 {
 		return fmt.Errorf("empty image (%dx%d)", b.Dx(), b.Dy())
 	}
-	src := rgbImage{W: b.Dx(), H: b.Dy(), Pix: make([]byte, 3*b.Dx()*b.Dy())}
-	i := 0
+	var r resizer
+	r.resizeRows(b.Dx(), b.Dy(), rowReader(img), w, h, dst)
+	return nil
+}
+
+// rowReader returns a function giving row y (0-based) of img as packed RGB,
+// each pixel as color.NRGBAModel converts it (alpha dropped, as PIL's
+// convert("RGB")), in one reused buffer. The decoders' own types are read
+// without a per-pixel interface call.
+func rowReader(img image.Image) func(y int) []byte {
+	b := img.Bounds()
+	row := make([]byte, 3*b.Dx())
+	generic := func(y int) []byte {
+		for x, i := b.Min.X, 0; x < b.Max.X; x, i = x+1, i+3 {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			row[i], row[i+1], row[i+2] = c.R, c.G, c.B
+		}
+		return row
+	}
 	switch m := img.(type) {
-	case *image.YCbCr: // what image/jpeg decodes to: no per-pixel interface calls
-		for y := b.Min.Y; y < b.Max.Y; y++ {
-			for x := b.Min.X; x < b.Max.X; x++ {
+	case *image.YCbCr: // what image/jpeg decodes to
+		return func(y int) []byte {
+			y += b.Min.Y
+			for x, i := b.Min.X, 0; x < b.Max.X; x, i = x+1, i+3 {
 				yi, ci := m.YOffset(x, y), m.COffset(x, y)
-				src.Pix[i], src.Pix[i+1], src.Pix[i+2] = color.YCbCrToRGB(m.Y[yi], m.Cb[ci], m.Cr[ci])
-				i += 3
+				row[i], row[i+1], row[i+2] = color.YCbCrToRGB(m.Y[yi], m.Cb[ci], m.Cr[ci])
+			}
+			return row
+		}
+	case *image.NRGBA: // PNG with alpha: the colour as stored
+		return func(y int) []byte {
+			pix := m.Pix[m.PixOffset(b.Min.X, y+b.Min.Y):]
+			for i, j := 0, 0; i < len(row); i, j = i+3, j+4 {
+				row[i], row[i+1], row[i+2] = pix[j], pix[j+1], pix[j+2]
+			}
+			return row
+		}
+	case *image.RGBA: // opaque PNG; premultiplied rows with alpha go the long way
+		return func(y int) []byte {
+			pix := m.Pix[m.PixOffset(b.Min.X, y+b.Min.Y):]
+			for i, j := 0, 0; i < len(row); i, j = i+3, j+4 {
+				if pix[j+3] != 255 {
+					return generic(y + b.Min.Y)
+				}
+				row[i], row[i+1], row[i+2] = pix[j], pix[j+1], pix[j+2]
+			}
+			return row
+		}
+	case *image.Gray:
+		return func(y int) []byte {
+			pix := m.Pix[m.PixOffset(b.Min.X, y+b.Min.Y):]
+			for i, j := 0, 0; i < len(row); i, j = i+3, j+1 {
+				row[i], row[i+1], row[i+2] = pix[j], pix[j], pix[j]
+			}
+			return row
+		}
+	case *image.Paletted: // GIF, palette PNG: one conversion per palette entry
+		var lut [256][3]byte // indices past the palette: black
+		for k, c := range m.Palette {
+			if k < 256 && c != nil {
+				n := color.NRGBAModel.Convert(c).(color.NRGBA)
+				lut[k] = [3]byte{n.R, n.G, n.B}
 			}
 		}
-	default:
-		for y := b.Min.Y; y < b.Max.Y; y++ {
-			for x := b.Min.X; x < b.Max.X; x++ {
-				c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-				src.Pix[i], src.Pix[i+1], src.Pix[i+2] = c.R, c.G, c.B
-				i += 3
+		return func(y int) []byte {
+			pix := m.Pix[m.PixOffset(b.Min.X, y+b.Min.Y):]
+			for i, j := 0, 0; i < len(row); i, j = i+3, j+1 {
+				c := &lut[pix[j]]
+				row[i], row[i+1], row[i+2] = c[0], c[1], c[2]
 			}
+			return row
 		}
 	}
-	var r resizer
-	r.resize(src, w, h, dst)
-	return nil
+	return func(y int) []byte { return generic(y + b.Min.Y) }
 }
