@@ -6,7 +6,7 @@ BIN     := bin/handnet
 # Timeout for the whole test run; the cold libtch compile is not part of it.
 TESTFLAGS ?= -timeout 30m
 
-.PHONY: all setup build test run clean fixtures fuzz browser
+.PHONY: all setup build install test run clean fixtures fuzz browser
 
 all: build
 
@@ -16,8 +16,21 @@ all: build
 setup:
 	GOWORK=off $(GO) run ./tools/setup
 
+# -buildvcs=true: in a workspace (go.work) Go stamps the commit only when
+# asked; `handnet version` prints it. Left out where there is no .git.
+BUILDVCS := $(if $(wildcard .git),-buildvcs=true,)
+
 build: setup
-	$(GO) build -o $(BIN) ./handnet/cmd/handnet
+	$(GO) build $(BUILDVCS) -o $(BIN) ./handnet/cmd/handnet
+
+# Installs handnet as $(DESTDIR)$(PREFIX)/bin/handnet. It links libtorch
+# dynamically, from where setup found it (Debian's in /usr/lib; other
+# sources by rpath), so it runs from any folder on this machine.
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/handnet
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/handnet ($$($(BIN) version --short))"
 
 test: setup fixtures browser
 	CI=$${CI:-1} $(GO) test $(TESTFLAGS) ./...

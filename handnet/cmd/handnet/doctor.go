@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/handnet/handnet/handnet"
 	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/spf13/pflag"
@@ -31,24 +32,25 @@ func init() {
 }
 
 type doctorReport struct {
-	LibtorchRoot    string          `json:"libtorch_root"`
-	LibtorchSource  string          `json:"libtorch_source"`
-	LibtorchVersion string          `json:"libtorch_version"`
-	CXX11ABI        bool            `json:"cxx11_abi"`
-	CUDABuild       bool            `json:"cuda_build"`
-	CUDAVersion     string          `json:"cuda_version,omitempty"`
-	CUDAAvailable   bool            `json:"cuda_available"`
-	CUDADevices     int             `json:"cuda_devices"`
-	CuDNN           bool            `json:"cudnn"`
-	UsableCPUs      int             `json:"usable_cpus"`
-	Threads         int             `json:"threads"`
-	Gotch           string          `json:"gotch"`
-	ReplacedOps     int             `json:"replaced_ops"`
-	Native          native.Features `json:"native"`
-	Device          string          `json:"device"`
-	Check           string          `json:"check"`
-	CheckOK         bool            `json:"check_ok"`
-	Loss            []float64       `json:"loss,omitempty"`
+	Version         handnet.VersionInfo `json:"version"`
+	LibtorchRoot    string              `json:"libtorch_root"`
+	LibtorchSource  string              `json:"libtorch_source"`
+	LibtorchVersion string              `json:"libtorch_version"`
+	CXX11ABI        bool                `json:"cxx11_abi"`
+	CUDABuild       bool                `json:"cuda_build"`
+	CUDAVersion     string              `json:"cuda_version,omitempty"`
+	CUDAAvailable   bool                `json:"cuda_available"`
+	CUDADevices     int                 `json:"cuda_devices"`
+	CuDNN           bool                `json:"cudnn"`
+	UsableCPUs      int                 `json:"usable_cpus"`
+	Threads         int                 `json:"threads"`
+	Gotch           string              `json:"gotch"`
+	ReplacedOps     int                 `json:"replaced_ops"`
+	Native          native.Features     `json:"native"`
+	Device          string              `json:"device"`
+	Check           string              `json:"check"`
+	CheckOK         bool                `json:"check_ok"`
+	Loss            []float64           `json:"loss,omitempty"`
 }
 
 func doctor(deviceName string, threads int, asJSON bool) error {
@@ -59,7 +61,7 @@ func doctor(deviceName string, threads int, asJSON bool) error {
 		LibtorchRoot: b.Libtorch.Root, LibtorchSource: b.Libtorch.Source, LibtorchVersion: b.Libtorch.Version,
 		CXX11ABI: b.Libtorch.CXX11ABI, CUDABuild: b.Libtorch.CUDA, CUDAVersion: b.Libtorch.CUDAVersion,
 		UsableCPUs: torch.UsableCPUs(), Threads: th.Threads(), Gotch: b.Gotch, ReplacedOps: len(b.ReplacedOps),
-		Native: native.BuildFeatures(),
+		Native: native.BuildFeatures(), Version: handnet.Version(),
 	}
 	_ = th.Do(func() error {
 		r.CUDAAvailable = gotch.CUDA.IsAvailable()
@@ -107,15 +109,13 @@ func doctor(deviceName string, threads int, asJSON bool) error {
 		if r.CUDAVersion != "" {
 			cuda += " (CUDA " + r.CUDAVersion + ")"
 		}
-		fmt.Printf("libtorch      %s (%s)\n", r.LibtorchRoot, r.LibtorchSource)
-		fmt.Printf("version       %s\n", r.LibtorchVersion)
+		fmt.Print(r.Version)
 		fmt.Printf("C++11 ABI     %s\n", yes(r.CXX11ABI))
 		fmt.Printf("CUDA build    %s\n", cuda)
 		fmt.Printf("CUDA devices  %d\n", r.CUDADevices)
 		fmt.Printf("cuDNN         %s\n", yes(r.CuDNN))
 		fmt.Printf("threads       %d intra-op (%d usable CPUs)\n", r.Threads, r.UsableCPUs)
-		fmt.Printf("gotch         %s (%d wrappers replaced: not compilable against this libtorch)\n", r.Gotch, r.ReplacedOps)
-		fmt.Printf("native        %s\n", r.Native)
+		fmt.Printf("replaced ops  %d gotch wrappers (not compilable against this libtorch)\n", r.ReplacedOps)
 		fmt.Printf("device        %s\n", r.Device)
 		fmt.Printf("check         %s\n", r.Check)
 	}

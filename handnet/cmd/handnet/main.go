@@ -47,6 +47,9 @@ func run(args []string) int {
 	cmdArgs = args
 	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05"})
 	log.SetOutput(os.Stderr)
+	if len(args) > 0 && args[0] == "--version" {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
 			if c, ok := commands[strings.Join(args[1:], " ")]; ok {
