@@ -4,6 +4,7 @@
 package eval
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -22,6 +23,10 @@ type Predictions struct {
 	Losses  []float64   // cross-entropy of each image
 	Loss    float64     // mean cross-entropy
 }
+
+// ErrNonFinite is a forward pass whose output holds NaN or +Inf: an error,
+// never an accuracy or loss computed from it.
+var ErrNonFinite = errors.New("the model's output is not finite")
 
 // Forward computes logits for a batch in evaluation mode.
 type Forward func(x *ts.Tensor) *ts.Tensor
@@ -48,6 +53,13 @@ func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 			vals := lsm.Vals().([]float32)
 			s.Close()
 			k := len(vals) / len(b.Indices)
+			for j, v := range vals {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) && v > 0 {
+					b.Drop()
+					return fmt.Errorf("%w: image %d (dataset index %d) gives %v for class %d; the weights are damaged or training diverged",
+						ErrNonFinite, j/k, b.Indices[j/k], v, j%k)
+				}
+			}
 			for r := range b.Indices {
 				row := make([]float32, k)
 				for j, v := range vals[r*k : (r+1)*k] {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"image"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,7 +43,8 @@ type Classifier struct {
 	opts   Options
 	pre    sync.Pool // *vision.Preprocessor
 	norm   *vision.Normalizer
-	gate   *gate
+	gate   *gate // ordinary images
+	heavy  *gate // images whose decode costs Options.HeavyDecode or more
 	info   ModelInfo
 	closed sync.Once
 }
@@ -80,10 +82,14 @@ type Options struct {
 	// The HTTP handler: requests that decode and predict at once (0: the
 	// number of CPUs), requests that may wait for a turn (0: 8 times that;
 	// beyond, 503 with Retry-After), and the time one request may take,
-	// reading its body included (0: 30 seconds).
+	// reading its body included (0: 30 seconds; beyond, 504). Images whose
+	// decode costs HeavyDecode bytes or more (0: 32 MiB, a PNG of 8
+	// megapixels) take a lane of their own, one at a time with MaxConcurrent
+	// waiting, so that they cannot hold the slots of ordinary photos.
 	MaxConcurrent int
 	MaxQueue      int
 	Timeout       time.Duration
+	HeavyDecode   int64
 	// CAM is how Explain weighs activations by gradients (default
 	// model.AutoCAM: HiResCAM for the study CNN, Grad-CAM for ResNet-18).
 	CAM model.CAMMethod
@@ -99,6 +105,9 @@ func (o *Options) fill() {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
+	if o.HeavyDecode <= 0 {
+		o.HeavyDecode = 32 << 20
+	}
 }
 
 // Load opens a handnet checkpoint (as written by `handnet train`) for
@@ -109,7 +118,7 @@ func Load(path string) (*Classifier, error) { return LoadWith(path, Options{}) }
 func LoadWith(path string, o Options) (*Classifier, error) {
 	o.fill()
 	th := torch.NewThread(o.Threads)
-	c := &Classifier{th: th, opts: o, gate: newGate(o.MaxConcurrent, o.MaxQueue)}
+	c := &Classifier{th: th, opts: o, gate: newGate(o.MaxConcurrent, o.MaxQueue), heavy: newGate(1, o.MaxConcurrent)}
 	err := th.Do(func() error {
 		dev, err := torch.ParseDevice(o.Device)
 		if err != nil {
@@ -294,6 +303,9 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 		return nil, err
 	}
 	k := len(cfg.Classes)
+	if err := finite(probs, cfg.Classes, c.info.Checkpoint); err != nil {
+		return nil, err
+	}
 	out := make([]Prediction, len(imgs))
 	for i := range imgs {
 		out[i] = prediction(cfg.Classes, probs[i*k:(i+1)*k])
@@ -312,6 +324,22 @@ func prediction(classes []string, probs []float32) Prediction {
 	}
 	sort.SliceStable(top, func(a, b int) bool { return top[a].Probability > top[b].Probability })
 	return Prediction{Class: classes[best], Index: best, Probability: float64(probs[best]), Top: top}
+}
+
+// ErrNonFinite is a forward pass whose output holds NaN or ±Inf: an error
+// (HTTP 500, exit 1), never a NaN probability.
+var ErrNonFinite = errors.New("the model's output is not finite")
+
+// finite checks softmax outputs, k classes an image.
+func finite(probs []float32, classes []string, ckpt string) error {
+	k := len(classes)
+	for i, v := range probs {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("%w (image %d of the batch, class %s: %v); the checkpoint %s is damaged or was trained to divergence",
+				ErrNonFinite, i/k, classes[i%k], v, ckpt)
+		}
+	}
+	return nil
 }
 
 // MaxUpload is the default largest upload the HTTP handler accepts (the
@@ -383,20 +411,24 @@ type httpError struct {
 func (e *httpError) Error() string { return e.msg }
 
 // status maps an error to an HTTP status: over a budget 413, a bad image
-// 400, busy or timed out 503, anything else 500.
+// 400, busy (overload) 503, out of the time allowed 504, a non-finite
+// output or anything else 500.
 func status(err error) int {
 	var he *httpError
 	var pe *vision.PixelsError
 	var be *vision.BytesError
+	var me *vision.MemoryError
 	var mb *http.MaxBytesError
 	switch {
 	case errors.As(err, &he):
 		return he.code
-	case errors.As(err, &pe), errors.As(err, &be), errors.As(err, &mb):
+	case errors.As(err, &pe), errors.As(err, &be), errors.As(err, &me), errors.As(err, &mb):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return http.StatusRequestTimeout // the client sent its body too slowly
-	case errors.Is(err, errBusy), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout // --timeout ran out while the work waited or ran
+	case errors.Is(err, errBusy), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errDecode):
 		return http.StatusBadRequest
@@ -423,8 +455,9 @@ func writeError(w http.ResponseWriter, err error) {
 // field of a multipart form. The image goes through the training pipeline's
 // decoder within the budgets. It answers JSON: a Prediction, or {"error":
 // "..."} with status 400 (not an image), 405 (not a POST), 413 (over the
-// byte or pixel budget), 503 with Retry-After (too many requests at once,
-// or over the time allowed) or 500. At most Options.MaxConcurrent requests
+// byte, pixel or decode-memory budget), 503 with Retry-After (too many
+// requests at once), 504 (over the time allowed) or 500 (a model whose
+// output is not finite, or another failure). At most Options.MaxConcurrent requests
 // decode and predict at once, Options.MaxQueue more wait; a body sent too
 // slowly is answered 408.
 func (c *Classifier) Handler() http.Handler {
@@ -464,11 +497,12 @@ func (c *Classifier) serve(w http.ResponseWriter, r *http.Request) (Prediction, 
 	r.Body = http.MaxBytesReader(w, r.Body, maxBytes+1<<20) // the form's overhead too
 	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error {
 		return upload(r, func(body io.Reader) error {
-			if err := p.Reader(body, dst); err != nil {
+			if err := p.ReaderContext(ctx, body, dst); err != nil {
 				var pe *vision.PixelsError
 				var be *vision.BytesError
+				var me *vision.MemoryError
 				var mb *http.MaxBytesError
-				if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &mb) || errors.Is(err, os.ErrDeadlineExceeded) {
+				if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &me) || errors.As(err, &mb) || errors.Is(err, os.ErrDeadlineExceeded) {
 					return err
 				}
 				if ctx.Err() != nil {

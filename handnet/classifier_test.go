@@ -355,8 +355,8 @@ func TestHandlerBusyAndSlow(t *testing.T) {
 	for _, pw := range slow {
 		pw.Close()
 	}
-	if got[0] != 408 && got[0] != 503 || got[1] != 408 && got[1] != 503 {
-		t.Errorf("slow uploads: %v, want 408 or 503", got)
+	if got[0] != 408 && got[0] != 504 || got[1] != 408 && got[1] != 504 {
+		t.Errorf("slow uploads: %v, want 408 or 504", got)
 	}
 }
 

@@ -2,9 +2,12 @@ package handnet
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"image"
+	"math"
+	"time"
 
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
@@ -79,9 +82,16 @@ func (c *Classifier) explainBytes(data []byte, class int, method model.CAMMethod
 	}
 	// The photo, for display only (the budgets already held for the model).
 	photo := e.View
+	// Go's decoders hold the whole picture (8 bytes a pixel at worst); it is
+	// charged to the decode memory budget, and skipped when that is short.
 	if cfg, _, err := image.DecodeConfig(bytes.NewReader(data)); err == nil && int64(cfg.Width)*int64(cfg.Height) <= 16_000_000 {
-		if img, _, err := image.Decode(bytes.NewReader(data)); err == nil {
-			photo = img
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if release, err := vision.Charge(ctx, 8*int64(cfg.Width)*int64(cfg.Height), "photo shown under the map"); err == nil {
+			if img, _, err := image.Decode(bytes.NewReader(data)); err == nil {
+				photo = img
+			}
+			release()
 		}
 	}
 	return e, photo, nil
@@ -125,6 +135,14 @@ func (c *Classifier) explain(buf []byte, class int, method model.CAMMethod) (*Ex
 	}
 	if err != nil {
 		return nil, err
+	}
+	if err := finite(cam.Probs, cfg.Classes, c.info.Checkpoint); err != nil {
+		return nil, err
+	}
+	for _, v := range cam.Values {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("%w (the class-activation map); the checkpoint %s is damaged or was trained to divergence", ErrNonFinite, c.info.Checkpoint)
+		}
 	}
 	e := &Explanation{Prediction: prediction(cfg.Classes, cam.Probs), Explained: cfg.Classes[cam.Class], ExplainedIndex: cam.Class, Method: cam.Method,
 		Map: cam.Values, W: cam.W, H: cam.H, View: vision.CHW(buf, cfg.Width, cfg.Height)}

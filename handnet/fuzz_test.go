@@ -44,7 +44,7 @@ func FuzzHandler(f *testing.F) {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
 		switch w.Code {
-		case 200, 400, 408, 413, 503:
+		case 200, 400, 408, 413, 503, 504:
 		default:
 			t.Fatalf("status %d: %s", w.Code, w.Body.String())
 		}

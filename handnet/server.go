@@ -386,24 +386,53 @@ func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePar
 	return out, nil
 }
 
-// decode preprocesses one upload within the gate.
+// decode preprocesses one upload within its lane: the cost of the decode,
+// read from the header, picks the ordinary gate or the heavy lane (one
+// expensive decode at a time, a short queue, 503 beyond), so that bombs
+// under the pixel budget cannot take the slots of ordinary photos; the
+// decode itself is charged against the process-wide memory budget.
 func (s *Server) decode(ctx context.Context, data []byte) ([]byte, error) {
 	s.decoding.Add(1)
 	defer s.decoding.Add(-1)
-	leave, err := s.c.gate.enter(ctx)
+	leave, err := s.enterLane(ctx, data)
 	if err != nil {
 		return nil, err
 	}
 	defer leave()
-	buf, err := s.c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Bytes(data, dst) })
+	buf, err := s.c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.BytesContext(ctx, data, dst) })
 	if err != nil {
-		var pe *vision.PixelsError
-		var be *vision.BytesError
-		if !errors.As(err, &pe) && !errors.As(err, &be) {
-			err = fmt.Errorf("%w: %v", errDecode, err)
-		}
+		return nil, decodeError(err)
 	}
-	return buf, err
+	return buf, nil
+}
+
+// enterLane waits for a turn in the lane of an image's decode cost.
+func (s *Server) enterLane(ctx context.Context, data []byte) (leave func(), err error) {
+	var cost vision.Cost
+	_, err = s.c.preprocess(func(p *vision.Preprocessor, _ []byte) (err error) {
+		cost, err = p.Cost(data)
+		return err
+	})
+	if err != nil {
+		return nil, decodeError(err)
+	}
+	g := s.c.gate
+	if cost.Bytes >= s.c.opts.HeavyDecode {
+		g = s.c.heavy
+	}
+	return g.enter(ctx)
+}
+
+// decodeError marks what is wrong with an image as errDecode (400); over a
+// budget (413) and out of time (504) keep their own kind.
+func decodeError(err error) error {
+	var pe *vision.PixelsError
+	var be *vision.BytesError
+	var me *vision.MemoryError
+	if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &me) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errDecode, err)
 }
 
 // topK parses ?top=K (default all classes).
@@ -442,27 +471,23 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 	}
 	results := make([]predictResult, len(ups))
 	errs := make([]error, len(ups))
+	// A request's images are decoded by at most MaxConcurrent workers of
+	// its own: it takes no more places in the gate than that, so the
+	// documented maximum (64 images) is admitted whole on an idle server
+	// and one large request cannot fill the queue for everyone else.
+	next := make(chan int, len(ups))
+	for i := range ups {
+		next <- i
+	}
+	close(next)
 	var wg sync.WaitGroup
-	for i, u := range ups {
+	for range min(len(ups), s.c.opts.MaxConcurrent) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := u.err
-			var p Prediction
-			if err == nil {
-				var buf []byte
-				if buf, err = s.decode(ctx, u.data); err == nil {
-					p, err = s.submit(ctx, buf)
-				}
+			for i := range next {
+				s.predictOne(ctx, ups[i], k, &results[i], &errs[i])
 			}
-			errs[i] = err
-			results[i].File = u.name
-			if err != nil {
-				results[i].Error = strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
-				return
-			}
-			p.Top = p.Top[:k]
-			results[i].Prediction = &p
 		}()
 	}
 	wg.Wait()
@@ -484,6 +509,27 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, code, map[string]any{"results": results, "model": s.c.Info()})
+}
+
+// predictOne decodes and classifies one image of a request into res, its
+// error into *errp.
+func (s *Server) predictOne(ctx context.Context, u imagePart, k int, res *predictResult, errp *error) {
+	err := u.err
+	var p Prediction
+	if err == nil {
+		var buf []byte
+		if buf, err = s.decode(ctx, u.data); err == nil {
+			p, err = s.submit(ctx, buf)
+		}
+	}
+	*errp = err
+	res.File = u.name
+	if err != nil {
+		res.Error = strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
+		return
+	}
+	p.Top = p.Top[:k]
+	res.Prediction = &p
 }
 
 func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
@@ -522,7 +568,7 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	leave, err := s.c.gate.enter(ctx)
+	leave, err := s.enterLane(ctx, ups[0].data)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -534,10 +580,8 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		s.served.Add(1)
 	}
 	if err != nil {
-		var pe *vision.PixelsError
-		var be *vision.BytesError
-		if !errors.As(err, &pe) && !errors.As(err, &be) {
-			err = fmt.Errorf("%w: %v", errDecode, err)
+		if !errors.Is(err, ErrNonFinite) {
+			err = decodeError(err)
 		}
 		writeError(w, err)
 		return

@@ -323,6 +323,9 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 		if err := t.trainEpoch(ctx, e); err != nil {
 			return t.state.History, err
 		}
+		if err := checkEpochFinite(t.Model, e); err != nil {
+			return t.state.History, err
+		}
 		pred, err := t.validate(e)
 		if err != nil {
 			return t.state.History, err
@@ -352,6 +355,16 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 		}
 	}
 	return t.state.History, nil
+}
+
+// checkEpochFinite stops training after epoch e (0-based) when a weight or
+// buffer holds NaN or ±Inf, naming the first such tensor, before anything
+// of the epoch is saved.
+func checkEpochFinite(m *model.Model, e int) error {
+	if err := model.CheckFiniteNamed(m.Named()); err != nil {
+		return fmt.Errorf("training diverged in epoch %d: %w; nothing of this epoch was saved (resume from the last epoch with a lower learning rate)", e+1, err)
+	}
+	return nil
 }
 
 // validate evaluates the model on the validation loader; in a data-parallel

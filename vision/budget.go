@@ -91,6 +91,14 @@ func (b *decodeBudget) acquire(ctx context.Context, cost int64, what string) (re
 	}
 }
 
+// Charge charges cost bytes of a decode handnet does outside the
+// Preprocessor (a photo decoded for display, say) against the process-wide
+// budget, waiting until it fits or ctx ends; call release when its memory
+// is garbage.
+func Charge(ctx context.Context, cost int64, what string) (release func(), err error) {
+	return budget.acquire(ctx, cost, what)
+}
+
 func (b *decodeBudget) release(cost int64) {
 	if cost >= bigDecode {
 		debug.FreeOSMemory()

@@ -242,10 +242,16 @@ func (p *Preprocessor) read(r io.Reader, hint int64) error {
 // Reader reads and preprocesses one image from r (an upload, say), reading
 // no more than the byte budget.
 func (p *Preprocessor) Reader(r io.Reader, dst []byte) error {
+	return p.ReaderContext(context.Background(), r, dst)
+}
+
+// ReaderContext is Reader waiting for the decode memory budget at most
+// until ctx ends.
+func (p *Preprocessor) ReaderContext(ctx context.Context, r io.Reader, dst []byte) error {
 	if err := p.read(r, -1); err != nil {
 		return err
 	}
-	return p.Bytes(p.file, dst)
+	return p.BytesContext(ctx, p.file, dst)
 }
 
 // Bytes preprocesses one encoded image held in memory into dst (len Size()),

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"path"
 	"runtime/debug"
@@ -88,6 +89,9 @@ func readPyTorch(p string) (tensors map[string]*ts.Tensor, err error) {
 		}
 		tensors[nt.name] = t
 	}
+	if err := model.CheckFinite(tensors); err != nil {
+		return tensors, fmt.Errorf("%s: %w", p, err)
+	}
 	return tensors, nil
 }
 
@@ -129,34 +133,52 @@ var opArgs = func() map[byte]int {
 	return m
 }()
 
+// opCost bounds what unpickling one opcode allocates (an object, its
+// stack slot, a MARK's fresh stack): measured well under this.
+const opCost = 320
+
+// pickleOverhead is what unpickling may take beyond the tensor bytes a file
+// holds: a state dict's pickle is a few thousand opcodes, far below it.
+const pickleOverhead = 64 << 20
+
+// pickleCostError is a pickle that would take more memory to unpickle than
+// the tensors it could describe justify (a deep list, say, compressed).
+func pickleCostError(ops int64, tensorBytes int64) error {
+	return fmt.Errorf("its pickle has %d opcodes, about %d MB to unpickle, more than its %d MB of tensor data justify (at most %d MB more): refused as a pickle bomb",
+		ops, ops*opCost>>20, tensorBytes>>20, pickleOverhead>>20)
+}
+
 // scanPickle checks the pickle that starts at data[off]: known opcodes,
-// lengths inside data. It returns the offset just past its STOP.
-func scanPickle(data []byte, off int) (int, error) {
+// lengths inside data. It returns the offset just past its STOP and the
+// number of opcodes it holds.
+func scanPickle(data []byte, off int) (int, int64, error) {
 	i := off
+	var ops int64
 	for i < len(data) {
+		ops++
 		op := data[i]
 		arg, ok := opArgs[op]
 		if !ok {
-			return 0, fmt.Errorf("pickle opcode 0x%02x at byte %d is not one torch.save writes", op, i)
+			return 0, 0, fmt.Errorf("pickle opcode 0x%02x at byte %d is not one torch.save writes", op, i)
 		}
 		i++
 		switch {
 		case op == '.':
-			return i, nil
+			return i, ops, nil
 		case arg >= 0:
 			i += arg
 		case arg == argLine1 || arg == argLine2:
 			for range -arg {
 				j := bytes.IndexByte(data[i:], '\n')
 				if j < 0 {
-					return 0, fmt.Errorf("pickle line at byte %d is not terminated", i)
+					return 0, 0, fmt.Errorf("pickle line at byte %d is not terminated", i)
 				}
 				i += j + 1
 			}
 		default:
 			w := map[int]int{argLen1: 1, argLen4: 4, argLen8: 8}[arg]
 			if i+w > len(data) {
-				return 0, fmt.Errorf("pickle truncated at byte %d", i)
+				return 0, 0, fmt.Errorf("pickle truncated at byte %d", i)
 			}
 			var n uint64
 			switch w {
@@ -169,14 +191,14 @@ func scanPickle(data []byte, off int) (int, error) {
 			}
 			i += w
 			if n > uint64(len(data)-i) {
-				return 0, fmt.Errorf("pickle declares %d bytes at byte %d, the file has %d left", n, i, len(data)-i)
+				return 0, 0, fmt.Errorf("pickle declares %d bytes at byte %d, the file has %d left", n, i, len(data)-i)
 			}
 			if op != 0x95 { // a frame's bytes are opcodes, scanned in turn
 				i += int(n)
 			}
 		}
 	}
-	return 0, errors.New("pickle truncated: no STOP")
+	return 0, 0, errors.New("pickle truncated: no STOP")
 }
 
 // storageBytes is the element size of a gopickle storage class.
@@ -265,12 +287,24 @@ func loadZip(data []byte) (any, error) {
 	if pkl == nil {
 		return nil, errors.New("no data.pkl in the archive")
 	}
-	p, err := readEntry(pkl, 64<<20)
+	var tensorBytes int64
+	for _, f := range records {
+		tensorBytes += int64(min(f.UncompressedSize64, 1<<40))
+	}
+	// Sizes are declared by the archive: no more than deflate can expand.
+	tensorBytes = min(tensorBytes, int64(len(data))*1032)
+	// The pickle may be at most as large as unpickling it may cost, before
+	// it is even inflated.
+	p, err := readEntry(pkl, min(64<<20, (pickleOverhead+tensorBytes)/opCost+1<<20))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := scanPickle(p, 0); err != nil {
+	_, ops, err := scanPickle(p, 0)
+	if err != nil {
 		return nil, err
+	}
+	if ops*opCost > pickleOverhead+tensorBytes {
+		return nil, pickleCostError(ops, tensorBytes)
 	}
 	loaded := map[string]pytorch.StorageInterface{}
 	u := pickle.NewUnpickler(bytes.NewReader(p))
@@ -334,13 +368,17 @@ func readEntry(f *zip.File, max int64) ([]byte, error) {
 func loadLegacy(data []byte) (any, error) {
 	var starts []int
 	off := 0
+	var ops int64
 	for range 5 {
-		end, err := scanPickle(data, off)
+		end, n, err := scanPickle(data, off)
 		if err != nil {
 			return nil, err
 		}
 		starts = append(starts, off)
-		off = end
+		off, ops = end, ops+n
+	}
+	if tensorBytes := int64(len(data) - off); ops*opCost > pickleOverhead+tensorBytes {
+		return nil, pickleCostError(ops, tensorBytes)
 	}
 	unpickle := func(k int) (any, error) {
 		u := pickle.NewUnpickler(bytes.NewReader(data[starts[k]:]))
@@ -452,7 +490,7 @@ func stateDict(obj any) ([]namedTensor, error) {
 	}
 	es, ok := entries(obj)
 	if !ok {
-		return nil, fmt.Errorf("holds a %T, not a state dict", obj)
+		return nil, fmt.Errorf("its pickle holds %s, not a state dict (a dict of names to tensors)", pickleKind(obj))
 	}
 	for _, e := range es {
 		if k, _ := e[0].(string); k == "state_dict" || k == "model" {
@@ -466,7 +504,7 @@ func stateDict(obj any) ([]namedTensor, error) {
 	for _, e := range es {
 		name, ok := e[0].(string)
 		if !ok {
-			return nil, fmt.Errorf("state dict key %v is not a name", e[0])
+			return nil, fmt.Errorf("state dict key of type %s is not a name (a str)", pickleKind(e[0]))
 		}
 		t, ok := e[1].(*pytorch.Tensor)
 		if !ok {
@@ -565,4 +603,36 @@ func fromSlice[E any](data []E, shape []int64, dt gotch.DType, numel int, gather
 		b = unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), numel*int(unsafe.Sizeof(zero)))
 	}
 	return torch.FromBytes(b, shape, dt)
+}
+
+// pickleKind names an unpickled value in Python's words (never a Go type):
+// errors describe the file, not the reader.
+func pickleKind(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return "None"
+	case bool:
+		return "a bool"
+	case int, int64, *big.Int:
+		return "an int"
+	case float64:
+		return "a float"
+	case string:
+		return "a str"
+	case []byte:
+		return "bytes"
+	case *types.List:
+		return "a list"
+	case *types.Tuple:
+		return "a tuple"
+	case *types.Dict, *types.OrderedDict:
+		return "a dict"
+	case *types.Set, *types.FrozenSet:
+		return "a set"
+	case *pytorch.Tensor:
+		return "a tensor"
+	case *types.GenericObject:
+		return "an object of class " + v.Class.Module + "." + v.Class.Name
+	}
+	return "an object handnet does not read"
 }

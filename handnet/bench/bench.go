@@ -135,6 +135,20 @@ type Row struct {
 // W and H are the study's input size.
 const W, H = vision.Width, vision.Height
 
+func (c Case) config() model.Config {
+	cfg := model.Config{Arch: c.Model, Classes: vision.Classes8.Classes(), Width: W, Height: H, Mean: vision.Mean, Std: vision.Std}
+	if c.Model == "cnn" {
+		cfg.Dropout = model.FinalDropout
+	}
+	return cfg
+}
+
+// CheckMemory refuses a case whose estimated activations exceed the
+// memory available (model.CheckBatchMemory), before anything is allocated.
+func CheckMemory(c Case, device gotch.Device) error {
+	return model.CheckBatchMemory(c.config(), c.Batch, c.Phase == "train", device, "--batch")
+}
+
 // Measure runs case c on the calling torch thread and returns its row.
 func Measure(c Case, o Options) (Row, error) {
 	o = o.withDefaults()
@@ -144,11 +158,11 @@ func Measure(c Case, o Options) (Row, error) {
 	if c.Phase != "train" && c.Phase != "infer" {
 		return Row{}, fmt.Errorf("phase %q: want train or infer", c.Phase)
 	}
-	torch.ManualSeed(0)
-	cfg := model.Config{Arch: c.Model, Classes: vision.Classes8.Classes(), Width: W, Height: H, Mean: vision.Mean, Std: vision.Std}
-	if c.Model == "cnn" {
-		cfg.Dropout = model.FinalDropout
+	if err := CheckMemory(c, o.Device); err != nil {
+		return Row{}, err
 	}
+	torch.ManualSeed(0)
+	cfg := c.config()
 	m, err := model.New(cfg, o.Device)
 	if err != nil {
 		return Row{}, err

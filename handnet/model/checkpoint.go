@@ -254,6 +254,10 @@ func ReadCheckpoint(path string) (*Checkpoint, error) {
 		drop()
 		return nil, fmt.Errorf("%s: checkpoint format version %q; this handnet reads 1 to %d", path, md["format_version"], CheckpointVersion)
 	}
+	if err := CheckFinite(tensors); err != nil {
+		drop()
+		return nil, fmt.Errorf("%s: %w (the run that wrote it diverged, or the file was altered; use an earlier checkpoint)", path, err)
+	}
 	c := &Checkpoint{Metadata: md, Tensors: tensors}
 	if err := json.Unmarshal([]byte(md["model"]), &c.Model); err != nil {
 		drop()

@@ -85,12 +85,21 @@ func (c Config) Validate() error {
 	}
 	for i := range 3 {
 		m, sd := float64(c.Mean[i]), float64(c.Std[i])
-		if math.IsNaN(m) || math.IsInf(m, 0) || math.IsNaN(sd) || math.IsInf(sd, 0) || !(sd > 0) {
-			return fmt.Errorf("normalisation mean %v std %v: want finite values and std > 0", c.Mean, c.Std)
+		// Pixels are 0..1: a mean far outside or a std near 0 (1e-30) turns
+		// every image into huge inputs and a probability of 1.
+		if !(m >= MinMean && m <= MaxMean) || !(sd >= MinStd && sd <= MaxStd) {
+			return fmt.Errorf("normalisation mean %v std %v: want each mean in [%g, %g] and each std in [%g, %g] (pixels are scaled to 0..1)",
+				c.Mean, c.Std, MinMean, MaxMean, MinStd, MaxStd)
 		}
 	}
 	return nil
 }
+
+// Sane normalisation for pixels scaled to 0..1 (Config.Validate).
+const (
+	MinMean, MaxMean = -1.0, 2.0
+	MinStd, MaxStd   = 0.01, 100.0
+)
 
 // Net is a network, split where Grad-CAM looks: Features computes the last
 // convolutional block's activations, Head the logits from them. Both put

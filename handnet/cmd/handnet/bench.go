@@ -70,6 +70,11 @@ func init() {
 				if err != nil {
 					return err
 				}
+				for _, c := range cases { // all before the first: not after minutes of others
+					if err := bench.CheckMemory(c, dev); err != nil {
+						return fmt.Errorf("%s: %w", c, err)
+					}
+				}
 				o := bench.Options{Device: dev, Warmup: max(*warmup, 1), Steps: *steps, MinTime: max(*minTime, time.Nanosecond)}
 				var py string
 				var pyErr error

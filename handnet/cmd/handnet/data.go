@@ -125,17 +125,20 @@ func init() {
 }
 
 // limitFlags are the budgets of each image decode.
-type limitFlags struct{ pixels, bytes int64 }
+type limitFlags struct{ pixels, bytes, memory int64 }
 
 func (l *limitFlags) register(fs *pflag.FlagSet) {
 	fs.Int64Var(&l.pixels, "max-pixels", vision.DefaultMaxPixels, "refuse images of more pixels (width x height, read from the header before decoding)")
 	fs.Int64Var(&l.bytes, "max-bytes", vision.DefaultMaxBytes, "refuse image files of more bytes (checked before reading)")
+	fs.Int64Var(&l.memory, "decode-memory", vision.DefaultDecodeMemory, "bytes all image decodes in flight may take together; an image whose decode (estimated from its header) would take more is refused, others wait their turn")
 }
 
+// validate checks the flags and sets the process-wide decode budget.
 func (l *limitFlags) validate() error {
-	if l.pixels <= 0 || l.bytes <= 0 {
-		return usagef("--max-pixels and --max-bytes must be positive")
+	if l.pixels <= 0 || l.bytes <= 0 || l.memory <= 0 {
+		return usagef("--max-pixels, --max-bytes and --decode-memory must be positive")
 	}
+	vision.SetDecodeMemory(l.memory)
 	return nil
 }
 

@@ -112,7 +112,7 @@ func newFlagSet(c *command) (*pflag.FlagSet, func([]string) error) {
 	fs.SortFlags = false
 	runFn := c.setup(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: handnet %s %s\n\n%s\n\nFlags:\n%s", c.name, c.usage, c.summary, fs.FlagUsages())
+		fmt.Fprintf(fs.Output(), "Usage: handnet %s %s\n\n%s\n\nFlags:\n%s\nExit codes: 0 success, 1 failure (named on stderr), 2 bad usage.\n", c.name, c.usage, c.summary, fs.FlagUsages())
 	}
 	return fs, runFn
 }

@@ -112,37 +112,79 @@ func init() {
 	})
 }
 
+// foundImages are the images the arguments name: files as given, folders
+// walked; rel is each file's path below the folder it was found in (its
+// base name when named itself), missing the arguments that could not be
+// read, reported and skipped.
+type foundImages struct {
+	files, rel []string
+	missing    []missingArg
+}
+
+type missingArg struct {
+	path string
+	err  error
+}
+
 // imageFiles expands the arguments: files as given, folders walked for
 // .jpg/.jpeg/.png/.gif files (the content decides the format when read).
-func imageFiles(args []string) ([]string, error) {
-	var files []string
+// An argument that does not exist is reported in missing, not an error,
+// unless nothing at all is found.
+func imageFiles(args []string) (foundImages, error) {
+	var f foundImages
 	for _, a := range args {
 		fi, err := os.Stat(a)
 		if err != nil {
-			return nil, err
+			f.missing = append(f.missing, missingArg{a, err})
+			continue
 		}
 		if !fi.IsDir() {
-			files = append(files, a)
+			f.files, f.rel = append(f.files, a), append(f.rel, filepath.Base(a))
 			continue
 		}
 		filepath.WalkDir(a, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && imageExts[strings.ToLower(filepath.Ext(p))] {
-				files = append(files, p)
+				rel, rerr := filepath.Rel(a, p)
+				if rerr != nil {
+					rel = filepath.Base(p)
+				}
+				f.files, f.rel = append(f.files, p), append(f.rel, rel)
 			}
 			return nil
 		})
 	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("no images found in %v", args)
+	if len(f.files) == 0 {
+		if len(f.missing) > 0 {
+			return f, f.missing[0].err
+		}
+		return f, fmt.Errorf("no images found in %v", args)
 	}
-	return files, nil
+	return f, nil
+}
+
+// outputNames gives each found image the file it writes under out: its
+// path below its folder with the extension replaced by suffix. Two images
+// that would write one file (x.jpg and x.png, or the same base name given
+// twice) are refused, naming both, before anything is written.
+func outputNames(f foundImages, out, suffix string) ([]string, error) {
+	names := make([]string, len(f.files))
+	by := map[string]string{}
+	for i, rel := range f.rel {
+		n := filepath.Join(out, strings.TrimSuffix(rel, filepath.Ext(rel))+suffix)
+		if prev, ok := by[n]; ok {
+			return nil, usagef("%s and %s would both write %s: explain them in separate runs (or separate --out folders)", prev, f.files[i], n)
+		}
+		by[n], names[i] = f.files[i], n
+	}
+	return names, nil
 }
 
 func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string) error {
-	files, err := imageFiles(args)
+	found, err := imageFiles(args)
 	if err != nil {
 		return err
 	}
+	files := found.files
 	c, err := handnet.LoadWith(ckpt, o)
 	if err != nil {
 		return err
@@ -152,8 +194,17 @@ func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string
 	if len(files) > 20 && !asJSON {
 		bar = newBar(len(files), "predicting", "images")
 	}
-	failed := 0
+	failed := len(found.missing)
 	enc := json.NewEncoder(os.Stdout)
+	for _, m := range found.missing { // reported and skipped, as --help says
+		if asJSON {
+			if err := enc.Encode(map[string]string{"file": m.path, "error": m.err.Error()}); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", m.path, m.err)
+		}
+	}
 	for _, f := range files {
 		p, err := c.PredictFile(f)
 		if bar != nil {
@@ -193,7 +244,7 @@ func predict(ckpt string, top int, asJSON bool, o handnet.Options, args []string
 		fmt.Println(line)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d images could not be read", failed, len(files))
+		return fmt.Errorf("%d of %d images could not be read or classified", failed, len(files)+len(found.missing))
 	}
 	return nil
 }

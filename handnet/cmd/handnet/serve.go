@@ -53,6 +53,9 @@ func (c *classifierFlags) options() (handnet.Options, error) {
 	if err := c.limits.validate(); err != nil {
 		return handnet.Options{}, err
 	}
+	if c.threads < 0 {
+		return handnet.Options{}, usagef("--threads %d: want 0 (all usable CPUs) or more", c.threads)
+	}
 	method, err := model.ParseCAMMethod(c.method)
 	if err != nil {
 		return handnet.Options{}, usagef("--method: %v", err)
@@ -66,7 +69,11 @@ func init() {
 		usage: "--checkpoint FILE [--addr :8080] [--device D] [--max-batch 32] [--max-wait 5ms] [--drain 10s]",
 		summary: "Serve a trained model over HTTP: POST /predict (and /explain, with a Grad-CAM overlay), GET /healthz,\n" +
 			"/readyz, /metrics (Prometheus) and a web page at /. Concurrent requests are batched into shared\n" +
-			"forward passes. SIGTERM or Ctrl-C stops accepting, finishes what is in flight (--drain), exits 0.",
+			"forward passes. SIGTERM or Ctrl-C stops accepting, finishes what is in flight (--drain), exits 0\n" +
+			"(requests still running after --drain are cut, logged as a warning, and the exit is still 0).\n" +
+			"Answers: 200, 400 bad image, 413 over a budget, 503 busy (Retry-After), 504 over --timeout,\n" +
+			"500 a model whose output is not finite. Images whose decode is expensive (large PNG/GIF) take a\n" +
+			"lane of their own, one at a time, so that they cannot starve ordinary photos.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
 			cf.register(fs)
@@ -97,7 +104,10 @@ func init() {
 		name:  "explain",
 		usage: "--checkpoint FILE [--class C] [--out DIR] IMG|DIR...",
 		summary: "Grad-CAM: where the network looks. For each image, writes NAME.cam.png (the map blended over the\n" +
-			"photo) into --out and prints a JSON line (class, probability, explained class, file written).",
+			"photo) into --out and prints a JSON line (class, probability, explained class, file written).\n" +
+			"Images found in a folder keep their path below it (DIR/a/x.jpg -> OUT/a/x.cam.png); two images that\n" +
+			"would write the same file are refused before anything runs. Unreadable images are reported and\n" +
+			"skipped; the exit code is then 1.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
 			cf.register(fs)
@@ -131,6 +141,11 @@ func serve(ckpt, addr string, o handnet.Options, so handnet.ServerOptions, drain
 	if err != nil {
 		return fmt.Errorf("--addr %s: %w", addr, err)
 	}
+	if dev, err := torch.ParseDevice(o.Device); err == nil {
+		if err := model.CheckBatchMemory(c.Config(), so.MaxBatch, false, dev, "--max-batch"); err != nil {
+			return err
+		}
+	}
 	srv := handnet.NewServer(c, so)
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	info := c.Info()
@@ -154,7 +169,9 @@ func serve(ckpt, addr string, o handnet.Options, so handnet.ServerOptions, drain
 	err = hs.Shutdown(ctx)
 	srv.Close()
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("requests still in flight after --drain %v were cut", drain)
+		// As --help says: the shutdown is what was asked for, exit 0.
+		log.Warnf("requests still in flight after --drain %v were cut", drain)
+		return nil
 	}
 	if err != nil {
 		return err
@@ -164,7 +181,12 @@ func serve(ckpt, addr string, o handnet.Options, so handnet.ServerOptions, drain
 }
 
 func explain(ckpt string, o handnet.Options, className, out string, size int, args []string) error {
-	files, err := imageFiles(args)
+	found, err := imageFiles(args)
+	if err != nil {
+		return err
+	}
+	files := found.files
+	names, err := outputNames(found, out, ".cam.png")
 	if err != nil {
 		return err
 	}
@@ -187,8 +209,13 @@ func explain(ckpt string, o handnet.Options, className, out string, size int, ar
 		return err
 	}
 	enc := json.NewEncoder(os.Stdout)
-	failed := 0
-	for _, f := range files {
+	failed := len(found.missing)
+	for _, m := range found.missing {
+		if err := enc.Encode(map[string]string{"file": m.path, "error": m.err.Error()}); err != nil {
+			return err
+		}
+	}
+	for i, f := range files {
 		e, photo, err := c.ExplainFile(f, class)
 		if err != nil {
 			failed++
@@ -197,7 +224,10 @@ func explain(ckpt string, o handnet.Options, className, out string, size int, ar
 			}
 			continue
 		}
-		dst := filepath.Join(out, strings.TrimSuffix(filepath.Base(f), filepath.Ext(f))+".cam.png")
+		dst := names[i]
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
 		if err := writePNG(dst, e.Overlay(photo, size)); err != nil {
 			return err
 		}
@@ -213,7 +243,7 @@ func explain(ckpt string, o handnet.Options, className, out string, size int, ar
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d images could not be explained", failed, len(files))
+		return fmt.Errorf("%d of %d images could not be explained", failed, len(files)+len(found.missing))
 	}
 	return nil
 }
