@@ -32,7 +32,7 @@ install: build
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/handnet
 	@echo "installed $(DESTDIR)$(PREFIX)/bin/handnet ($$($(BIN) version --short))"
 
-test: setup fixtures browser
+test: setup fixtures browser torchrun
 	CI=$${CI:-1} $(GO) test $(TESTFLAGS) ./...
 	@echo "== the library under the race detector (32 goroutines predicting at once)"
 	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
@@ -57,6 +57,14 @@ browser:
 	  echo "installing chromium (Debian) for the web page's browser test"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "run: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+# Debian's torchrun (python3-torch), for the tests that launch handnet with
+# the real launcher (elastic restarts included).
+torchrun:
+	@/usr/bin/python3 -c 'import torch.distributed.run' 2>/dev/null || { \
+	  echo "installing python3-torch (Debian) for the torchrun tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null; \
+	  else echo "run: sudo apt-get install python3-torch" >&2; exit 1; fi; }
 
 # Golden fixtures for the parity tests, made by PyTorch itself (Debian's
 # python3-torch and python3-torchvision, installed when missing): the

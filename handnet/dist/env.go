@@ -30,6 +30,11 @@ type Env struct {
 	AgentStore bool
 	// Attempt is torchrun's restart count; keys of different attempts do not mix.
 	Attempt int
+	// Restarted is set when the launcher restarted this run: torchrun's
+	// TORCHELASTIC_RESTART_COUNT > 0 or a requeued Slurm job
+	// (SLURM_RESTART_COUNT > 0). A restarted run resumes from its last
+	// checkpoint when it has one, and starts afresh when it has none.
+	Restarted bool
 	// Launcher names who set the variables: torchrun, slurm, handnet or env
 	// (RANK and WORLD_SIZE set by hand or by a Kubernetes PyTorchJob).
 	Launcher string
@@ -45,8 +50,8 @@ type Getenv func(string) string
 //	  RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 //	  (torchrun also TORCHELASTIC_USE_AGENT_STORE, TORCHELASTIC_RESTART_COUNT)
 //	Slurm (srun): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
-//	  SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE, with MASTER_ADDR and
-//	  MASTER_PORT from the batch script
+//	  SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE, SLURM_RESTART_COUNT,
+//	  with MASTER_ADDR and MASTER_PORT from the batch script
 //
 // Errors name the variable and its value.
 func FromEnv(getenv Getenv) (Env, bool, error) {
@@ -76,6 +81,7 @@ func FromEnv(getenv Getenv) (Env, bool, error) {
 		if e.Attempt, err = intVar(getenv, "TORCHELASTIC_RESTART_COUNT", "0", 0); err != nil {
 			return e, false, err
 		}
+		e.Restarted = e.Attempt > 0
 	case getenv("SLURM_PROCID") != "" && getenv("SLURM_NTASKS") != "":
 		var err error
 		if e.WorldSize, err = intVar(getenv, "SLURM_NTASKS", "", 1); err != nil {
@@ -92,6 +98,9 @@ func FromEnv(getenv Getenv) (Env, bool, error) {
 			return e, false, err
 		}
 		e.LocalWorldSize = slurmTasksPerNode(getenv)
+		if n, err := intVar(getenv, "SLURM_RESTART_COUNT", "0", 0); err == nil && n > 0 {
+			e.Restarted, e.Attempt = true, n
+		}
 	default:
 		return Env{}, false, nil
 	}

@@ -272,6 +272,9 @@ type Options struct {
 type shared struct {
 	Identity Identity `json:"identity"`
 	Split    string   `json:"split"` // one letter per record: t, v, e (test)
+	// Resume is rank 0's decision, the one every rank follows: continue
+	// from the folder's last checkpoint, or start from the beginning.
+	Resume bool `json:"resume"`
 }
 
 // Run trains the spec's model in dir and evaluates its best checkpoint on
@@ -309,16 +312,23 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 	if err != nil {
 		return nil, err
 	}
+	// A run the launcher restarted (torchrun's elastic agent after a
+	// failure, a requeued Slurm job) continues from its last checkpoint when
+	// it has one and starts afresh when it has none, without --resume.
+	restarted := g != nil && g.Env().Restarted
 	if rank == 0 {
 		var c *Claim
-		if c, err = f.Claim(s.Identity, s.Train.Epochs, o.Resume, o.Reuse); err != nil {
+		if c, err = f.Claim(s.Identity, s.Train.Epochs, o.Resume || restarted, o.Reuse); err != nil {
 			return nil, err
 		}
 		defer c.Release()
 		if c.Finished != nil {
 			return c.Finished, nil
 		}
-		if o.Resume && !c.Resume {
+		switch {
+		case restarted && c.Resume:
+			h.logf("restart %d by the launcher: resuming from the last checkpoint in %s", g.Env().Attempt, dir)
+		case (o.Resume || restarted) && !c.Resume:
 			h.logf("nothing saved in %s yet: starting the run from the beginning", dir)
 		}
 		o.Resume = c.Resume
@@ -332,12 +342,15 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return nil, err
 		}
 		if g != nil {
-			if err = sendData(g, s.Identity, d); err != nil {
+			if err = sendData(g, s.Identity, d, o.Resume); err != nil {
 				return nil, err
 			}
 		}
-	} else if err = fromRank0.apply(g.Rank(), s.Identity, d); err != nil {
-		return nil, err
+	} else {
+		if err = fromRank0.apply(g.Rank(), s.Identity, d); err != nil {
+			return nil, err
+		}
+		o.Resume = fromRank0.Resume // rank 0 decided for every rank
 	}
 	if g != nil {
 		s.WorldSize = g.Size()
@@ -436,13 +449,14 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 
 const dataKey, dataWhat = "data", "rank 0's opening of the data and the run folder"
 
-// sendData tells the other ranks rank 0's identity and split.
-func sendData(g *dist.Group, id Identity, d *Data) error {
+// sendData tells the other ranks rank 0's identity, split and whether the
+// run resumes.
+func sendData(g *dist.Group, id Identity, d *Data, resume bool) error {
 	var sb strings.Builder
 	for _, sp := range d.Split {
 		sb.WriteByte("tve"[sp])
 	}
-	b, err := json.Marshal(shared{Identity: id, Split: sb.String()})
+	b, err := json.Marshal(shared{Identity: id, Split: sb.String(), Resume: resume})
 	if err != nil {
 		return err
 	}
