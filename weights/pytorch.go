@@ -295,6 +295,10 @@ func loadZip(data []byte) (any, error) {
 	tensorBytes = min(tensorBytes, int64(len(data))*1032)
 	// The pickle may be at most as large as unpickling it may cost, before
 	// it is even inflated.
+	if limit := min(64<<20, (pickleOverhead+tensorBytes)/opCost+1<<20); pkl.UncompressedSize64 > uint64(limit) {
+		return nil, fmt.Errorf("its pickle (%s) is %d bytes, more than its %d MB of tensor data justify (at most %d): refused as a pickle bomb",
+			pkl.Name, pkl.UncompressedSize64, tensorBytes>>20, limit)
+	}
 	p, err := readEntry(pkl, min(64<<20, (pickleOverhead+tensorBytes)/opCost+1<<20))
 	if err != nil {
 		return nil, err

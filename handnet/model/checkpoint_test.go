@@ -67,7 +67,23 @@ func TestHostileCheckpoints(t *testing.T) {
 		"std-zero": {func(p string) {
 			h := meta(func(c *Config) { c.Std = [3]float32{0, 1, 1} })
 			rawSafetensors(t, p, h, nil)
-		}, "std > 0"},
+		}, "each std in [0.01, 100]"},
+		"std-tiny": {func(p string) {
+			rawSafetensors(t, p, meta(func(c *Config) { c.Std = [3]float32{1e-30, 1, 1} }), nil)
+		}, "each std in [0.01, 100]"},
+		"mean-huge": {func(p string) {
+			rawSafetensors(t, p, meta(func(c *Config) { c.Mean = [3]float32{1e30, 0, 0} }), nil)
+		}, "each mean in [-1, 2]"},
+		"nan-weight": {func(p string) {
+			h := meta(func(*Config) {})
+			h["fc.weight"] = map[string]any{"dtype": "F32", "shape": []uint64{2}, "data_offsets": []int{0, 8}}
+			rawSafetensors(t, p, h, []byte{0, 0, 0x80, 0x3f, 0, 0, 0xc0, 0x7f}) // 1, NaN
+		}, "tensor fc.weight holds NaN at element 1: non-finite weights are refused"},
+		"inf-weight-f16": {func(p string) {
+			h := meta(func(*Config) {})
+			h["a"] = map[string]any{"dtype": "F16", "shape": []uint64{1}, "data_offsets": []int{0, 2}}
+			rawSafetensors(t, p, h, []byte{0, 0xfc}) // -Inf
+		}, "tensor a holds -Inf at element 0"},
 		"nan-mean": {func(p string) {
 			b, _ := json.Marshal(testConfig())
 			s := strings.Replace(string(b), `"mean":[0.5,0.5,0.5]`, `"mean":[0.5,1e999,0.5]`, 1)
