@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handnet/handnet/handnet/torch"
 )
 
 // embedMain is the program a Go user writes around handnet: Load, then
@@ -291,3 +293,29 @@ func runIn(t *testing.T, dir string, limit time.Duration, env []string, name str
 	t.Logf("%s %s: %v", filepath.Base(name), strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
 	return stdout.String()
 }
+
+// TestMakeInstall installs handnet under a fresh PREFIX and runs it from /:
+// version names libtorch's version and doctor trains its tiny net.
+func TestMakeInstall(t *testing.T) {
+	root, err := filepath.Abs("../../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := t.TempDir()
+	runIn(t, root, 10*time.Minute, nil, "make", "--no-print-directory", "install", "PREFIX="+prefix)
+	bin := filepath.Join(prefix, "bin", "handnet")
+	out := runIn(t, "/", time.Minute, nil, bin, "version")
+	lt := torchBuildVersion()
+	if !strings.Contains(out, "libtorch      "+lt+" ") || !strings.Contains(out, "handnet       ") {
+		t.Errorf("handnet version does not name libtorch %s:\n%s", lt, out)
+	}
+	if short := strings.TrimSpace(runIn(t, "/", time.Minute, nil, bin, "--version", "--short")); short == "" || strings.ContainsAny(short, " \n") {
+		t.Errorf("--version --short: %q, want one word", short)
+	}
+	out = runIn(t, "/", 2*time.Minute, nil, bin, "doctor", "--device", "cpu")
+	if !strings.Contains(out, "check         ok") {
+		t.Errorf("doctor from /:\n%s", out)
+	}
+}
+
+func torchBuildVersion() string { return torch.BuildInfo().Libtorch.Version }
