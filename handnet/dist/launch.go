@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -32,6 +33,10 @@ type LaunchOptions struct {
 	Grace time.Duration
 	// Env is extra environment for every rank.
 	Env []string
+	// Workers, when set, starts plain worker processes instead of ranks:
+	// no torchrun variables, worker i gets Workers(i) as its arguments, and
+	// its lines are prefixed "[job i] ". The supervision is the same.
+	Workers func(i int) []string
 }
 
 // ErrInterrupted is returned by Launch when it was interrupted (SIGINT or
@@ -90,17 +95,29 @@ func Launch(ctx context.Context, o LaunchOptions) error {
 	cmds := make([]*exec.Cmd, o.NProc)
 	// Every rank writes into the same two writers: one at a time.
 	stdout, stderr := locked(o.Stdout), locked(o.Stderr)
+	// The ranks die with this process, whatever kills it (the kernel's
+	// parent-death signal). That signal follows the thread that started
+	// them, so this goroutine keeps its thread until they have exited.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	for r := range o.NProc {
 		e := Env{Rank: r, WorldSize: o.NProc, LocalRank: r, LocalWorldSize: o.NProc, MasterAddr: "127.0.0.1", MasterPort: port}
 		cmd := exec.Command(o.Program, o.Args...)
 		cmd.Env = append(append(append(os.Environ(), e.Variables()...), "HANDNET_LAUNCHER=1"), o.Env...)
+		label := "rank"
+		if o.Workers != nil {
+			cmd = exec.Command(o.Program, o.Workers(r)...)
+			cmd.Env = append(os.Environ(), o.Env...)
+			label = "job"
+		}
 		// A process group of its own: a terminal's Ctrl-C reaches only the
-		// launcher, which passes it on once.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if r == 0 {
+		// launcher, which passes it on once. SIGTERM when the launcher dies:
+		// the ranks save their work and stop.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if r == 0 && o.Workers == nil {
 			cmd.Stdout, cmd.Stderr = stdout, stderr
 		} else {
-			prefix := fmt.Sprintf("[rank %d] ", r)
+			prefix := fmt.Sprintf("[%s %d] ", label, r)
 			so, se := &prefixWriter{w: stdout, prefix: prefix}, &prefixWriter{w: stderr, prefix: prefix}
 			cmd.Stdout, cmd.Stderr = so, se
 			defer so.Flush()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,5 +149,77 @@ func TestResumeNewFolderTwoRanks(t *testing.T) {
 	}
 	if n := strings.Count(historyOf(t, out), "\n"); n != 1 {
 		t.Errorf("history has %d epochs, want 1", n)
+	}
+}
+
+// tensorBytes returns a safetensors file's tensor data and the tensors'
+// entries of its header (the metadata, which holds timings, left out).
+func tensorBytes(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 8 {
+		t.Fatalf("%s: too short", path)
+	}
+	n := int(binary.LittleEndian.Uint64(b[:8]))
+	var hdr map[string]json.RawMessage
+	if err := json.Unmarshal(b[8:8+n], &hdr); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	delete(hdr, "__metadata__")
+	h, _ := json.Marshal(hdr)
+	return string(h) + string(b[8+n:])
+}
+
+// TestReproduceJobsReproducible: reproduce --jobs 2, twice, and --jobs 1
+// write the same tables and the same weights in every run's checkpoints
+// (each job is a process with its own random generator).
+func TestReproduceJobsReproducible(t *testing.T) {
+	distDataset(t) // skips without gloo
+	dir := t.TempDir()
+	// Small: 80 training images, 7 runs, three times.
+	data, cache := filepath.Join(dir, "data"), filepath.Join(dir, "cache")
+	if code := run([]string{"fakedata", "--out", data, "--count", "120", "--size", "340x256", "--per-subject", "8"}); code != 0 {
+		t.Fatalf("fakedata: exit %d", code)
+	}
+	outs := map[string]string{"jobs2-a": "2", "jobs2-b": "2", "jobs1": "1"}
+	procs := map[string]*proc{}
+	for _, name := range []string{"jobs2-a", "jobs2-b", "jobs1"} {
+		procs[name] = start(t, nil, "reproduce", "--data", data, "--cache-dir", cache, "--out", filepath.Join(dir, name), "--epochs", "1",
+			"--batch-size", "16", "--threads", "1", "--split", "subject", "--jobs", outs[name])
+		if code := procs[name].wait(t, 5*time.Minute); code != 0 {
+			t.Fatalf("reproduce --jobs %s: exit %d\n%s", outs[name], code, procs[name].out.String())
+		}
+	}
+	if !strings.Contains(procs["jobs2-a"].out.String(), "[job 1] ") {
+		t.Errorf("--jobs 2 did not train in worker processes:\n%s", procs["jobs2-a"].out.String())
+	}
+	read := func(name, file string) string {
+		b, err := os.ReadFile(filepath.Join(dir, name, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	want := read("jobs1", "report.md")
+	for _, name := range []string{"jobs2-a", "jobs2-b"} {
+		if got := read(name, "report.md"); got != want {
+			t.Errorf("%s: tables differ from --jobs 1:\n%s\n--- --jobs 1:\n%s", name, got, want)
+		}
+	}
+	runs, _ := filepath.Glob(filepath.Join(dir, "jobs1", "*", "best.safetensors"))
+	if len(runs) != 7 {
+		t.Fatalf("want the 7 runs of Part 1, found %d", len(runs))
+	}
+	for _, r := range runs {
+		rel, _ := filepath.Rel(filepath.Join(dir, "jobs1"), r)
+		w := tensorBytes(t, r)
+		for _, name := range []string{"jobs2-a", "jobs2-b"} {
+			if tensorBytes(t, filepath.Join(dir, name, rel)) != w {
+				t.Errorf("%s/%s: weights differ from --jobs 1's", name, rel)
+			}
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
@@ -64,6 +66,16 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if len(slots) > 1 {
+					// Concurrent runs in one process would share libtorch's one
+					// random generator (initialisation, dropout): each slot is a
+					// process of its own, so a run's result does not depend on
+					// what trains beside it.
+					if err := reproduceWorkers(slots, i, n); err != nil {
+						return err
+					}
+					slots = []experiment.Slot{{Device: f.device, Threads: f.threads}} // then the tables, here
+				}
 				ctx, stop := interruptible()
 				defer stop()
 				st := &experiment.Study{Base: base, Out: *out, Weights: *w, TransferLR: *tlr, Shard: i, Shards: n, Slots: slots, Logf: log.Infof,
@@ -91,6 +103,32 @@ func init() {
 			}
 		},
 	})
+}
+
+// reproduceWorkers trains the study's runs in one worker process per slot
+// (reproduce --jobs 1 on the slot's device and threads, all into the same
+// --out: the run folders' locks share the runs out) and waits for them.
+// Worker k of this shard i/n is shard i*jobs+k of n*jobs: its share first,
+// then whatever nobody has started.
+func reproduceWorkers(slots []experiment.Slot, i, n int) error {
+	base := cmdArgs
+	for _, name := range []string{"jobs", "devices", "device", "threads", "shard"} {
+		base = withoutFlag(base, name)
+	}
+	log.Infof("training the runs in %d worker processes (one per slot, each with its own random generator)", len(slots))
+	err := dist.Launch(context.Background(), dist.LaunchOptions{NProc: len(slots), Workers: func(k int) []string {
+		sl := slots[k]
+		return append(append([]string(nil), base...), "--jobs", "1", "--device", sl.Device, "--threads", strconv.Itoa(sl.Threads),
+			"--shard", fmt.Sprintf("%d/%d", i*len(slots)+k, n*len(slots)))
+	}})
+	var re *dist.RankError
+	switch {
+	case errors.Is(err, dist.ErrInterrupted):
+		return fmt.Errorf("%w: runs already finished are kept; run the same command again to continue", train.ErrInterrupted)
+	case errors.As(err, &re):
+		return fmt.Errorf("reproduce worker (job %d) %v (its messages are above); the other workers were stopped", re.Rank, re.Err)
+	}
+	return err
 }
 
 // parseShard reads --shard I/N, or the index and count of a Kubernetes
