@@ -32,7 +32,7 @@ install: build
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/handnet
 	@echo "installed $(DESTDIR)$(PREFIX)/bin/handnet ($$($(BIN) version --short))"
 
-test: setup fixtures browser torchrun
+test: setup fixtures browser torchrun image-base
 	CI=$${CI:-1} $(GO) test $(TESTFLAGS) ./...
 	@echo "== the library under the race detector (32 goroutines predicting at once)"
 	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
@@ -78,6 +78,49 @@ $(FIXTURES)/.done: tools/fixtures/golden.py
 	  else echo "run: sudo apt-get install python3-torchvision" >&2; exit 1; fi; }
 	/usr/bin/python3 tools/fixtures/golden.py $(FIXTURES)
 	@touch $@
+
+# The container image (Containerfile): Debian bookworm-slim, the libraries
+# bin/handnet loads, the binary, a non-root user. CONTAINER: podman, else
+# docker (whichever is installed). IMAGE defaults to handnet:VERSION (from
+# `handnet version --short`, '+' written '-' as tags allow).
+.PHONY: image image-base container-tools
+CONTAINER ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || { command -v docker >/dev/null 2>&1 && echo docker; } || echo podman)
+BASE_IMAGE ?= docker.io/library/debian:bookworm-slim
+IMAGE ?=
+# chroot isolation: works rootful and rootless, and on hosts where podman's
+# default OCI runtime cannot run build steps.
+CONTAINER_BUILD_FLAGS ?= $(if $(filter podman,$(notdir $(CONTAINER))),--isolation chroot,)
+image: build
+	@v=$$($(BIN) version --short 2>/dev/null || git describe --always --dirty 2>/dev/null || echo unknown); \
+	rev=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	tag='$(IMAGE)'; [ -n "$$tag" ] || tag=handnet:$$(printf %s "$$v" | tr -c 'A-Za-z0-9_.-' '-'); \
+	echo "$(CONTAINER) build $$tag (handnet $$v, FROM $(BASE_IMAGE))"; \
+	$(CONTAINER) build $(CONTAINER_BUILD_FLAGS) --build-arg BASE=$(BASE_IMAGE) --build-arg VERSION="$$v" \
+	  --build-arg REVISION="$$rev" -t "$$tag" -f Containerfile . || exit 1; \
+	size=$$($(CONTAINER) image inspect --format '{{.Size}}' "$$tag") && \
+	echo "image $$tag: $$((size / 1000000)) MB ($(CONTAINER) image inspect --format '{{.Size}}' $$tag)"
+
+# Where no registry is reachable: make BASE_IMAGE locally from Debian's
+# archive (mmdebstrap, minbase, without docs like the -slim images) and
+# import it under that name, so FROM resolves without a pull. Kept in the
+# container storage: a second run does nothing.
+image-base: container-tools
+	@$(CONTAINER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || { \
+	  echo "making $(BASE_IMAGE) locally (mmdebstrap bookworm, then $(CONTAINER) import)"; \
+	  t=$$(mktemp -d) && trap 'rm -rf "$$t"' EXIT && \
+	  mmdebstrap --variant=minbase --quiet --dpkgopt='path-exclude=/usr/share/man/*' \
+	    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+	    bookworm "$$t/base.tar" && \
+	  $(CONTAINER) import "$$t/base.tar" $(BASE_IMAGE) >/dev/null; }
+
+# Debian's podman, runc (crun cannot start containers on every host) and
+# mmdebstrap, for the image's tests.
+container-tools:
+	@command -v $(CONTAINER) >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || { \
+	  echo "installing podman, runc and mmdebstrap (Debian) for the container image's tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc mmdebstrap >/dev/null; \
+	  else echo "run: sudo apt-get install podman runc mmdebstrap" >&2; exit 1; fi; }
 
 # The main job: check torch, then the end-to-end demo on synthetic hands
 # (report and plots in runs/demo/).
