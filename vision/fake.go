@@ -22,6 +22,9 @@ type FakeOptions struct {
 	Seed          uint64 // same seed, same files
 	Width, Height int    // image size; 0 means 1600×1200 like the real photos
 	PerSubject    int    // images per subject; 0 means 58 (the real average)
+	// Signals, when set, sets how strongly a photo shows who the person is
+	// and their gender (nil: no identity marks, gender cues in full).
+	Signals *FakeSignals
 	// Progress, when set, is called after each image with the number done.
 	Progress func(done int)
 }
@@ -51,7 +54,13 @@ func GenerateFake(dir string, o FakeOptions) error {
 	if err := os.MkdirAll(filepath.Join(dir, ImagesDir), 0o755); err != nil {
 		return err
 	}
+	if err := o.Signals.check(); err != nil {
+		return err
+	}
 	rng := rand.New(rand.NewPCG(o.Seed, 0x4a4e4453))
+	// The people's signals draw from a stream of their own, so that the
+	// draws of the classic look (and its images) stay the same.
+	prng := rand.New(rand.NewPCG(o.Seed, 0x50454f50))
 	type job struct {
 		rec  Record
 		pose handPose
@@ -60,11 +69,11 @@ func GenerateFake(dir string, o FakeOptions) error {
 	var subj subject
 	for i := 0; i < o.Count; i++ {
 		if i%o.PerSubject == 0 {
-			subj = newSubject(rng, i/o.PerSubject)
+			subj = newSubject(rng, prng, i/o.PerSubject, o.Signals)
 		}
 		aspect := Aspects[(i%o.PerSubject)*len(Aspects)/o.PerSubject]
 		rec := Record{Line: i + 2, ID: subj.id, Age: subj.age, Gender: subj.gender, SkinColor: subj.skinName,
-			NailPolish: subj.polish, Aspect: aspect, ImageName: fmt.Sprintf("Hand_%07d.jpg", i+2)}
+			NailPolish: subj.polish, Accessories: subj.mark > 0, Aspect: aspect, ImageName: fmt.Sprintf("Hand_%07d.jpg", i+2)}
 		jobs = append(jobs, job{rec, newPose(rng, subj, aspect)})
 	}
 	var (
@@ -127,6 +136,10 @@ type subject struct {
 	size, fingerW        float64 // relative hand size and finger width
 	skin                 [3]float64
 	fingerLen            [5]float64
+	// mark is the strength (0..1) of the person's identity marks: a
+	// background tinted in their colour and a wristband in another.
+	mark           float64
+	backdrop, band [3]float64
 }
 
 var skinTones = []struct {
@@ -139,20 +152,40 @@ var skinTones = []struct {
 	{"dark", [3]float64{130, 90, 65}},
 }
 
-func newSubject(rng *rand.Rand, n int) subject {
+// newSubject draws person n. rng draws the classic look; prng the
+// signals' own draws (sig nil: the classic look, unchanged).
+func newSubject(rng, prng *rand.Rand, n int, sig *FakeSignals) subject {
+	g := 1.0 // gender signal
+	if sig != nil {
+		g = sig.Gender
+	}
 	s := subject{id: fmt.Sprintf("%07d", n), age: 18 + rng.IntN(50)}
 	male := rng.Float64() < 0.4
 	tone := rng.IntN(3)
+	// Each gender cue is the classic one times g: hand size and finger
+	// width move towards a shared middle, males are darker with
+	// probability g, nail polish shows on 25 % of women and none of the
+	// men at g = 1 and on 15 % of everyone at g = 0.
 	if male {
 		s.gender = "male"
-		s.size = 1.08 + rng.NormFloat64()*0.06
-		s.fingerW = 1.15 + rng.NormFloat64()*0.08
-		tone = min(tone+rng.IntN(2), 3) // a little darker on average
+		s.size = 1.02 + 0.06*g + rng.NormFloat64()*0.06
+		s.fingerW = 1.05 + 0.10*g + rng.NormFloat64()*0.08
+		if darker := rng.IntN(2); g >= 1 || prng.Float64() < g {
+			tone = min(tone+darker, 3) // a little darker on average
+		}
+		if g < 1 {
+			s.polish = prng.Float64() < 0.15*(1-g)
+		}
 	} else {
 		s.gender = "female"
-		s.size = 0.96 + rng.NormFloat64()*0.06
-		s.fingerW = 0.95 + rng.NormFloat64()*0.08
-		s.polish = rng.Float64() < 0.25
+		s.size = 1.02 - 0.06*g + rng.NormFloat64()*0.06
+		s.fingerW = 1.05 - 0.10*g + rng.NormFloat64()*0.08
+		s.polish = rng.Float64() < 0.25*g+0.15*(1-g)
+	}
+	if sig != nil && sig.Identity > 0 {
+		s.mark = sig.Identity
+		s.backdrop = hueRGB(prng.Float64(), 0.55+0.45*prng.Float64(), 0.6+0.4*prng.Float64())
+		s.band = hueRGB(prng.Float64(), 0.8, 0.35+0.6*prng.Float64())
 	}
 	s.skinName = skinTones[tone].name
 	for c := range 3 {
@@ -162,6 +195,47 @@ func newSubject(rng *rand.Rand, n int) subject {
 		s.fingerLen[f] = 1 + rng.NormFloat64()*0.05
 	}
 	return s
+}
+
+// FakeSignals are the strengths, 0 to 1, of what a synthetic photo shows
+// of its person.
+type FakeSignals struct {
+	// Identity: each person gets a background colour and a wristband
+	// colour of their own, blended in with this strength (0: white
+	// background, no band), constant over their photos; a model can learn
+	// people by them — and, when the same people are in training and test,
+	// their gender.
+	Identity float64
+	// Gender scales the gender cues (hand size, finger width, skin tone,
+	// nail polish): 1 the classic look, 0 none at all (gender can then be
+	// told from a photo only by knowing the person).
+	Gender float64
+}
+
+func (sig *FakeSignals) check() error {
+	if sig == nil {
+		return nil
+	}
+	for _, v := range []struct {
+		name string
+		v    float64
+	}{{"identity signal", sig.Identity}, {"gender signal", sig.Gender}} {
+		if !(v.v >= 0 && v.v <= 1) {
+			return fmt.Errorf("fake data: %s %v, want 0 to 1", v.name, v.v)
+		}
+	}
+	return nil
+}
+
+// hueRGB is the colour of hue h, saturation s and value v (each 0..1) on
+// a 0..255 scale.
+func hueRGB(h, s, v float64) [3]float64 {
+	h = math.Mod(h, 1) * 6
+	k := int(h)
+	f := h - float64(k)
+	p, q, t := v*(1-s), v*(1-s*f), v*(1-s*(1-f))
+	rgb := [6][3]float64{{v, t, p}, {q, v, p}, {p, v, t}, {p, q, v}, {t, p, v}, {v, p, q}}[k%6]
+	return [3]float64{255 * rgb[0], 255 * rgb[1], 255 * rgb[2]}
 }
 
 // handPose is everything needed to draw one photo.
@@ -257,14 +331,26 @@ func drawHand(img *image.RGBA, p handPose) {
 	for i := range img.Pix {
 		img.Pix[i] = 255
 	}
+	if m := p.subj.mark; m > 0 { // the person's background
+		var bg [3]uint8
+		for k := range 3 {
+			bg[k] = uint8(math.Round(255*(1-m) + p.subj.backdrop[k]*m))
+		}
+		for i := 0; i < len(img.Pix); i += 4 {
+			img.Pix[i], img.Pix[i+1], img.Pix[i+2] = bg[0], bg[1], bg[2]
+		}
+	}
 	c := &canvas{img: img, h: float64(img.Rect.Dy()), cx: p.cx * float64(img.Rect.Dx()) / float64(img.Rect.Dy()), cy: p.cy,
 		cosA: math.Cos(p.angle), sinA: math.Sin(p.angle), scale: p.scale * 1.7, light: p.light}
 	s := p.subj
 	skin := s.skin
 	shade := scaleCol(skin, 0.85)
 	fw := 0.028 * s.fingerW
-	// Wrist and forearm, then the palm.
+	// Wrist and forearm (with the person's wristband), then the palm.
 	c.capsule(0, 0.05, 0, 0.6, 0.085*s.fingerW, shade, 1)
+	if s.mark > 0 {
+		c.capsule(0, 0.2, 0, 0.27, 0.095*s.fingerW, s.band, s.mark)
+	}
 	c.ellipse(0, 0, 0.105*s.fingerW, 0.12, 0, skin, 1)
 	// Thumb side, in the frame: a right hand seen from the back has its
 	// thumb on the image's left; the palm side mirrors that.

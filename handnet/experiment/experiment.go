@@ -61,6 +61,10 @@ type Spec struct {
 	Identity Identity `json:"identity"`
 	// WorldSize is the number of data-parallel processes that trained it.
 	WorldSize int `json:"world_size,omitempty"`
+	// Width and Height are the size images are cached at and the model
+	// sees (0: vision.Width × vision.Height, the study's 170×128).
+	Width  int `json:"width,omitempty"`
+	Height int `json:"height,omitempty"`
 }
 
 // Hooks receive progress; every field is optional.
@@ -98,7 +102,7 @@ func (d *Data) Close() {
 
 // CacheOptions are the cache options of the spec; ctx stops a build.
 func (s Spec) CacheOptions(ctx context.Context) vision.CacheOptions {
-	return vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact,
+	return vision.CacheOptions{Dir: s.CacheDir, SkipBad: s.SkipBad, Exact: s.Exact, W: s.Width, H: s.Height,
 		Limits: vision.Limits{MaxPixels: s.MaxPixels, MaxBytes: s.MaxBytes}, Context: ctx}
 }
 

@@ -19,15 +19,19 @@ import (
 
 func init() {
 	register(&command{
-		name:    "fakedata",
-		usage:   "--out DIR [--count N] [--seed S] [--size WxH]",
-		summary: "Write a synthetic 11k Hands dataset (HandInfo.csv + Hands/*.jpg) with procedurally drawn hands.",
+		name:  "fakedata",
+		usage: "--out DIR [--count N] [--seed S] [--size WxH] [--identity-signal S] [--gender-signal S]",
+		summary: "Write a synthetic 11k Hands dataset (HandInfo.csv + Hands/*.jpg) with procedurally drawn hands.\n" +
+			"--identity-signal gives each person a background and wristband colour of their own (what a model can\n" +
+			"memorise people by); --gender-signal scales the gender cues of the hand itself (see handnet audit).",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			out := fs.String("out", "", "dataset folder to write (required)")
 			count := fs.Int("count", 600, "number of images")
 			seed := fs.Uint64("seed", 1, "random seed: the same seed writes the same files")
 			size := fs.String("size", "1600x1200", "image size WxH")
 			per := fs.Int("per-subject", 58, "images per subject")
+			idSig := fs.Float64("identity-signal", 0, "0 to 1: how strongly each person's photos share a look of their own (background and wristband colour)")
+			gSig := fs.Float64("gender-signal", 1, "0 to 1: how strongly the hand itself shows the gender (size, finger width, skin tone, nail polish; 1: the default look)")
 			return func(args []string) error {
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
@@ -42,10 +46,19 @@ func init() {
 				if *count <= 0 || *per <= 0 {
 					return usagef("--count and --per-subject must be positive")
 				}
+				var sig *vision.FakeSignals
+				if fs.Changed("identity-signal") || fs.Changed("gender-signal") {
+					for name, v := range map[string]float64{"identity-signal": *idSig, "gender-signal": *gSig} {
+						if !(v >= 0 && v <= 1) {
+							return usagef("--%s %v: want a number from 0 to 1", name, v)
+						}
+					}
+					sig = &vision.FakeSignals{Identity: *idSig, Gender: *gSig}
+				}
 				bar := newBar(*count, "drawing hands", "images")
 				var mu sync.Mutex
 				start := time.Now()
-				err = vision.GenerateFake(*out, vision.FakeOptions{Count: *count, Seed: *seed, Width: w, Height: h, PerSubject: *per,
+				err = vision.GenerateFake(*out, vision.FakeOptions{Count: *count, Seed: *seed, Width: w, Height: h, PerSubject: *per, Signals: sig,
 					Progress: func(int) { mu.Lock(); bar.Add(1); mu.Unlock() }})
 				if err != nil {
 					return err
