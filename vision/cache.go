@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,9 +27,10 @@ type Cache struct {
 	Path  string
 	W, H  int
 	Count int
-	// Key identifies the cached pixels: it hashes every image's name, size
-	// and modification time, the target size, the decode mode and the
-	// pipeline version.
+	// Key identifies the cached pixels by content: it hashes every image's
+	// name, size and bytes (SHA-256, see ImageHashes), the target size, the
+	// decode mode and the pipeline version — never modification times, so a
+	// copy of the dataset (cp -r, another node) has the same key.
 	Key string
 	// Bad lists the records that could not be read, with why (their pixels
 	// are zero). A run uses them only with SkipBad.
@@ -78,20 +80,108 @@ type cacheHeader struct {
 }
 
 // cacheKey hashes what the cached pixels depend on: every image's name,
-// size and modification time (or that it is missing), the target size,
-// the decode mode and the pipeline version.
+// size and content hash (or that it is missing), the target size, the
+// decode mode and the pipeline version.
 func cacheKey(ds *Dataset, o CacheOptions) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%d %dx%d exact=%v\n", PipelineVersion, o.W, o.H, o.Exact)
-	for i, r := range ds.Records {
-		fi, err := os.Stat(ds.ImagePath(i))
-		if err != nil {
-			fmt.Fprintf(h, "%s missing\n", r.ImageName)
-			continue
-		}
-		fmt.Fprintf(h, "%s %d %d\n", r.ImageName, fi.Size(), fi.ModTime().UnixNano())
+	for i, c := range ImageHashes(ds, o.Dir) {
+		fmt.Fprintf(h, "%s %s\n", ds.Records[i].ImageName, c)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// hashEntry is one image's remembered content hash, valid while the file's
+// size, modification and change times and inode are the ones it was read
+// with (the times only decide when to read again; the key is the bytes).
+type hashEntry struct {
+	Size  int64  `json:"size"`
+	Mtime int64  `json:"mtime_ns"`
+	Ctime int64  `json:"ctime_ns"`
+	Ino   uint64 `json:"ino"`
+	SHA   string `json:"sha256"`
+}
+
+// ImageHashes returns, for every record, "SIZE SHA256" of its image file
+// ("missing" when it cannot be read). Each file is read once: the hashes
+// are remembered in dir (one file per dataset folder) and read again only
+// for files whose stat changed.
+func ImageHashes(ds *Dataset, dir string) []string {
+	abs, _ := filepath.Abs(ds.Dir)
+	sum := sha256.Sum256([]byte(abs))
+	memoPath := filepath.Join(dir, fmt.Sprintf("hashes-%s-%s.json", filepath.Base(abs), hex.EncodeToString(sum[:6])))
+	memo := map[string]hashEntry{}
+	if b, err := os.ReadFile(memoPath); err == nil {
+		_ = json.Unmarshal(b, &memo) // a damaged memo is read again
+	}
+	out := make([]string, len(ds.Records))
+	stats := make([]hashEntry, len(ds.Records))
+	var todo []int
+	for i, r := range ds.Records {
+		fi, err := os.Stat(ds.ImagePath(i))
+		if err != nil || !fi.Mode().IsRegular() {
+			out[i] = "missing"
+			continue
+		}
+		e := hashEntry{Size: fi.Size(), Mtime: fi.ModTime().UnixNano()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			e.Ctime, e.Ino = st.Ctim.Nano(), st.Ino
+		}
+		if m, ok := memo[r.ImageName]; ok && m.Size == e.Size && m.Mtime == e.Mtime && m.Ctime == e.Ctime && m.Ino == e.Ino && m.SHA != "" {
+			out[i] = fmt.Sprintf("%d %s", m.Size, m.SHA)
+			continue
+		}
+		stats[i] = e
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return out
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(todo) {
+					return
+				}
+				i := todo[k]
+				sha, err := fileSHA256(ds.ImagePath(i))
+				if err != nil {
+					out[i] = "missing"
+					continue
+				}
+				stats[i].SHA = sha
+				out[i] = fmt.Sprintf("%d %s", stats[i].Size, sha)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, i := range todo {
+		if stats[i].SHA != "" {
+			memo[ds.Records[i].ImageName] = stats[i]
+		}
+	}
+	if b, err := json.Marshal(memo); err == nil && os.MkdirAll(dir, 0o755) == nil {
+		_ = WriteFileAtomic(memoPath, b) // without a writable cache folder: read again next time
+	}
+	return out
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // OpenCache returns the dataset's cache, building it when it is missing or

@@ -77,8 +77,21 @@ func TestCacheBuildReuseRebuild(t *testing.T) {
 		t.Fatalf("second open decoded %d images (err %v)", calls, err)
 	}
 	c.Close()
-	// Touch one image: the cache must be rebuilt.
+	// Touch one image: same bytes, same cache (identity is by content).
 	future := time.Now().Add(time.Hour)
+	os.Chtimes(ds.ImagePath(3), future, future)
+	if !CacheIsCurrent(ds, o) {
+		t.Fatal("cache stale after an image was only touched")
+	}
+	// Change one byte of one image, keeping its size and times: rebuilt.
+	b, err := os.ReadFile(ds.ImagePath(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(ds.ImagePath(3), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	os.Chtimes(ds.ImagePath(3), future, future)
 	if CacheIsCurrent(ds, o) {
 		t.Fatal("cache still current after an image changed")

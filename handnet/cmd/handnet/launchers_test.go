@@ -223,3 +223,63 @@ func TestReproduceJobsReproducible(t *testing.T) {
 		}
 	}
 }
+
+// TestCopiedDataAccepted: rank 1 reads a cp -r copy of rank 0's dataset
+// (other modification times, another path) and trains with it; a copy with
+// one byte changed (same size and modification time) is refused, naming
+// the images.
+func TestCopiedDataAccepted(t *testing.T) {
+	data, cache := distDataset(t)
+	dir := t.TempDir()
+	same, changed := filepath.Join(dir, "same"), filepath.Join(dir, "changed")
+	for _, c := range []string{same, changed} {
+		if out, err := exec.Command("cp", "-r", data, c).CombinedOutput(); err != nil {
+			t.Fatalf("cp -r: %v\n%s", err, out)
+		}
+	}
+	// One byte of one image's quantisation table: still a valid JPEG.
+	imgs, _ := filepath.Glob(filepath.Join(changed, "Hands", "*.jpg"))
+	if len(imgs) == 0 {
+		t.Fatal("no images in the copy")
+	}
+	fi, err := os.Stat(imgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(imgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte{0xFF, 0xDB})
+	if i < 0 {
+		t.Fatal("no quantisation table")
+	}
+	if b[i+5] < 255 {
+		b[i+5]++
+	} else {
+		b[i+5]--
+	}
+	if err := os.WriteFile(imgs[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(imgs[0], fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	train := func(out, data1 string) (*proc, *proc) {
+		args := []string{"train", "--cache-dir", cache, "--out", out, "--epochs", "1", "--batch-size", "16", "--threads", "1",
+			"--split", "stratified", "--dist-timeout", "20s"}
+		port := freeTestPort(t)
+		r0 := start(t, rankEnv(0, 2, port), append(args, "--data", data)...)
+		r1 := start(t, rankEnv(1, 2, port), append(args, "--data", data1)...)
+		return r0, r1
+	}
+	r0, r1 := train(filepath.Join(dir, "run-same"), same)
+	if c0, c1 := r0.wait(t, 2*time.Minute), r1.wait(t, 2*time.Minute); c0 != 0 || c1 != 0 {
+		t.Fatalf("a cp -r copy on rank 1: exits %d, %d\n--- rank 0\n%s\n--- rank 1\n%s", c0, c1, r0.out.String(), r1.out.String())
+	}
+	r0, r1 = train(filepath.Join(dir, "run-changed"), changed)
+	c0, c1 := r0.wait(t, time.Minute), r1.wait(t, time.Minute)
+	if c0 != 1 || c1 != 1 || !strings.Contains(r1.out.String(), "rank 1's dataset differs from rank 0's (images") {
+		t.Fatalf("a changed byte on rank 1: exits %d, %d, want 1, 1 naming the images\n--- rank 0\n%s\n--- rank 1\n%s", c0, c1, r0.out.String(), r1.out.String())
+	}
+}
