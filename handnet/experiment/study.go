@@ -53,6 +53,20 @@ type Study struct {
 	// Poll is how often a worker looks again at runs others are training
 	// (default 2s).
 	Poll time.Duration
+	// Matrix, when set, replaces the study's own runs (Part 1 and 2) with
+	// other ones on the same machinery (see Audit).
+	Matrix *Matrix
+}
+
+// Matrix is a set of runs a Study trains instead of its own: all known from
+// the start, each a run folder under Out named by its Name, sharded,
+// claimed and reused like the study's; Tables is called by whichever
+// worker sees every run done.
+type Matrix struct {
+	Runs []*StudyRun
+	// Owns says which other files in Out are the matrix's (its tables).
+	Owns   func(name string) bool
+	Tables func(runs []*StudyRun) error
 }
 
 // StudyRun is one run of the study.
@@ -170,13 +184,17 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 	}
 	defer d.Close()
 	var lr, transfer, drop []*StudyRun
-	for i, v := range StudyLRs {
+	lrs := StudyLRs
+	if st.Matrix != nil {
+		lrs, lr, drop = nil, st.Matrix.Runs, []*StudyRun{} // no dropout runs to plan
+	}
+	for i, v := range lrs {
 		s := st.Base
 		s.Train.LR, s.Model.Dropout = v, LRSweepDropout
 		s.Title = fmt.Sprintf("Part 1, learning rate %g (dropout %s)", v, LRSweepDropout)
 		lr = append(lr, &StudyRun{Name: fmt.Sprintf("lr-%g", v), Part: 1, LR: v, Dropout: LRSweepDropout, Spec: s, Prefix: fmt.Sprintf("[lr %d/%d]", i+1, len(StudyLRs))})
 	}
-	if st.Weights != "" {
+	if st.Weights != "" && st.Matrix == nil {
 		for i, fr := range []string{model.FreezeFC, model.FreezeLayer4, model.FreezeNone} {
 			s := st.Base
 			s.Train.LR, s.Weights = st.TransferLR, st.Weights
@@ -221,6 +239,9 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 		}
 		all, drop = st.plan(lr, transfer, drop)
 		if firstErr == nil && allDone(all) && len(inFlight) == 0 {
+			if st.Matrix != nil {
+				return &StudyResult{}, st.Matrix.Tables(all)
+			}
 			return st.finish(lr, drop, transfer)
 		}
 		// Start what can start: this worker's share first, then the rest.
@@ -328,15 +349,29 @@ func (st *Study) checkOut() error {
 		n := e.Name()
 		switch {
 		case e.IsDir():
-			if _, err := os.Stat(filepath.Join(st.Out, n, SpecFile)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") {
+			if _, err := os.Stat(filepath.Join(st.Out, n, SpecFile)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") && !st.Matrix.has(n) {
 				return fmt.Errorf("--out %s holds a folder %s that is not a run: name a new or empty folder, or a previous reproduce's", st.Out, n)
 			}
 		case n == ReportFile || n == MetricsFile || strings.HasPrefix(n, "sweep-") || IsTemp(n) || n == lockFile:
+		case st.Matrix != nil && st.Matrix.Owns != nil && st.Matrix.Owns(n):
 		default:
 			return fmt.Errorf("--out %s holds other files (%s): name a new or empty folder, or a previous reproduce's", st.Out, n)
 		}
 	}
 	return nil
+}
+
+// has says whether name is one of the matrix's runs (false for no matrix).
+func (m *Matrix) has(name string) bool {
+	if m == nil {
+		return false
+	}
+	for _, r := range m.Runs {
+		if r.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // finish writes the study's tables (report.md, metrics.json, the sweep
