@@ -21,7 +21,7 @@ import (
 )
 
 // testCheckpoint saves a freshly initialised CNN.
-func testCheckpoint(t *testing.T) string {
+func testCheckpoint(t testing.TB) string {
 	path := filepath.Join(t.TempDir(), "m.safetensors")
 	th := torch.NewThread(1)
 	defer th.Close()
