@@ -296,6 +296,9 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string) error {
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
 	defer f.Close()
+	if err := f.Chmod(newFileMode); err != nil {
+		return err
+	}
 	// Held until the file is renamed or removed: a sweeper leaves it alone.
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return fmt.Errorf("cache: lock %s: %w", tmp, err)

@@ -317,6 +317,11 @@ func WriteFileAtomic(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := f.Chmod(newFileMode); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
 	if _, err := f.Write(b); err != nil {
 		f.Close()
 		os.Remove(f.Name())

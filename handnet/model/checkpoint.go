@@ -75,6 +75,10 @@ func SaveCheckpoint(path string, m *Model, extra []NamedTensor, meta map[string]
 		return err
 	}
 	defer os.Remove(f.Name())
+	if err := f.Chmod(newFileMode); err != nil {
+		f.Close()
+		return err
+	}
 	b := buf.Bytes()
 	if _, err := f.Write(b[:len(b)/2]); err != nil {
 		f.Close()
