@@ -289,6 +289,9 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 	if err := s.Train.Validate(); err != nil {
 		return nil, err
 	}
+	if err := CheckMemory(s, 1); err != nil {
+		return nil, err
+	}
 	g, h, rank := o.Group, o.Hooks, 0
 	if g != nil {
 		rank = g.Rank()

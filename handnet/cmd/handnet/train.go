@@ -371,6 +371,9 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if err := experiment.CheckMemory(s, d.nproc); err != nil {
+					return err // before any rank starts or any data is read
+				}
 				if d.nproc > 0 && os.Getenv("HANDNET_LAUNCHER") == "" {
 					return launch(d.nproc, *out)
 				}

@@ -1,0 +1,43 @@
+package experiment
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/vision"
+	"github.com/sugarme/gotch"
+)
+
+// CheckMemory refuses, before any work, a spec whose training batch cannot
+// fit: the activations a training step keeps for its backward pass and
+// their gradients (model.ActivationBytes in training mode), for
+// s.Train.BatchSize images in each of processes processes on this machine,
+// against the memory available. A CUDA device is not checked (its
+// allocator reports its own failure), nor a device that does not parse
+// (the caller reports that).
+func CheckMemory(s Spec, processes int) error {
+	dev, err := torch.ParseDevice(s.Device)
+	if err != nil || dev != gotch.CPU {
+		return nil
+	}
+	cfg := s.Model
+	cfg.Width, cfg.Height = s.Width, s.Height
+	if cfg.Width <= 0 || cfg.Height <= 0 {
+		cfg.Width, cfg.Height = vision.Width, vision.Height
+	}
+	processes = max(processes, 1)
+	// In floats: a batch size near the int64 limit must not wrap around.
+	need := float64(model.ActivationBytes(cfg, 1, true)) * float64(s.Train.BatchSize) * float64(processes)
+	have := model.AvailableMemory()
+	if have <= 0 || need <= float64(have) {
+		return nil
+	}
+	per := ""
+	if processes > 1 {
+		per = fmt.Sprintf(" in each of %d processes", processes)
+	}
+	return fmt.Errorf("--batch-size %d%s: training %s at %dx%d needs an estimated %s GB of activations and gradients, %.1f GB of memory is available; lower --batch-size",
+		s.Train.BatchSize, per, cfg.Arch, cfg.Width, cfg.Height, strconv.FormatFloat(need/1e9, 'g', 3, 64), float64(have)/1e9)
+}
