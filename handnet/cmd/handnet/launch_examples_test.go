@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,16 +88,26 @@ func TestLaunchExamples(t *testing.T) {
 		}
 	}
 	docs := map[string]map[string]any{}
-	for _, name := range []string{"pytorchjob.yaml", "reproduce-indexed-job.yaml"} {
+	for _, name := range []string{"pytorchjob.yaml", "reproduce-indexed-job.yaml", "serve.yaml"} {
 		b, err := os.ReadFile(filepath.Join(launchDir, "k8s", name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var doc map[string]any
-		if err := yaml.Unmarshal(b, &doc); err != nil {
-			t.Fatalf("%s: %v", name, err)
+		// Every document of the file (serve.yaml: a Deployment and a Service).
+		var all []any
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		for {
+			var doc map[string]any
+			if err := dec.Decode(&doc); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if docs[name] == nil {
+				docs[name] = doc
+			}
+			all = append(all, doc)
 		}
-		docs[name] = doc
 		var walk func(v any)
 		found := 0
 		walk = func(v any) {
@@ -105,6 +117,19 @@ func TestLaunchExamples(t *testing.T) {
 					found++
 					var args []string
 					for _, a := range cmd[1:] {
+						args = append(args, a.(string))
+					}
+					checkCommand(t, name, args)
+				} else if image, ok := x["image"].(string); ok && x["command"] == nil {
+					// The image `make image` builds: its ENTRYPOINT is handnet,
+					// args are the command line.
+					if !strings.Contains(image, "handnet:") {
+						t.Errorf("%s: image %q is not the one make image builds (handnet:TAG)", name, image)
+					}
+					found++
+					var args []string
+					cmd, _ := x["args"].([]any)
+					for _, a := range cmd {
 						args = append(args, a.(string))
 					}
 					checkCommand(t, name, args)
@@ -118,7 +143,7 @@ func TestLaunchExamples(t *testing.T) {
 				}
 			}
 		}
-		walk(doc)
+		walk(all)
 		if found == 0 {
 			t.Errorf("%s runs no handnet command", name)
 		}
