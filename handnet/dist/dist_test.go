@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"reflect"
@@ -29,12 +30,14 @@ func TestFromEnv(t *testing.T) {
 		{name: "single process", env: map[string]string{}, ok: false},
 		{name: "torchrun", env: map[string]string{"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
 			"MASTER_ADDR": "node0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "2"},
-			want: Env{Rank: 3, WorldSize: 8, LocalRank: 1, LocalWorldSize: 2, MasterAddr: "node0", MasterPort: 29500, AgentStore: true, Attempt: 2, Launcher: "torchrun"}, ok: true},
+			want: Env{Rank: 3, WorldSize: 8, LocalRank: 1, LocalWorldSize: 2, MasterAddr: "node0", MasterPort: 29500, AgentStore: true, Attempt: 2, Restarted: true, Launcher: "torchrun"}, ok: true},
 		{name: "kubeflow pytorchjob", env: map[string]string{"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456"},
 			want: Env{Rank: 1, WorldSize: 4, LocalRank: 0, LocalWorldSize: 1, MasterAddr: "job-master-0", MasterPort: 23456, Launcher: "env"}, ok: true},
 		{name: "slurm", env: map[string]string{"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "4(x2)",
 			"MASTER_ADDR": "n1", "MASTER_PORT": "29400"},
 			want: Env{Rank: 5, WorldSize: 8, LocalRank: 1, LocalWorldSize: 4, MasterAddr: "n1", MasterPort: 29400, Launcher: "slurm"}, ok: true},
+		{name: "slurm requeued", env: map[string]string{"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_RESTART_COUNT": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "29400"},
+			want: Env{Rank: 1, WorldSize: 2, LocalWorldSize: 1, MasterAddr: "n1", MasterPort: 29400, Attempt: 1, Restarted: true, Launcher: "slurm"}, ok: true},
 		{name: "slurm one task", env: map[string]string{"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, ok: false},
 		{name: "no master addr", env: map[string]string{"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1"}, err: "MASTER_ADDR is not set"},
 		{name: "bad port", env: map[string]string{"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "99999"}, err: `MASTER_PORT="99999"`},
@@ -318,5 +321,24 @@ func TestLaunch(t *testing.T) {
 		Env: []string{"HANDNET_DIST_TEST=hang", "HANDNET_DIST_TEST_TIMEOUT=60s"}})
 	if err != ErrInterrupted {
 		t.Fatalf("err = %v, want ErrInterrupted", err)
+	}
+}
+
+func TestGlooAddress(t *testing.T) {
+	lo := []net.IP{net.ParseIP("127.0.0.1")}
+	for _, c := range []struct {
+		name   string
+		e      Env
+		ips    []net.IP
+		ifname string
+		want   string
+	}{
+		{"loopback master", Env{WorldSize: 2, LocalWorldSize: 1, MasterAddr: "localhost", MasterPort: 1}, lo, "", "127.0.0.1"},
+		{"one machine", Env{WorldSize: 2, LocalWorldSize: 2, MasterAddr: "10.231.0.1", MasterPort: 1}, []net.IP{net.ParseIP("10.231.0.1")}, "", ""},
+		{"GLOO_SOCKET_IFNAME", Env{WorldSize: 2, LocalWorldSize: 1, MasterAddr: "10.231.0.1", MasterPort: 1}, []net.IP{net.ParseIP("10.231.0.1")}, "eth0", ""},
+	} {
+		if got, err := glooAddress(c.e, c.ips, c.ifname); err != nil || got != c.want {
+			t.Errorf("%s: got %q, %v; want %q", c.name, got, err, c.want)
+		}
 	}
 }

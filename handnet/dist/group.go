@@ -1,8 +1,10 @@
 package dist
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -70,7 +72,7 @@ type Group struct {
 	what    atomic.Pointer[string] // what this rank waits in now
 	stop    chan struct{}
 	stopped sync.WaitGroup
-	closed  bool
+	closed  atomic.Bool
 }
 
 // Join rendezvouses with the other ranks at MASTER_ADDR:MASTER_PORT (rank 0
@@ -95,15 +97,28 @@ func Join(e Env, o Options) (*Group, error) {
 	if backend == "gloo" && !f.Gloo || backend == "nccl" && !f.NCCL {
 		return nil, fmt.Errorf("this handnet was built without c10d's %s backend (%s); rebuild after installing what it needs (make setup says which)", backend, f.Missing[backend])
 	}
+	// Every wait below is bounded by the timeout; a host name that does not
+	// resolve would make c10d retry for all of it, so look it up first.
+	masterIPs, err := lookupMaster(e)
+	if err != nil {
+		return nil, err
+	}
+	glooHost, err := glooAddress(e, masterIPs, os.Getenv("GLOO_SOCKET_IFNAME"))
+	if err != nil {
+		return nil, err
+	}
 	g := &Group{env: e, o: o, backend: backend, stop: make(chan struct{})}
 	g.setWhat("the rendezvous")
 	prefix := "handnet/" + strconv.Itoa(e.Attempt)
 	server := e.Rank == 0 && !e.AgentStore
 	start := time.Now()
+	if !server {
+		g.logf("rank %d: connecting to the rendezvous store at %s (up to %v)", e.Rank, e.Endpoint(), o.Timeout)
+	}
 	g.store, err = native.NewStore(e.MasterAddr, e.MasterPort, server, e.WorldSize, o.Timeout, prefix)
 	if err != nil {
 		if server {
-			return nil, fmt.Errorf("rank 0 cannot serve the rendezvous store on %s: %v (is MASTER_PORT taken? choose another)", e.Endpoint(), err)
+			return nil, fmt.Errorf("rank 0 cannot serve the rendezvous store on %s: %v (is MASTER_PORT %d taken by another program? choose another)", e.Endpoint(), err, e.MasterPort)
 		}
 		return nil, fmt.Errorf("rendezvous at %s: rank %d could not reach the store within %v: rank 0 (or torchrun's agent) never served it (%v)", e.Endpoint(), e.Rank, o.Timeout, err)
 	}
@@ -131,9 +146,8 @@ func Join(e Env, o Options) (*Group, error) {
 	if o.Device.IsCuda() {
 		device = o.Device.Value
 	}
-	glooHost := ""
-	if e.IsLoopback() {
-		glooHost = "127.0.0.1" // every rank is on this machine
+	if glooHost != "" && !isLoopbackIPs(masterIPs) {
+		g.logf("rank %d: gloo talks on %s, the address that routes to MASTER_ADDR %s (set GLOO_SOCKET_IFNAME to choose the interface)", e.Rank, glooHost, e.MasterAddr)
 	}
 	g.setWhat("the creation of the " + backend + " process group")
 	if g.pg, err = native.NewGroup(backend, g.store, e.Rank, e.WorldSize, device, o.Timeout, glooHost); err != nil {
@@ -155,7 +169,23 @@ func (g *Group) logf(format string, args ...any) {
 // awaitArrivals waits until every rank has set its arrival key.
 func (g *Group) awaitArrivals(start time.Time) error {
 	deadline := start.Add(g.o.Timeout)
-	for {
+	// Who is missing, as last seen: at the deadline rank 0 may already be
+	// gone with its store.
+	missing := func() []string {
+		var out []string
+		for r := range g.env.WorldSize {
+			ok, err := g.store.Check(fmt.Sprintf("arrived/%d", r))
+			if err != nil {
+				return nil
+			}
+			if !ok {
+				out = append(out, strconv.Itoa(r))
+			}
+		}
+		return out
+	}
+	var lastMissing []string
+	for i := 0; ; i++ {
 		n, err := g.store.Add("arrivals", 0)
 		if err != nil {
 			return fmt.Errorf("rendezvous at %s: %w", g.env.Endpoint(), err)
@@ -163,15 +193,21 @@ func (g *Group) awaitArrivals(start time.Time) error {
 		if int(n) >= g.env.WorldSize {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			var missing []string
-			for r := range g.env.WorldSize {
-				if ok, err := g.store.Check(fmt.Sprintf("arrived/%d", r)); err == nil && !ok {
-					missing = append(missing, strconv.Itoa(r))
-				}
+		if i%20 == 0 {
+			if m := missing(); m != nil {
+				lastMissing = m
 			}
-			return fmt.Errorf("rendezvous at %s: rank(s) %s of %d did not arrive within %v (this is rank %d); start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise --dist-timeout",
-				g.env.Endpoint(), strings.Join(missing, ", "), g.env.WorldSize, g.o.Timeout, g.env.Rank)
+		}
+		if time.Now().After(deadline) {
+			if m := missing(); m != nil {
+				lastMissing = m
+			}
+			who := fmt.Sprintf("rank(s) %s of %d", strings.Join(lastMissing, ", "), g.env.WorldSize)
+			if len(lastMissing) == 0 {
+				who = fmt.Sprintf("only %d of %d ranks arrived: the others", n, g.env.WorldSize)
+			}
+			return fmt.Errorf("rendezvous at %s: %s did not arrive within %v (this is rank %d); start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise --dist-timeout",
+				g.env.Endpoint(), who, g.o.Timeout, g.env.Rank)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -240,6 +276,38 @@ func (g *Group) readBeats() (map[int]beat, error) {
 // heartbeat stopped (dead or frozen), a rank that lags behind in the
 // collectives (hung), or rank 0 when the store it serves is gone.
 func (g *Group) explain(err error, what string) error {
+	// Finding out who is responsible asks the store, which may itself be
+	// unreachable (a cut link): at most explainBudget on top of the wait.
+	ch := make(chan error, 1)
+	go func() { ch <- g.explainSlowly(err, what) }()
+	select {
+	case e := <-ch:
+		return e
+	case <-time.After(explainBudget):
+		return fmt.Errorf("rank %d, waiting in %s: %v; the rendezvous store at %s does not answer either (rank 0's host unreachable, or gone)", g.env.Rank, what, err, g.env.Endpoint())
+	}
+}
+
+// explainBudget bounds explain; abortBudget the announcement of a failure
+// and the heartbeat's last beat when leaving.
+const (
+	explainBudget = 4 * time.Second
+	abortBudget   = time.Second
+	closeBudget   = 6 * time.Second // rank 0 waits for the others to leave
+)
+
+// bounded runs f, returning after at most d even if f is still blocked in
+// the store (it then finishes, or not, on its own).
+func bounded(d time.Duration, f func()) {
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+func (g *Group) explainSlowly(err error, what string) error {
 	me := g.env.Rank
 	if g.beats == nil {
 		return fmt.Errorf("rank %d, waiting in %s: %w", me, what, err)
@@ -409,9 +477,16 @@ func (g *Group) Share(key, what string, val []byte) ([]byte, error) {
 func (g *Group) Abort(err error) {
 	if g.beats != nil && err != nil {
 		msg := strings.SplitN(err.Error(), "\n", 2)[0]
-		_ = g.beats.Set(fmt.Sprintf("failed/%d", g.env.Rank), []byte(msg))
+		bounded(abortBudget, func() { _ = g.beats.Set(fmt.Sprintf("failed/%d", g.env.Rank), []byte(msg)) })
 	}
-	g.Close()
+	// Leaving may block on peers or a store across a cut link (c10d's and
+	// Gloo's destructors wait for them): a failing rank gives it a bounded
+	// time, then the process exits and the kernel closes what is left.
+	budget := closeBudget
+	if g.env.Rank != 0 || g.env.AgentStore {
+		budget = abortBudget * 2 // no peers to wait for
+	}
+	bounded(budget, g.Close)
 }
 
 // Close leaves the group. The process group goes first, so that peers
@@ -420,21 +495,21 @@ func (g *Group) Abort(err error) {
 // left or failed, so that none loses the store while finishing. It is safe
 // to call twice.
 func (g *Group) Close() {
-	if g.closed {
+	if !g.closed.CompareAndSwap(false, true) {
 		return
 	}
-	g.closed = true
 	if g.pg != nil {
 		g.pg.Close()
 	}
 	if g.beats != nil {
-		_ = g.beats.Set(fmt.Sprintf("left/%d", g.env.Rank), []byte("1"))
+		bounded(abortBudget, func() { _ = g.beats.Set(fmt.Sprintf("left/%d", g.env.Rank), []byte("1")) })
 		if g.env.Rank == 0 && !g.env.AgentStore {
 			g.awaitLeaving(time.Now().Add(g.o.Timeout))
 		}
 	}
 	close(g.stop)
-	g.stopped.Wait()
+	// The heartbeat may be blocked on a store that no longer answers.
+	bounded(abortBudget, g.stopped.Wait)
 	g.closeStores()
 }
 
@@ -479,4 +554,60 @@ func (g *Group) closeStores() {
 	if g.store != nil {
 		g.store.Close()
 	}
+}
+
+// lookupMaster resolves MASTER_ADDR within a few seconds: c10d would retry
+// an unknown host for the whole timeout.
+func lookupMaster(e Env) ([]net.IP, error) {
+	host := strings.Trim(e.MasterAddr, "[]")
+	if ip := net.ParseIP(host); ip != nil {
+		return []net.IP{ip}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return nil, fmt.Errorf("MASTER_ADDR=%s does not resolve on this host (rank %d): %v; set MASTER_ADDR to rank 0's host name or address as every node reaches it", host, e.Rank, err)
+	}
+	return ips, nil
+}
+
+func isLoopbackIPs(ips []net.IP) bool {
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false
+		}
+	}
+	return len(ips) > 0
+}
+
+// glooAddress chooses the address Gloo advertises to the other ranks
+// ("" leaves it to GLOO_SOCKET_IFNAME or Gloo's default, this host name's
+// address). With MASTER_ADDR on loopback: loopback. When the ranks span
+// hosts (fewer local ranks than ranks): the address of the interface that
+// routes to MASTER_ADDR, never loopback — this host's name may resolve to
+// 127.0.x.x, and Gloo would advertise an address the others cannot reach.
+func glooAddress(e Env, masterIPs []net.IP, ifname string) (string, error) {
+	if strings.TrimSpace(ifname) != "" {
+		return "", nil // the user chose: native reads GLOO_SOCKET_IFNAME
+	}
+	if isLoopbackIPs(masterIPs) {
+		// Every rank reaches the store on loopback: all are on this machine
+		// (whatever LOCAL_WORLD_SIZE says).
+		return "127.0.0.1", nil
+	}
+	if e.LocalWorldSize >= e.WorldSize {
+		return "", nil // one machine
+	}
+	// A UDP "connection" sends nothing: it asks the kernel for the route.
+	c, err := net.Dial("udp", net.JoinHostPort(masterIPs[0].String(), strconv.Itoa(e.MasterPort)))
+	if err != nil {
+		return "", fmt.Errorf("no route from this host to MASTER_ADDR=%s (%v): check the network, or set GLOO_SOCKET_IFNAME to the interface to use", e.MasterAddr, err)
+	}
+	defer c.Close()
+	ip := c.LocalAddr().(*net.UDPAddr).IP
+	if ip.IsLoopback() {
+		return "", fmt.Errorf("the route to MASTER_ADDR=%s leaves through loopback (%v) although the ranks span hosts; set GLOO_SOCKET_IFNAME to the interface the other hosts reach", e.MasterAddr, ip)
+	}
+	return ip.String(), nil
 }

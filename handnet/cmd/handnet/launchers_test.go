@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -281,5 +282,120 @@ func TestCopiedDataAccepted(t *testing.T) {
 	c0, c1 := r0.wait(t, time.Minute), r1.wait(t, time.Minute)
 	if c0 != 1 || c1 != 1 || !strings.Contains(r1.out.String(), "rank 1's dataset differs from rank 0's (images") {
 		t.Fatalf("a changed byte on rank 1: exits %d, %d, want 1, 1 naming the images\n--- rank 0\n%s\n--- rank 1\n%s", c0, c1, r0.out.String(), r1.out.String())
+	}
+}
+
+// twoHosts makes two network namespaces joined by a veth pair, addresses
+// 10.231.N.1 and 10.231.N.2 (a private subnet that exists only inside
+// them), and removes them when the test ends. It returns the namespaces,
+// the addresses and a function that takes the link down.
+func twoHosts(t *testing.T) (ns [2]string, addr [2]string, cut func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("two hosts as network namespaces need root (CI runs make test as root)")
+	}
+	_, err := exec.LookPath("ip")
+	needTool(t, err == nil, "ip (iproute2)", "apt-get install iproute2")
+	id := os.Getpid() % 10000
+	n := 1 + os.Getpid()%250
+	ns = [2]string{fmt.Sprintf("hn16a-%d", id), fmt.Sprintf("hn16b-%d", id)}
+	veth := [2]string{fmt.Sprintf("hn16a%d", id), fmt.Sprintf("hn16b%d", id)}
+	addr = [2]string{fmt.Sprintf("10.231.%d.1", n), fmt.Sprintf("10.231.%d.2", n)}
+	ipc := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, x := range ns {
+		exec.Command("ip", "netns", "del", x).Run() // a previous run's, killed
+	}
+	t.Cleanup(func() {
+		for _, x := range ns {
+			exec.Command("ip", "netns", "del", x).Run() // removes the veth ends too
+		}
+	})
+	ipc("netns", "add", ns[0])
+	ipc("netns", "add", ns[1])
+	ipc("link", "add", veth[0], "netns", ns[0], "type", "veth", "peer", "name", veth[1], "netns", ns[1])
+	for i := range 2 {
+		ipc("-n", ns[i], "addr", "add", addr[i]+"/24", "dev", veth[i])
+		ipc("-n", ns[i], "link", "set", veth[i], "up")
+		ipc("-n", ns[i], "link", "set", "lo", "up")
+	}
+	return ns, addr, func() { ipc("-n", ns[0], "link", "set", veth[0], "down") }
+}
+
+// TestTwoHosts runs one rank in each of two network namespaces (two hosts
+// joined by a link; no GLOO_SOCKET_IFNAME, the host name resolves to
+// neither): it trains and equals one host's --nproc-per-node 2. Then the
+// link is cut mid-run: both ranks exit 1 within --dist-timeout + 10s.
+func TestTwoHosts(t *testing.T) {
+	ns, addr, cut := twoHosts(t)
+	data, cache := distDataset(t)
+	dir := t.TempDir()
+	args := func(out string) []string {
+		return []string{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "2", "--batch-size", "4", "--threads", "1",
+			"--checkpoint-every", "2", "--split", "stratified", "--dist-timeout", "10s", "--dropout", "none"}
+	}
+	one := filepath.Join(dir, "one")
+	p := start(t, nil, append(args(one), "--nproc-per-node", "2")...)
+	if code := p.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("--nproc-per-node 2: exit %d\n%s", code, p.out.String())
+	}
+	ranks := func(out string) [2]*proc {
+		var ps [2]*proc
+		for r := range 2 {
+			env := []string{"HANDNET_TEST_MAIN=1", "GLOO_SOCKET_IFNAME=", "RANK=" + strconv.Itoa(r), "WORLD_SIZE=2", "LOCAL_RANK=0", "LOCAL_WORLD_SIZE=1",
+				"MASTER_ADDR=" + addr[0], "MASTER_PORT=29517"}
+			p := &proc{cmd: exec.Command("ip", append([]string{"netns", "exec", ns[r], "env"}, append(env, append([]string{os.Args[0]}, args(out)...)...)...)...)}
+			p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+			if err := p.cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.cmd.Process.Kill() })
+			ps[r] = p
+		}
+		return ps
+	}
+	two := filepath.Join(dir, "two")
+	ps := ranks(two)
+	for r, p := range ps {
+		if code := p.wait(t, 3*time.Minute); code != 0 {
+			t.Fatalf("rank %d on host %d: exit %d\n%s", r, r, code, p.out.String())
+		}
+	}
+	if !strings.Contains(ps[1].out.String(), "gloo talks on "+addr[1]) {
+		t.Errorf("rank 1 does not say it talks on %s:\n%s", addr[1], ps[1].out.String())
+	}
+	if a, b := historyOf(t, two), historyOf(t, one); a != b {
+		t.Errorf("two hosts differ from one:\n%s\nvs\n%s", a, b)
+	}
+
+	// A MASTER_ADDR that does not resolve fails in seconds, naming it (the
+	// lookup runs inside the namespace: no query leaves it).
+	bad := exec.Command("ip", "netns", "exec", ns[1], "env", "HANDNET_TEST_MAIN=1", "RANK=1", "WORLD_SIZE=2", "MASTER_ADDR=rank0.handnet-test.invalid",
+		"MASTER_PORT=29517", os.Args[0], "train", "--data", data, "--cache-dir", cache, "--out", filepath.Join(dir, "bad"), "--dist-timeout", "60s")
+	begin := time.Now()
+	out, err := bad.CombinedOutput()
+	if took := time.Since(begin); err == nil || !strings.Contains(string(out), "MASTER_ADDR=rank0.handnet-test.invalid does not resolve") || took > 10*time.Second {
+		t.Errorf("unresolvable MASTER_ADDR: %v after %v\n%s", err, took, out)
+	}
+
+	cutRun := filepath.Join(dir, "cut")
+	ps = ranks(cutRun)
+	waitFile(t, filepath.Join(cutRun, "last.safetensors"), 2*time.Minute)
+	cut()
+	begin = time.Now()
+	for r, p := range ps {
+		code := p.wait(t, time.Minute)
+		took := time.Since(begin)
+		t.Logf("rank %d exited %d %.1fs after the cut: %s", r, code, took.Seconds(), lastLine(p.out.String()))
+		if code != 1 {
+			t.Errorf("rank %d: exit %d after the link was cut, want 1\n%s", r, code, p.out.String())
+		}
+		if took > 20*time.Second {
+			t.Errorf("rank %d took %.1fs after the cut, over --dist-timeout 10s + 10s\n%s", r, took.Seconds(), p.out.String())
+		}
 	}
 }
