@@ -399,3 +399,72 @@ func TestTwoHosts(t *testing.T) {
 		}
 	}
 }
+
+// alive tells whether a process runs (a zombie waiting for its reaper does
+// not).
+func alive(pid int) bool {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// TestNProcBoundedAndOrphanFree: --nproc-per-node above the usable CPUs
+// (no GPU here) is refused at once with exit 2; with --oversubscribe it is
+// allowed, and SIGKILLing the launcher leaves no rank running.
+func TestNProcBoundedAndOrphanFree(t *testing.T) {
+	data, cache := distDataset(t)
+	dir := t.TempDir()
+	args := []string{"train", "--data", data, "--cache-dir", cache, "--out", filepath.Join(dir, "run"), "--epochs", "50", "--batch-size", "4",
+		"--threads", "1", "--split", "stratified", "--dist-timeout", "20s"}
+	cpus := runtimeCPUs(t)
+	begin := time.Now()
+	p := start(t, nil, append(args, "--nproc-per-node", strconv.Itoa(cpus+1))...)
+	if code := p.wait(t, 30*time.Second); code != 2 || !strings.Contains(p.out.String(), "--oversubscribe") {
+		t.Fatalf("--nproc-per-node %d on %d CPUs: exit %d, want 2 naming --oversubscribe\n%s", cpus+1, cpus, code, p.out.String())
+	}
+	if took := time.Since(begin); took > 10*time.Second {
+		t.Errorf("the refusal took %v", took)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "run")); err == nil {
+		t.Error("the refused command created the run folder")
+	}
+
+	p = start(t, nil, append(args, "--nproc-per-node", "2", "--oversubscribe")...)
+	waitFile(t, filepath.Join(dir, "run", "epoch.safetensors"), time.Minute)
+	ranks := descendants(p.cmd.Process.Pid, "HANDNET_LAUNCHER=1")
+	if len(ranks) != 2 {
+		t.Fatalf("want 2 ranks under the launcher, found %v", ranks)
+	}
+	t.Cleanup(func() {
+		for _, r := range ranks {
+			syscall.Kill(r, syscall.SIGKILL)
+		}
+	})
+	p.cmd.Process.Kill()
+	p.cmd.Process.Wait() // the process only: the ranks hold its output pipe
+	begin = time.Now()
+	for time.Since(begin) < time.Minute {
+		if !alive(ranks[0]) && !alive(ranks[1]) {
+			t.Logf("both ranks gone %.1fs after the launcher was killed", time.Since(begin).Seconds())
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("ranks %v still run a minute after their launcher was SIGKILLed", ranks)
+}
+
+// runtimeCPUs is the usable CPU count handnet sees.
+func runtimeCPUs(t *testing.T) int {
+	out, err := exec.Command("nproc").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -226,13 +226,15 @@ func hooks(prefix string) experiment.Hooks {
 
 // distFlags are the flags of a data-parallel run.
 type distFlags struct {
-	nproc   int
-	backend string
-	timeout time.Duration
+	nproc         int
+	oversubscribe bool
+	backend       string
+	timeout       time.Duration
 }
 
 func (d *distFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&d.nproc, "nproc-per-node", 0, "start N processes on this machine that train together (data-parallel, c10d); 0: one process, or as torchrun/srun launched this one")
+	fs.BoolVar(&d.oversubscribe, "oversubscribe", false, "allow --nproc-per-node above this machine's GPUs (CUDA) or usable CPU cores")
 	fs.StringVar(&d.backend, "dist-backend", "auto", "collectives of a data-parallel run: auto (NCCL on CUDA, Gloo on the CPU), gloo or nccl")
 	fs.DurationVar(&d.timeout, "dist-timeout", dist.DefaultTimeout, "how long a rank waits for a silent peer, a collective or the rendezvous before it fails (e.g. 30s, 10m)")
 }
@@ -241,6 +243,9 @@ func (d *distFlags) validate() error {
 	if d.nproc < 0 {
 		return usagef("--nproc-per-node %d: want 0 or more", d.nproc)
 	}
+	if err := d.checkDevices(); err != nil {
+		return err
+	}
 	if d.timeout <= 0 {
 		return usagef("--dist-timeout %v: want a positive duration such as 30s or 10m", d.timeout)
 	}
@@ -248,6 +253,39 @@ func (d *distFlags) validate() error {
 		return usagef("--dist-backend: %v", err)
 	}
 	return nil
+}
+
+// checkDevices bounds --nproc-per-node by the devices: the GPUs when
+// CUDA is there, else the usable CPU cores; --oversubscribe lifts it.
+func (d *distFlags) checkDevices() error {
+	if d.nproc <= 1 || d.oversubscribe {
+		return nil
+	}
+	if gotch.CUDA.IsAvailable() {
+		if n := int(gotch.CUDA.DeviceCount()); d.nproc > n {
+			return usagef("--nproc-per-node %d: this machine has %d GPU(s), one rank each; use --nproc-per-node %d, or add --oversubscribe to share them", d.nproc, n, n)
+		}
+		return nil
+	}
+	if n := torch.UsableCPUs(); d.nproc > n {
+		return usagef("--nproc-per-node %d: this machine has no GPU and %d usable CPU core(s), at least one per rank; use --nproc-per-node %d, or add --oversubscribe", d.nproc, n, n)
+	}
+	return nil
+}
+
+// dieWithLauncher asks the kernel to send SIGTERM to this rank when the
+// process that started it (torchrun's agent) dies, however it dies: the
+// rank then saves and stops instead of living on as an orphan.
+func dieWithLauncher() {
+	ppid := os.Getppid()
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0); errno != 0 {
+		log.Warnf("cannot ask for a signal when the launcher dies: %v", errno)
+		return
+	}
+	if os.Getppid() != ppid || ppid == 1 {
+		log.Error("the launcher (torchrun) is gone: stopping")
+		os.Exit(1)
+	}
 }
 
 // withoutFlag removes a flag (--name V or --name=V) from command-line args.
@@ -285,6 +323,9 @@ func joinRun(device string, threads int, d distFlags) (*rankContext, error) {
 	rc := &rankContext{device: device, threads: threads, hooks: hooks("")}
 	if !ok {
 		return rc, nil
+	}
+	if env.Launcher == "torchrun" {
+		dieWithLauncher() // handnet's own launcher sets it when it starts the ranks
 	}
 	dev, err := torch.ParseDevice(device)
 	if err != nil {
