@@ -2,6 +2,7 @@ package dist
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -34,6 +35,11 @@ type Options struct {
 	BucketBytes int64         // 0: DefaultBucketBytes
 	// Heartbeat is how often a rank tells the others it is alive (0: 1s).
 	Heartbeat time.Duration
+	// Config is the run's configuration as this rank was started with it
+	// (flag → value, without what may differ per rank: paths, device,
+	// threads). Join compares every rank's with rank 0's and fails on
+	// every rank, naming the differences.
+	Config map[string]string
 	Logf      func(format string, args ...any)
 }
 
@@ -122,6 +128,13 @@ func Join(e Env, o Options) (*Group, error) {
 		}
 		return nil, fmt.Errorf("rendezvous at %s: rank %d could not reach the store within %v: rank 0 (or torchrun's agent) never served it (%v)", e.Endpoint(), e.Rank, o.Timeout, err)
 	}
+	if cfg, err := json.Marshal(o.Config); err != nil {
+		g.closeStores()
+		return nil, err
+	} else if err := g.store.Set(fmt.Sprintf("config/%d", e.Rank), cfg); err != nil {
+		g.closeStores()
+		return nil, fmt.Errorf("rendezvous at %s: %w", e.Endpoint(), err)
+	}
 	host, _ := os.Hostname()
 	if err := g.store.Set(fmt.Sprintf("arrived/%d", e.Rank), []byte(fmt.Sprintf("%s pid %d", host, os.Getpid()))); err != nil {
 		g.closeStores()
@@ -132,6 +145,10 @@ func Join(e Env, o Options) (*Group, error) {
 		return nil, fmt.Errorf("rendezvous at %s: %w", e.Endpoint(), err)
 	}
 	if err := g.awaitArrivals(start); err != nil {
+		g.closeStores()
+		return nil, err
+	}
+	if err := g.compareConfigs(); err != nil {
 		g.closeStores()
 		return nil, err
 	}
@@ -187,6 +204,10 @@ func (g *Group) awaitArrivals(start time.Time) error {
 	var lastMissing []string
 	for i := 0; ; i++ {
 		n, err := g.store.Add("arrivals", 0)
+		if err != nil && len(lastMissing) > 0 {
+			return fmt.Errorf("rendezvous at %s: rank(s) %s of %d did not arrive, and the store closed (its server gave up waiting; this is rank %d): start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise --dist-timeout (%v)",
+				g.env.Endpoint(), strings.Join(lastMissing, ", "), g.env.WorldSize, g.env.Rank, err)
+		}
 		if err != nil {
 			return fmt.Errorf("rendezvous at %s: %w", g.env.Endpoint(), err)
 		}
@@ -211,6 +232,65 @@ func (g *Group) awaitArrivals(start time.Time) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// compareConfigs compares this rank's configuration with rank 0's (rank 0:
+// with every rank's), once all have arrived.
+func (g *Group) compareConfigs() error {
+	read := func(r int) (map[string]string, error) {
+		b, err := g.store.Get(fmt.Sprintf("config/%d", r))
+		if err != nil {
+			return nil, fmt.Errorf("rendezvous at %s: configuration of rank %d: %w", g.env.Endpoint(), r, err)
+		}
+		var m map[string]string
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("rendezvous: configuration of rank %d: %w", r, err)
+		}
+		return m, nil
+	}
+	others := []int{0}
+	if g.env.Rank == 0 {
+		others = others[:0]
+		for r := 1; r < g.env.WorldSize; r++ {
+			others = append(others, r)
+		}
+	}
+	mine := g.o.Config
+	var diffs []string
+	for _, r := range others {
+		theirs, err := read(r)
+		if err != nil {
+			return err
+		}
+		keys := map[string]bool{}
+		for k := range mine {
+			keys[k] = true
+		}
+		for k := range theirs {
+			keys[k] = true
+		}
+		var names []string
+		for k := range keys {
+			if mine[k] != theirs[k] {
+				names = append(names, k)
+			}
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			diffs = append(diffs, fmt.Sprintf("--%s %s on rank %d, %s on rank %d", k, show(mine[k]), g.env.Rank, show(theirs[k]), r))
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("the ranks were started with different settings (%s): start every rank with the same command", strings.Join(diffs, "; "))
+	}
+	return nil
+}
+
+func show(v string) string {
+	if v == "" {
+		return `""`
+	}
+	return v
 }
 
 func (g *Group) setWhat(s string) { g.what.Store(&s) }

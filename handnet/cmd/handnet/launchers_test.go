@@ -468,3 +468,37 @@ func runtimeCPUs(t *testing.T) int {
 	}
 	return n
 }
+
+// TestRendezvousNamesDifferences: ranks started with another --epochs fail
+// at the rendezvous, at once and naming it; with WORLD_SIZE 3 and two ranks
+// started, both name the missing rank.
+func TestRendezvousNamesDifferences(t *testing.T) {
+	data, cache := distDataset(t)
+	dir := t.TempDir()
+	args := func(out, epochs string) []string {
+		return []string{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", epochs, "--batch-size", "8", "--threads", "1",
+			"--split", "stratified", "--dist-timeout", "5s"}
+	}
+	port := freeTestPort(t)
+	begin := time.Now()
+	r0 := start(t, rankEnv(0, 2, port), args(filepath.Join(dir, "a"), "2")...)
+	r1 := start(t, rankEnv(1, 2, port), args(filepath.Join(dir, "a"), "3")...)
+	for r, p := range []*proc{r0, r1} {
+		if code := p.wait(t, time.Minute); code != 1 || !strings.Contains(p.out.String(), "different settings (--epochs ") {
+			t.Errorf("rank %d with another --epochs: exit %d, want 1 naming --epochs\n%s", r, code, p.out.String())
+		}
+	}
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Errorf("the difference was found after %v, want at the rendezvous", took)
+	}
+	t.Logf("rank 1: %s", lastLine(r1.out.String()))
+
+	port = freeTestPort(t)
+	r0 = start(t, rankEnv(0, 3, port), args(filepath.Join(dir, "b"), "1")...)
+	r1 = start(t, rankEnv(1, 3, port), args(filepath.Join(dir, "b"), "1")...)
+	for r, p := range []*proc{r0, r1} {
+		if code := p.wait(t, time.Minute); code != 1 || !strings.Contains(p.out.String(), "rank(s) 2 of 3 did not arrive") || strings.Contains(p.out.String(), "rank(s)  of") {
+			t.Errorf("rank %d of 3 with rank 2 missing: exit %d, want 1 naming rank 2\n%s", r, code, p.out.String())
+		}
+	}
+}

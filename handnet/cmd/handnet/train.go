@@ -288,6 +288,25 @@ func dieWithLauncher() {
 	}
 }
 
+// perRankFlags may differ between the ranks of one run: where files are
+// (each node its own copy of the data), the device and threads, how the
+// ranks were started, who decides about resuming (rank 0).
+var perRankFlags = map[string]bool{"data": true, "cache-dir": true, "out": true, "device": true, "threads": true,
+	"nproc-per-node": true, "oversubscribe": true, "resume": true}
+
+// runConfig is the whole configuration a rank was started with, every
+// flag's value (defaults included) but the per-rank ones: compared at the
+// rendezvous.
+func runConfig(fs *pflag.FlagSet) map[string]string {
+	m := map[string]string{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !perRankFlags[f.Name] {
+			m[f.Name] = f.Value.String()
+		}
+	})
+	return m
+}
+
 // withoutFlag removes a flag (--name V or --name=V) from command-line args.
 func withoutFlag(args []string, name string) []string {
 	var out []string
@@ -315,7 +334,7 @@ type rankContext struct {
 
 // joinRun reads the launch environment and, for a distributed run, joins
 // the group: rank r uses cuda:LOCAL_RANK on CUDA, and its share of the CPUs.
-func joinRun(device string, threads int, d distFlags) (*rankContext, error) {
+func joinRun(device string, threads int, d distFlags, config map[string]string) (*rankContext, error) {
 	env, ok, err := dist.FromEnv(os.Getenv)
 	if err != nil {
 		return nil, usagef("%v", err)
@@ -347,7 +366,7 @@ func joinRun(device string, threads int, d distFlags) (*rankContext, error) {
 		}
 		rc.hooks = quietHooks(prefix)
 	}
-	rc.group, err = dist.Join(env, dist.Options{Backend: d.backend, Device: dev, Timeout: d.timeout, Logf: log.Infof})
+	rc.group, err = dist.Join(env, dist.Options{Backend: d.backend, Device: dev, Timeout: d.timeout, Logf: log.Infof, Config: config})
 	if err != nil {
 		return nil, err
 	}
@@ -419,7 +438,7 @@ func init() {
 					return launch(d.nproc, *out)
 				}
 				s.Title = "handnet train: " + filepath.Base(*out)
-				rc, err := joinRun(f.device, f.threads, d)
+				rc, err := joinRun(f.device, f.threads, d, runConfig(fs))
 				if err != nil {
 					return err
 				}
