@@ -40,7 +40,7 @@ type Options struct {
 	// threads). Join compares every rank's with rank 0's and fails on
 	// every rank, naming the differences.
 	Config map[string]string
-	Logf      func(format string, args ...any)
+	Logf   func(format string, args ...any)
 }
 
 // ParseBackend reads --dist-backend: auto, gloo or nccl. auto is NCCL on a
