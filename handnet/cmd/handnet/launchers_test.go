@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,6 +83,31 @@ func descendants(pid int, vars ...string) []int {
 	return out
 }
 
+var (
+	baselineOnce sync.Once
+	baseline     string
+)
+
+// nprocBaseline is the history of a --nproc-per-node 2 run with the
+// settings of TestTorchrunRestart and TestTwoHosts (trained once).
+func nprocBaseline(t *testing.T) string {
+	t.Helper()
+	data, cache := distDataset(t)
+	baselineOnce.Do(func() {
+		out := filepath.Join(distData, "baseline")
+		p := start(t, nil, "train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "2", "--batch-size", "4", "--threads", "1",
+			"--split", "stratified", "--dist-timeout", "30s", "--dropout", "none", "--nproc-per-node", "2")
+		if code := p.wait(t, 3*time.Minute); code != 0 {
+			t.Fatalf("--nproc-per-node 2: exit %d\n%s", code, p.out.String())
+		}
+		baseline = historyOf(t, out)
+	})
+	if baseline == "" {
+		t.Fatal("no --nproc-per-node 2 baseline")
+	}
+	return baseline
+}
+
 // TestTorchrunRestart runs handnet under the real torchrun (Debian's
 // PyTorch, --no_python) with --max_restarts 1 and SIGKILLs rank 1 in the
 // middle of a run started from scratch: torchrun restarts the group, the
@@ -96,18 +122,14 @@ func TestTorchrunRestart(t *testing.T) {
 		return []string{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "2", "--batch-size", "4", "--threads", "1",
 			"--checkpoint-every", "3", "--split", "stratified", "--dist-timeout", "30s", "--dropout", "none"}
 	}
-	want := filepath.Join(dir, "nproc")
-	p := start(t, nil, append(args(want), "--nproc-per-node", "2")...)
-	if code := p.wait(t, 3*time.Minute); code != 0 {
-		t.Fatalf("--nproc-per-node 2: exit %d\n%s", code, p.out.String())
-	}
+	want := nprocBaseline(t)
 
 	out := filepath.Join(dir, "torchrun")
 	// Debian's torchrun under Python 3.11 crashes without --redirects and
 	// --tee (see README).
 	cmd := append(append([]string{}, tr[1:]...), "--standalone", "--nproc_per_node", "2", "--max_restarts", "1", "--monitor_interval", "1",
 		"--redirects", "1", "--tee", "1", "--log_dir", filepath.Join(dir, "logs"), "--no_python", os.Args[0])
-	p = &proc{cmd: exec.Command(tr[0], append(cmd, args(out)...)...)}
+	p := &proc{cmd: exec.Command(tr[0], append(cmd, args(out)...)...)}
 	p.cmd.Env = append(os.Environ(), "HANDNET_TEST_MAIN=1")
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -128,7 +150,7 @@ func TestTorchrunRestart(t *testing.T) {
 	if !strings.Contains(log, "restart 1 by the launcher: resuming from the last checkpoint") {
 		t.Errorf("the restarted rank 0 does not say it resumes:\n%s", log)
 	}
-	if got, w := historyOf(t, out), historyOf(t, want); got != w {
+	if got, w := historyOf(t, out), want; got != w {
 		t.Errorf("history after the restart differs from --nproc-per-node 2:\n%s\nvs\n%s", got, w)
 	}
 	if n := strings.Count(historyOf(t, out), "\n"); n != 2 {
@@ -153,9 +175,9 @@ func TestResumeNewFolderTwoRanks(t *testing.T) {
 	}
 }
 
-// tensorBytes returns a safetensors file's tensor data and the tensors'
+// safetensorsData returns a safetensors file's tensor data and the tensors'
 // entries of its header (the metadata, which holds timings, left out).
-func tensorBytes(t *testing.T, path string) string {
+func safetensorsData(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -216,9 +238,9 @@ func TestReproduceJobsReproducible(t *testing.T) {
 	}
 	for _, r := range runs {
 		rel, _ := filepath.Rel(filepath.Join(dir, "jobs1"), r)
-		w := tensorBytes(t, r)
+		w := safetensorsData(t, r)
 		for _, name := range []string{"jobs2-a", "jobs2-b"} {
-			if tensorBytes(t, filepath.Join(dir, name, rel)) != w {
+			if safetensorsData(t, filepath.Join(dir, name, rel)) != w {
 				t.Errorf("%s/%s: weights differ from --jobs 1's", name, rel)
 			}
 		}
@@ -338,11 +360,7 @@ func TestTwoHosts(t *testing.T) {
 		return []string{"train", "--data", data, "--cache-dir", cache, "--out", out, "--epochs", "2", "--batch-size", "4", "--threads", "1",
 			"--checkpoint-every", "2", "--split", "stratified", "--dist-timeout", "10s", "--dropout", "none"}
 	}
-	one := filepath.Join(dir, "one")
-	p := start(t, nil, append(args(one), "--nproc-per-node", "2")...)
-	if code := p.wait(t, 3*time.Minute); code != 0 {
-		t.Fatalf("--nproc-per-node 2: exit %d\n%s", code, p.out.String())
-	}
+	one := nprocBaseline(t)
 	ranks := func(out string) [2]*proc {
 		var ps [2]*proc
 		for r := range 2 {
@@ -368,7 +386,7 @@ func TestTwoHosts(t *testing.T) {
 	if !strings.Contains(ps[1].out.String(), "gloo talks on "+addr[1]) {
 		t.Errorf("rank 1 does not say it talks on %s:\n%s", addr[1], ps[1].out.String())
 	}
-	if a, b := historyOf(t, two), historyOf(t, one); a != b {
+	if a, b := historyOf(t, two), one; a != b {
 		t.Errorf("two hosts differ from one:\n%s\nvs\n%s", a, b)
 	}
 
