@@ -15,9 +15,13 @@ type Interval struct {
 	Low   float64 `json:"low"`
 	High  float64 `json:"high"`
 	// DF is the t distribution's degrees of freedom (n-1; for a
-	// difference, Welch–Satterthwaite's).
+	// difference, Welch–Satterthwaite's). 0: one value, no interval (Low
+	// and High are the mean).
 	DF float64 `json:"df"`
 }
+
+// Defined says whether there is an interval (two values or more).
+func (iv Interval) Defined() bool { return iv.DF > 0 }
 
 // HalfWidth is half the interval's width.
 func (iv Interval) HalfWidth() float64 { return (iv.High - iv.Low) / 2 }
@@ -26,8 +30,8 @@ func (iv Interval) HalfWidth() float64 { return (iv.High - iv.Low) / 2 }
 func (iv Interval) Contains(v float64) bool { return iv.Low <= v && v <= iv.High }
 
 // MeanCI is the mean of xs with its Student-t interval at level (0.95 for
-// 95 %). With one value the interval is that value's ±Inf; with none it
-// is an error.
+// 95 %). With one value there is no interval (DF 0, Low = High = the
+// value); with none it is an error.
 func MeanCI(xs []float64, level float64) (Interval, error) {
 	if err := checkLevel(level); err != nil {
 		return Interval{}, err
@@ -45,7 +49,7 @@ func MeanCI(xs []float64, level float64) (Interval, error) {
 	}
 	iv.Mean /= float64(n)
 	if n == 1 {
-		iv.Low, iv.High = math.Inf(-1), math.Inf(1)
+		iv.Low, iv.High = iv.Mean, iv.Mean
 		return iv, nil
 	}
 	ss := 0.0

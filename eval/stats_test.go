@@ -94,3 +94,14 @@ func TestIntervals(t *testing.T) {
 		t.Error("level 1 accepted")
 	}
 }
+
+// TestOneValue: one value has no interval, and says so.
+func TestOneValue(t *testing.T) {
+	iv, err := MeanCI([]float64{0.7}, 0.95)
+	if err != nil || iv.Defined() || iv.Mean != 0.7 || iv.Low != 0.7 || iv.High != 0.7 {
+		t.Errorf("%+v, %v", iv, err)
+	}
+	if iv, _ := MeanCI([]float64{0.7, 0.8}, 0.95); !iv.Defined() {
+		t.Errorf("two values: %+v", iv)
+	}
+}

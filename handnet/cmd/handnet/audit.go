@@ -1,0 +1,158 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/handnet/experiment"
+	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/train"
+	"github.com/handnet/handnet/vision"
+	log "github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+)
+
+func init() {
+	register(&command{
+		name:  "audit",
+		usage: "--data DIR --out DIR [--models cnn,resnet18] [--weights FILE] [--repeats K] [--epochs N] [--protocols random,subject] [--devices LIST | --jobs N] [--shard I/N]",
+		summary: "How much of the study's accuracy is memorised people? Train its headline models (the final CNN; with\n" +
+			"--weights, ResNet-18 under freeze fc, layer4 and none) on the study's random split of the images and on\n" +
+			"subject-disjoint splits (no person in two parts), K repeats each with a new split and seed, and write\n" +
+			"audit.json, audit.md and audit.png/.svg: means with 95 % Student-t intervals, the study's figures beside\n" +
+			"them, the leakage gap (random − subject) per factor, and plain findings. Each run is a run folder under\n" +
+			"--out, reused when finished; workers sharing --out (--shard, --jobs, --devices) never train the same run\n" +
+			"and the last to finish writes the tables.",
+		setup: func(fs *pflag.FlagSet) func([]string) error {
+			var f specFlags
+			f.register(fs, false)
+			out := fs.String("out", "", "output folder (required)")
+			models := fs.String("models", "cnn", "comma-separated: cnn (the study's final CNN), resnet18 (three freeze scenarios; needs --weights)")
+			w := fs.String("weights", "", "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
+			repeats := fs.Int("repeats", 5, "repeats per configuration and protocol, each with a new split and seed (--seed, --seed+1, …)")
+			protocols := fs.String("protocols", "random,subject", "comma-separated: random (the study's split of the images), subject (no person in two parts)")
+			cnnLR := fs.Float64("cnn-lr", train.DefaultConfig().LR, "learning rate of the CNN (the study's choice)")
+			tlr := fs.Float64("transfer-lr", 0.001, "learning rate of the ResNet-18 fine-tuning")
+			level := fs.Float64("level", 0.95, "confidence level of the intervals")
+			size := fs.String("image-size", fmt.Sprintf("%dx%d", vision.Width, vision.Height), "WxH the images are cached at and the models see (the study's 170x128; smaller for quick synthetic audits)")
+			devices := fs.String("devices", "", "comma-separated devices to train runs on concurrently, one run each (e.g. cuda:0,cuda:1)")
+			jobs := fs.Int("jobs", 1, "runs to train concurrently on --device (on the CPU, each gets its share of the threads)")
+			shard := fs.String("shard", "", "I/N: this worker's share of the runs (default: $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS of a Kubernetes Indexed Job, $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT of a Slurm array, else 0/1)")
+			return func(args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				if *out == "" {
+					return usagef("--out is required")
+				}
+				if fs.Changed("split") {
+					return usagef("--split: the audit runs both splits; choose them with --protocols random,subject")
+				}
+				if fs.Changed("labels") && f.scheme != "class8" {
+					return usagef("--labels %s: the audit measures the study's 8 classes (and their gender, aspect and side)", f.scheme)
+				}
+				for name, v := range map[string]float64{"cnn-lr": *cnnLR, "transfer-lr": *tlr} {
+					if err := checkFloat(name, v, false); err != nil {
+						return err
+					}
+				}
+				if !(*level > 0 && *level < 1) {
+					return usagef("--level %v: want a number between 0 and 1, e.g. 0.95", *level)
+				}
+				if *repeats < 1 {
+					return usagef("--repeats %d: want 1 or more (2 or more for intervals)", *repeats)
+				}
+				iw, ih, err := parseSize(*size)
+				if err != nil || iw < 40 || ih < 40 || iw > 4000 || ih > 4000 {
+					return usagef("--image-size %q: want WxH, each side 40 to 4000 pixels", *size)
+				}
+				var protos []vision.SplitMethod
+				for _, p := range strings.Split(*protocols, ",") {
+					m, err := vision.ParseSplitMethod(strings.TrimSpace(p))
+					if err != nil || (m != vision.Random && m != vision.BySubject) {
+						return usagef("--protocols: %q: want random, subject or both", p)
+					}
+					for _, q := range protos {
+						if q == m {
+							return usagef("--protocols: %s named twice", m)
+						}
+					}
+					protos = append(protos, m)
+				}
+				if *w != "" {
+					if _, err := os.Stat(*w); err != nil {
+						return fmt.Errorf("--weights: %w (fetch them with: handnet weights fetch resnet18)", err)
+					}
+				}
+				configs, err := experiment.HeadlineConfigs(strings.Split(*models, ","), *w, *cnnLR, *tlr)
+				if err != nil {
+					return usagef("--models: %v", err)
+				}
+				f.model, f.cfg.LR, f.dropout, f.split = "cnn", *cnnLR, model.FinalDropout, "random"
+				base, err := f.spec()
+				if err != nil {
+					return err
+				}
+				base.Width, base.Height = iw, ih
+				if iw == vision.Width && ih == vision.Height {
+					base.Width, base.Height = 0, 0 // the default size: the same identities as train's and reproduce's
+				}
+				i, n, err := parseShard(*shard, os.Getenv)
+				if err != nil {
+					return usagef("--shard: %v", err)
+				}
+				slots, err := sweepSlots(*devices, *jobs, f.device, f.threads)
+				if err != nil {
+					return err
+				}
+				ctx, stop := interruptible()
+				defer stop()
+				a := &experiment.Audit{Base: base, Out: *out, Configs: configs, Protocols: protos, Repeats: *repeats, Level: *level,
+					Shard: i, Shards: n, Slots: slots, Logf: log.Infof,
+					Hooks: func(prefix string) experiment.Hooks {
+						if len(slots) > 1 {
+							return quietHooks(prefix)
+						}
+						return hooks(prefix)
+					}}
+				if n > 1 {
+					log.Infof("worker %d of %d: training its share of the audit's runs in %s first", i, n, *out)
+				}
+				start := time.Now()
+				res, err := a.Run(ctx)
+				if errors.Is(err, experiment.ErrStudyElsewhere) {
+					fmt.Printf("worker %d/%d done: %v; the last to finish writes %s\n", i, n, err, filepath.Join(*out, report.AuditMarkdown))
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				printAudit(res)
+				fmt.Printf("tables: %s, %s, %s.png (%.1f min)\n", filepath.Join(*out, report.AuditMarkdown), filepath.Join(*out, report.AuditJSON),
+					filepath.Join(*out, report.AuditPlot), time.Since(start).Minutes())
+				return nil
+			}
+		},
+	})
+}
+
+// printAudit prints the summaries and gaps, one line each.
+func printAudit(a *report.Audit) {
+	for _, s := range a.Summaries {
+		hw := "n/a"
+		if s.Test.N > 1 {
+			hw = fmt.Sprintf("±%.2f", 100*s.Test.HalfWidth())
+		}
+		fmt.Printf("%-26s %-8s n=%d  test %6.2f %% %s  (gender %.2f %%, aspect %.2f %%, side %.2f %%)  published %s\n",
+			s.Title, s.Protocol, s.Test.N, 100*s.Test.Mean, hw, 100*s.Gender.Mean, 100*s.Aspect.Mean, 100*s.Side.Mean, s.Published)
+	}
+	for _, g := range a.Gaps {
+		fmt.Printf("gap %-22s random − subject %+.2f points [%+.2f, %+.2f]  (gender %+.2f, aspect %+.2f, side %+.2f)\n",
+			g.Title, 100*g.Test.Mean, 100*g.Test.Low, 100*g.Test.High, 100*g.Gender.Mean, 100*g.Aspect.Mean, 100*g.Side.Mean)
+	}
+}

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/vision"
+)
+
+// auditData writes a synthetic dataset of people (fakedata with the given
+// signals) and returns its folder and a cache folder.
+func auditData(t *testing.T, count, per int, identity, gender string) (data, cache string) {
+	t.Helper()
+	dir := t.TempDir()
+	data, cache = filepath.Join(dir, "data"), filepath.Join(dir, "cache")
+	if code := run([]string{"fakedata", "--out", data, "--count", fmt.Sprint(count), "--size", "128x96", "--per-subject", fmt.Sprint(per),
+		"--identity-signal", identity, "--gender-signal", gender, "--seed", "7"}); code != 0 {
+		t.Fatalf("fakedata: exit %d", code)
+	}
+	return data, cache
+}
+
+func readAudit(t *testing.T, dir string) *report.Audit {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, report.AuditJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a report.Audit
+	if err := json.Unmarshal(b, &a); err != nil {
+		t.Fatal(err)
+	}
+	return &a
+}
+
+// auditArgs are the arguments of a small, quick audit of the CNN (64x48
+// images, one thread unless more says otherwise).
+func auditArgs(data, cache, out string, more ...string) []string {
+	return append([]string{"audit", "--data", data, "--cache-dir", cache, "--out", out, "--image-size", "64x48", "--threads", "1",
+		"--checkpoint-every", "0"}, more...)
+}
+
+// TestAuditLeakage: on people with a strong look of their own and a weak
+// gender cue, the random split's mean exceeds the subject split's by more
+// than both half-widths (the gap carried by gender); without the identity
+// signal the gap's interval contains 0.
+func TestAuditLeakage(t *testing.T) {
+	// 20 people of 12 photos; at 96x72 the CNN tells the aspect and side
+	// apart within 10 epochs. Without the identity signal both protocols
+	// learn the same, so 3 short repeats suffice.
+	for _, tc := range []struct {
+		name, identity, repeats, epochs string
+		leak                            bool
+	}{{"identity", "1", "4", "10", true}, {"no-identity", "0", "3", "4", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, cache := auditData(t, 240, 12, tc.identity, "0.1")
+			out := filepath.Join(t.TempDir(), "audit")
+			p := start(t, nil, auditArgs(data, cache, out, "--repeats", tc.repeats, "--epochs", tc.epochs, "--batch-size", "8", "--cnn-lr", "0.01",
+				"--image-size", "96x72", "--threads", "2")...)
+			if code := p.wait(t, 10*time.Minute); code != 0 {
+				t.Fatalf("audit: exit %d\n%s", code, p.out.String())
+			}
+			a := readAudit(t, out)
+			rnd, ok1 := a.Summary("cnn", "random")
+			sub, ok2 := a.Summary("cnn", "subject")
+			if !ok1 || !ok2 || len(a.Gaps) != 1 || fmt.Sprint(len(a.Runs)) != fmt.Sprint(2*rnd.Test.N) || fmt.Sprint(rnd.Test.N) != tc.repeats {
+				t.Fatalf("summaries %v %v, %d gaps, %d runs", ok1, ok2, len(a.Gaps), len(a.Runs))
+			}
+			gap := a.Gaps[0].Test
+			t.Logf("random %.3f ± %.3f, subject %.3f ± %.3f, gap %.3f [%.3f, %.3f]; gender gap %.3f, aspect %.3f, side %.3f",
+				rnd.Test.Mean, rnd.Test.HalfWidth(), sub.Test.Mean, sub.Test.HalfWidth(), gap.Mean, gap.Low, gap.High,
+				a.Gaps[0].Gender.Mean, a.Gaps[0].Aspect.Mean, a.Gaps[0].Side.Mean)
+			if d := rnd.Test.Mean - sub.Test.Mean; d != gap.Mean {
+				t.Errorf("gap %v, means differ by %v", gap.Mean, d)
+			}
+			md, err := os.ReadFile(filepath.Join(out, report.AuditMarkdown))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.leak {
+				if hw := rnd.Test.HalfWidth() + sub.Test.HalfWidth(); rnd.Test.Mean-sub.Test.Mean <= hw {
+					t.Errorf("leakage not detected: random %.3f − subject %.3f <= half-widths %.3f", rnd.Test.Mean, sub.Test.Mean, hw)
+				}
+				if !strings.Contains(string(md), "The gap is carried by gender") {
+					t.Errorf("findings do not name gender:\n%s", a.Findings)
+				}
+			} else if !gap.Contains(0) {
+				t.Errorf("no identity signal, yet the gap's interval [%.3f, %.3f] excludes 0", gap.Low, gap.High)
+			}
+			for _, want := range []string{"| CNN (flat0.4-fc1-0.4) | random | " + tc.repeats + " |", "96.09 % (test)", "## Leakage gap", "## Findings",
+				"](cnn-subject-r" + tc.repeats + "/report.md)"} {
+				if !strings.Contains(string(md), want) {
+					t.Errorf("audit.md lacks %q", want)
+				}
+			}
+			for _, f := range []string{"audit.png", "audit.svg"} {
+				if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() < 1000 {
+					t.Errorf("%s: %v", f, err)
+				}
+			}
+		})
+	}
+}
+
+// splitOf reads a run folder's split.csv: image name → part.
+func splitOf(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "split.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, r := range rows[1:] {
+		m[r[0]] = r[1]
+	}
+	return m
+}
+
+// tensorBytes is a safetensors file's header without its metadata, and
+// its tensor data.
+func tensorBytes(t *testing.T, path string) (string, []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := binary.LittleEndian.Uint64(b[:8])
+	var hdr map[string]any
+	if err := json.Unmarshal(b[8:8+n], &hdr); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	delete(hdr, "__metadata__")
+	h, _ := json.Marshal(hdr)
+	return string(h), b[8+n:]
+}
+
+// TestAuditShardsResume: an audit run as two shards (one by --shard, one
+// as a Slurm array task) writes the same tables and checkpoints as one
+// worker; its subject splits never put a person in two parts, in any
+// repeat or shard, and repeats draw other splits; an audit interrupted
+// after its first run resumes without training that run again, and the
+// tables are those of the uninterrupted one.
+func TestAuditShardsResume(t *testing.T) {
+	data, cache := auditData(t, 96, 8, "1", "0.5")
+	dir := t.TempDir()
+	args := func(out string) []string {
+		return auditArgs(data, cache, out, "--repeats", "2", "--epochs", "1", "--batch-size", "8")
+	}
+	one, shared := filepath.Join(dir, "one"), filepath.Join(dir, "shared")
+	if code := run(args(one)); code != 0 {
+		t.Fatalf("audit: exit %d", code)
+	}
+	w0 := start(t, nil, append(args(shared), "--shard", "0/2")...)
+	w1 := start(t, []string{"SLURM_ARRAY_TASK_ID=1", "SLURM_ARRAY_TASK_COUNT=2"}, args(shared)...)
+	for i, w := range []*proc{w0, w1} {
+		if code := w.wait(t, 5*time.Minute); code != 0 {
+			t.Fatalf("worker %d: exit %d\n%s", i, code, w.out.String())
+		}
+	}
+	if both := w0.out.String() + w1.out.String(); !strings.Contains(both, "tables: ") || !strings.Contains(both, "the last to finish writes") {
+		t.Errorf("want one worker to write the tables and the other to leave them:\n%s", both)
+	}
+	for _, f := range []string{report.AuditJSON, report.AuditMarkdown} {
+		a, err1 := os.ReadFile(filepath.Join(one, f))
+		b, err2 := os.ReadFile(filepath.Join(shared, f))
+		if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s differs between one worker and two shards (%v, %v):\n--- one\n%s\n--- two\n%s", f, err1, err2, a, b)
+		}
+	}
+	a := readAudit(t, one)
+	if len(a.Runs) != 4 {
+		t.Fatalf("%d runs, want 4", len(a.Runs))
+	}
+	ds, err := vision.Open(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	person := map[string]string{}
+	for _, r := range ds.Records {
+		person[r.ImageName] = r.ID
+	}
+	splits := map[string]map[string]string{}
+	for _, r := range a.Runs {
+		for _, root := range []string{one, shared} {
+			h1, t1 := tensorBytes(t, filepath.Join(one, r.Folder, "best.safetensors"))
+			h2, t2 := tensorBytes(t, filepath.Join(root, r.Folder, "best.safetensors"))
+			if h1 != h2 || !bytes.Equal(t1, t2) {
+				t.Errorf("%s: best.safetensors differs between one worker and two shards", r.Folder)
+			}
+			sp := splitOf(t, filepath.Join(root, r.Folder))
+			if prev, ok := splits[r.Folder]; ok && fmt.Sprint(prev) != fmt.Sprint(sp) {
+				t.Errorf("%s: split differs between one worker and two shards", r.Folder)
+			}
+			splits[r.Folder] = sp
+			if r.Protocol != "subject" {
+				continue
+			}
+			parts := map[string]string{}
+			for img, part := range sp {
+				id := person[img]
+				if p, ok := parts[id]; ok && p != part {
+					t.Errorf("%s (%s): person %s in %s and %s", r.Folder, root, id, p, part)
+				}
+				parts[id] = part
+			}
+		}
+	}
+	for _, proto := range []string{"random", "subject"} {
+		if fmt.Sprint(splits["cnn-"+proto+"-r1"]) == fmt.Sprint(splits["cnn-"+proto+"-r2"]) {
+			t.Errorf("%s: repeats 1 and 2 drew the same split", proto)
+		}
+	}
+
+	// Interrupted after its first run, then resumed.
+	resumed := filepath.Join(dir, "resumed")
+	p := start(t, nil, auditArgs(data, cache, resumed, "--repeats", "2", "--epochs", "3", "--batch-size", "8")...)
+	first := filepath.Join(resumed, "cnn-random-r1")
+	waitFile(t, filepath.Join(first, "metrics.json"), 5*time.Minute)
+	p.cmd.Process.Signal(syscall.SIGINT)
+	code := p.wait(t, 5*time.Minute)
+	if code == 0 {
+		t.Fatalf("the audit finished before it could be interrupted:\n%s", p.out.String())
+	}
+	before, err := os.Stat(filepath.Join(first, "best.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(resumed, "cnn-random-r2", "metrics.json")); err == nil {
+		t.Fatalf("the last run finished before the interruption")
+	}
+	p = start(t, nil, auditArgs(data, cache, resumed, "--repeats", "2", "--epochs", "3", "--batch-size", "8")...)
+	if code := p.wait(t, 5*time.Minute); code != 0 {
+		t.Fatalf("resumed audit: exit %d\n%s", code, p.out.String())
+	}
+	if strings.Contains(p.out.String(), "cnn random r1] epoch") {
+		t.Errorf("the resumed audit trained the finished run again:\n%s", p.out.String())
+	}
+	if after, err := os.Stat(filepath.Join(first, "best.safetensors")); err != nil || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("the finished run's checkpoint was rewritten (%v)", err)
+	}
+	full := filepath.Join(dir, "uninterrupted")
+	if code := run(auditArgs(data, cache, full, "--repeats", "2", "--epochs", "3", "--batch-size", "8")); code != 0 {
+		t.Fatalf("uninterrupted audit: exit %d", code)
+	}
+	x, _ := os.ReadFile(filepath.Join(resumed, report.AuditJSON))
+	y, _ := os.ReadFile(filepath.Join(full, report.AuditJSON))
+	if len(x) == 0 || strings.ReplaceAll(string(x), resumed, "") != strings.ReplaceAll(string(y), full, "") {
+		t.Errorf("resumed and uninterrupted audits differ:\n%s\n%s", x, y)
+	}
+	// Exit codes of bad flags.
+	for _, bad := range [][]string{
+		{"--models", "vgg"}, {"--models", "resnet18"}, {"--protocols", "stratified"}, {"--repeats", "0"}, {"--split", "subject"},
+		{"--labels", "gender"}, {"--image-size", "10x10"}, {"--level", "1.5"}, {"--cnn-lr", "NaN"}, {"--shard", "2/2"},
+	} {
+		if code := run(auditArgs(data, cache, filepath.Join(dir, "bad"), bad...)); code != 2 {
+			t.Errorf("audit %q: exit %d, want 2", bad, code)
+		}
+	}
+}
