@@ -149,9 +149,14 @@ func Join(e Env, o Options) (*Group, error) {
 		return nil, err
 	}
 	if err := g.compareConfigs(); err != nil {
+		_ = g.store.Set(fmt.Sprintf("compared/%d", e.Rank), []byte("1"))
+		if server { // the others read rank 0's configuration from its store
+			g.awaitKeys("compared/", 5*time.Second)
+		}
 		g.closeStores()
 		return nil, err
 	}
+	_ = g.store.Set(fmt.Sprintf("compared/%d", e.Rank), []byte("1"))
 	beatTimeout := min(o.Timeout, 10*time.Second)
 	if g.beats, err = native.NewStore(e.MasterAddr, e.MasterPort, false, e.WorldSize, beatTimeout, prefix); err != nil {
 		g.closeStores()
@@ -284,6 +289,18 @@ func (g *Group) compareConfigs() error {
 		return fmt.Errorf("the ranks were started with different settings (%s): start every rank with the same command", strings.Join(diffs, "; "))
 	}
 	return nil
+}
+
+// awaitKeys waits up to d until every other rank has set prefix+rank.
+func (g *Group) awaitKeys(prefix string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for r := 0; r < g.env.WorldSize && time.Now().Before(deadline); {
+		if ok, err := g.store.Check(prefix + strconv.Itoa(r)); err != nil || ok || r == g.env.Rank {
+			r++
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func show(v string) string {

@@ -169,10 +169,11 @@ char* hn_store_new(const char* host, int port, int is_server, int world_size, in
   auto s = new hn_store();
   try {
     // c10d warns once per failed connection attempt while the store is not
-    // up yet (dozens of lines); handnet reports the wait itself, in one.
+    // up yet (dozens of lines) and errs when it gives up; handnet reports the
+    // wait and its end itself, in one line each.
     struct Quiet {
       int saved = FLAGS_caffe2_log_level;
-      Quiet() { FLAGS_caffe2_log_level = saved > 2 ? saved : 2; }
+      Quiet() { FLAGS_caffe2_log_level = saved > 3 ? saved : 3; }
       ~Quiet() { FLAGS_caffe2_log_level = saved; }
     } quiet;
     c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);

@@ -511,6 +511,13 @@ func TestRendezvousNamesDifferences(t *testing.T) {
 	}
 	t.Logf("rank 1: %s", lastLine(r1.out.String()))
 
+	// A rank 1 whose rank 0 never comes: one line for the wait, one for
+	// the failure — c10d's own retry warnings and errors are folded.
+	lone := start(t, rankEnv(1, 2, freeTestPort(t)), args(filepath.Join(dir, "lone"), "1")...)
+	if code := lone.wait(t, time.Minute); code != 1 || strings.Contains(lone.out.String(), "[c10d]") || !strings.Contains(lone.out.String(), "never served it") {
+		t.Errorf("a lone rank 1: exit %d, want 1, one error and no c10d lines\n%s", code, lone.out.String())
+	}
+
 	port = freeTestPort(t)
 	r0 = start(t, rankEnv(0, 3, port), args(filepath.Join(dir, "b"), "1")...)
 	r1 = start(t, rankEnv(1, 3, port), args(filepath.Join(dir, "b"), "1")...)
