@@ -110,6 +110,14 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if len(slots) > 1 {
+					// One worker process per slot, as reproduce does: each run's
+					// random numbers then do not depend on what trains beside it.
+					if err := reproduceWorkers(slots, i, n); err != nil {
+						return err
+					}
+					slots = []experiment.Slot{{Device: f.device, Threads: f.threads}} // then the tables, here
+				}
 				ctx, stop := interruptible()
 				defer stop()
 				a := &experiment.Audit{Base: base, Out: *out, Configs: configs, Protocols: protos, Repeats: *repeats, Level: *level,

@@ -272,3 +272,46 @@ func TestAuditShardsResume(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditResNet: --models cnn,resnet18 audits the four headline
+// configurations, ResNet-18 fine-tuned from the given weights (the
+// golden fixtures' torchvision-format ResNet-18) under each freeze
+// scenario, with the study's figure beside each.
+func TestAuditResNet(t *testing.T) {
+	dir := os.Getenv("HANDNET_FIXTURES")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "..", "testdata", "fixtures")
+	}
+	w := filepath.Join(dir, "resnet18.pth")
+	if _, err := os.Stat(w); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("golden fixtures missing in CI (%v): `make test` runs `make fixtures` first", err)
+		}
+		t.Skipf("golden fixtures missing (%v): run `make fixtures`", err)
+	}
+	data, cache := auditData(t, 48, 6, "1", "0.5")
+	out := filepath.Join(t.TempDir(), "audit")
+	if code := run(auditArgs(data, cache, out, "--models", "cnn,resnet18", "--weights", w, "--repeats", "1", "--epochs", "1",
+		"--protocols", "subject", "--batch-size", "8")); code != 0 {
+		t.Fatalf("audit: exit %d", code)
+	}
+	a := readAudit(t, out)
+	want := map[string]string{"cnn": "96.09 % (test)", "resnet18-fc": "88.64 % (val)", "resnet18-layer4": "99.47 % (val)", "resnet18-none": "99.88 % (test), 99.88 % (val)"}
+	if len(a.Summaries) != 4 || len(a.Runs) != 4 || len(a.Gaps) != 0 {
+		t.Fatalf("%d summaries, %d runs, %d gaps; want 4, 4, 0", len(a.Summaries), len(a.Runs), len(a.Gaps))
+	}
+	for _, s := range a.Summaries {
+		if s.Published.String() != want[s.Config] || s.Test.N != 1 || s.Test.Defined() {
+			t.Errorf("%s: published %s (want %s), n %d", s.Config, s.Published, want[s.Config], s.Test.N)
+		}
+	}
+	for _, r := range a.Runs {
+		spec, err := os.ReadFile(filepath.Join(out, r.Folder, "run.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Model == "resnet18" && (!strings.Contains(string(spec), `"freeze": "`+r.Freeze+`"`) || !strings.Contains(string(spec), `"weights": "`+w+`"`)) {
+			t.Errorf("%s: run.json does not fine-tune from %s with freeze %s:\n%s", r.Folder, w, r.Freeze, spec)
+		}
+	}
+}
