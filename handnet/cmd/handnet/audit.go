@@ -31,6 +31,8 @@ func init() {
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var f specFlags
 			f.register(fs, false)
+			fs.MarkHidden("split")  // the audit runs both: --protocols
+			fs.MarkHidden("labels") // the study's 8 classes only
 			out := fs.String("out", "", "output folder (required)")
 			models := fs.String("models", "cnn", "comma-separated: cnn (the study's final CNN), resnet18 (three freeze scenarios; needs --weights)")
 			w := fs.String("weights", "", "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
