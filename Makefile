@@ -80,11 +80,15 @@ $(FIXTURES)/.done: tools/fixtures/golden.py
 	@touch $@
 
 # The container image (Containerfile): Debian bookworm-slim, the libraries
-# bin/handnet loads, the binary, a non-root user. CONTAINER: podman, else
-# docker (whichever is installed). IMAGE defaults to handnet:VERSION (from
+# bin/handnet loads, the binary, a non-root user. CONTAINER: podman when
+# installed, else docker when its daemon answers, else podman (which
+# container-tools installs). IMAGE defaults to handnet:VERSION (from
 # `handnet version --short`, '+' written '-' as tags allow).
 .PHONY: image image-base container-tools
-CONTAINER ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || { command -v docker >/dev/null 2>&1 && echo docker; } || echo podman)
+ifeq ($(origin CONTAINER),undefined)
+CONTAINER := $(shell if command -v podman >/dev/null 2>&1; then echo podman; \
+  elif command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; then echo docker; else echo podman; fi)
+endif
 BASE_IMAGE ?= docker.io/library/debian:bookworm-slim
 IMAGE ?=
 # chroot isolation: works rootful and rootless, and on hosts where podman's
