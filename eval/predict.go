@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -28,15 +29,17 @@ type Predictions struct {
 // never an accuracy or loss computed from it.
 var ErrNonFinite = errors.New("the model's output is not finite")
 
-// Forward computes logits for a batch in evaluation mode.
-type Forward func(x *ts.Tensor) *ts.Tensor
+// Forward computes logits for a batch in evaluation mode: a model's
+// inference form (model.Inference.Forward) or its eval-mode Forward.
+type Forward func(x *ts.Tensor) (*ts.Tensor, error)
 
-// Predict runs forward over every batch of l with gradients off. Call it on
-// a torch thread. The mean loss is summed image by image in float64, in the
-// loader's order, so that it does not depend on how images were batched.
+// Predict runs forward over every batch of l under inference mode (no
+// gradient, no autograd records; nothing made inside outlives it). Call it
+// on a torch thread. The mean loss is summed image by image in float64, in
+// the loader's order, so that it does not depend on how images were batched.
 func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 	p := &Predictions{}
-	err := torch.NoGrad(func() error {
+	err := native.InferenceMode(func() error {
 		e := l.Epoch(0, 0)
 		defer e.Close()
 		for {
@@ -48,7 +51,13 @@ func Predict(forward Forward, l *vision.Loader) (*Predictions, error) {
 				return nil
 			}
 			s := torch.NewScope()
-			logits := s.T(forward(b.X))
+			out, err := forward(b.X)
+			if err != nil {
+				s.Close()
+				b.Drop()
+				return err
+			}
+			logits := s.T(out)
 			lsm := s.T(s.T(logits.MustLogSoftmax(-1, gotch.Float, false)).MustTo(gotch.CPU, false))
 			vals := lsm.Vals().([]float32)
 			s.Close()

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -37,7 +38,8 @@ import (
 // mode), and the torch work is serialised on the classifier's own locked
 // OS thread.
 type Classifier struct {
-	net    *model.Model
+	net    *model.Model     // Explain's (Grad-CAM needs its gradients)
+	inf    *model.Inference // what predictions run: BatchNorm folded, prepacked, inference mode
 	th     *torch.Thread
 	device gotch.Device
 	opts   Options
@@ -134,6 +136,10 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		c.device = dev
+		if c.inf, err = model.NewInference(c.net); err != nil {
+			c.net.Close()
+			return fmt.Errorf("%s: %w", path, err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -187,7 +193,7 @@ func (c *Classifier) Config() model.Config { return c.net.Config }
 // fail; Close is safe to call twice.
 func (c *Classifier) Close() {
 	c.closed.Do(func() {
-		c.th.Do(func() error { c.net.Close(); return nil })
+		c.th.Do(func() error { c.inf.Close(); c.net.Close(); return nil })
 		c.th.Close()
 	})
 }
@@ -282,15 +288,19 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 		if c.net.VS == nil {
 			return torch.ErrClosed
 		}
-		return torch.NoGrad(func() error {
-			s := torch.NewScope()
-			defer s.Close()
-			t, err := ts.OfSlice(x)
-			if err != nil {
-				return err
-			}
-			in := s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
-			logits := s.T(c.net.Forward(in, false))
+		s := torch.NewScope()
+		defer s.Close()
+		t, err := ts.OfSlice(x)
+		if err != nil {
+			return err
+		}
+		in := s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
+		logits, err := c.inf.Forward(in)
+		if err != nil {
+			return err
+		}
+		s.T(logits)
+		return native.InferenceMode(func() error {
 			p := s.T(s.T(logits.MustSoftmax(-1, gotch.Float, false)).MustTo(gotch.CPU, false))
 			probs = p.Vals().([]float32)
 			return nil

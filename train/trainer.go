@@ -370,7 +370,7 @@ func checkEpochFinite(m *model.Model, e int) error {
 // validate evaluates the model on the validation loader; in a data-parallel
 // run every rank evaluates its shard and the predictions are merged.
 func (t *Trainer) validate(e int) (*eval.Predictions, error) {
-	pred, err := eval.Predict(func(x *ts.Tensor) *ts.Tensor { return t.Model.Forward(x, false) }, t.Val)
+	pred, err := eval.Predict(func(x *ts.Tensor) (*ts.Tensor, error) { return t.Model.Forward(x, false), nil }, t.Val)
 	if err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}

@@ -94,7 +94,7 @@ func newRun(t testing.TB, th *torch.Thread, dir string, cfg Config) *run {
 func testAccuracy(t testing.TB, th *torch.Thread, r *run) float64 {
 	var acc float64
 	if err := th.Do(func() error {
-		p, err := eval.Predict(func(x *ts.Tensor) *ts.Tensor { return r.model.Forward(x, false) }, r.test)
+		p, err := eval.Predict(func(x *ts.Tensor) (*ts.Tensor, error) { return r.model.Forward(x, false), nil }, r.test)
 		acc = p.Accuracy()
 		return err
 	}); err != nil {

@@ -35,6 +35,10 @@ type Mode struct {
 	// train` uses it (decoded cache → normalised batch → device), "device"
 	// the cache on the device (--data-on-device).
 	Data string
+	// Eager runs inference steps on the training model in eval mode under
+	// no-grad (+eager), as handnet did before its inference form (BatchNorm
+	// folded, prepacked weights, inference mode), for comparison.
+	Eager bool
 }
 
 // ParseMode reads a mode such as "fp32", "bf16+cl", "fp32+data" or
@@ -56,10 +60,12 @@ func ParseMode(s string) (Mode, error) {
 				return Mode{}, fmt.Errorf("mode %q: +data and +loader exclude each other", s)
 			}
 			m.Data = map[string]string{"data": "device", "loader": "loader"}[x]
+		case "eager":
+			m.Eager = true
 		case "graphs":
 			return Mode{}, fmt.Errorf("mode %q: CUDA graphs are not implemented yet", s)
 		default:
-			return Mode{}, fmt.Errorf("mode %q: unknown part +%s (want +cl, +data or +loader)", s, x)
+			return Mode{}, fmt.Errorf("mode %q: unknown part +%s (want +cl, +data, +loader or +eager)", s, x)
 		}
 	}
 	return m, nil
@@ -79,6 +85,9 @@ func (m Mode) String() string {
 		s += "+data"
 	case "loader":
 		s += "+loader"
+	}
+	if m.Eager {
+		s += "+eager"
 	}
 	return s
 }
@@ -204,7 +213,7 @@ func Measure(c Case, o Options) (Row, error) {
 			}
 			return loss, nil
 		}
-	} else {
+	} else if c.Mode.Eager {
 		step = func() (*ts.Tensor, error) {
 			x, _, free, err := next()
 			if err != nil {
@@ -214,6 +223,21 @@ func Measure(c Case, o Options) (Row, error) {
 			var out *ts.Tensor
 			err = torch.NoGrad(func() error { out = m.Forward(x, false); return nil })
 			return out, err
+		}
+	} else {
+		// What predict, eval and serve run: the model's inference form.
+		inf, err := model.NewInference(m)
+		if err != nil {
+			return Row{}, err
+		}
+		defer inf.Close()
+		step = func() (*ts.Tensor, error) {
+			x, _, free, err := next()
+			if err != nil {
+				return nil, err
+			}
+			defer free()
+			return inf.Forward(x)
 		}
 	}
 	var last *ts.Tensor

@@ -536,7 +536,12 @@ func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *visi
 			return nil, err
 		}
 	}
-	p, err := eval.Predict(func(x *ts.Tensor) *ts.Tensor { return m.Forward(x, false) }, l)
+	inf, err := model.NewInference(m) // what predict and serve run too
+	if err != nil {
+		return nil, err
+	}
+	p, err := eval.Predict(inf.Forward, l)
+	inf.Close()
 	if err != nil {
 		return nil, err
 	}

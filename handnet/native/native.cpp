@@ -12,6 +12,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
@@ -488,3 +491,66 @@ void hn_group_free(hn_group* g) {
 }
 
 }  // extern "C"
+
+// ---- inference ----
+
+char* hn_inference_mode_enter(void** guard) {
+  HN_TRY
+  *guard = new c10::InferenceMode(true);
+  HN_CATCH
+}
+
+void hn_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }
+
+struct hn_conv {
+  c10::IValue ctx;  // the ConvOpContext of mkldnn_prepacked::conv2d_prepack
+};
+
+namespace {
+
+c10::OperatorHandle prepackedOp(const char* name) {
+  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+  if (!op.has_value()) {
+    throw std::runtime_error(std::string("this libtorch has no ") + name +
+                             " (built without oneDNN/mkldnn?): prepacked convolutions are not available");
+  }
+  return *op;
+}
+
+std::vector<int64_t> vec(const int64_t* p, int n) { return std::vector<int64_t>(p, p + n); }
+
+}  // namespace
+
+char* hn_conv_prepack(hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding, const int64_t* dilation,
+                      int64_t groups, const int64_t* input_size, int relu, hn_conv** out) {
+  HN_TRY
+  static const c10::OperatorHandle op = prepackedOp("mkldnn_prepacked::conv2d_prepack");
+  c10::InferenceMode guard;
+  c10::optional<at::Tensor> bias;
+  if (b != nullptr && T(b).defined()) bias = T(b).contiguous();
+  torch::jit::Stack st;
+  st.emplace_back(T(w).contiguous());
+  st.emplace_back(bias);
+  st.emplace_back(vec(stride, 2));
+  st.emplace_back(vec(padding, 2));
+  st.emplace_back(vec(dilation, 2));
+  st.emplace_back(groups);
+  st.emplace_back(vec(input_size, 4));
+  st.emplace_back(std::string(relu ? "relu" : "none"));
+  op.callBoxed(&st);
+  *out = new hn_conv{st.at(0)};
+  HN_CATCH
+}
+
+char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out) {
+  HN_TRY
+  static const c10::OperatorHandle op = prepackedOp("mkldnn_prepacked::conv2d_run");
+  torch::jit::Stack st;
+  st.emplace_back(T(x));
+  st.emplace_back(c->ctx);
+  op.callBoxed(&st);
+  *out = new at::Tensor(st.at(0).toTensor());
+  HN_CATCH
+}
+
+void hn_conv_free(hn_conv* c) { delete c; }

@@ -452,3 +452,69 @@ func CUDAMemory(index int) (total int64, err error) {
 	}
 	return int64(t), nil
 }
+
+// InferenceMode runs f with c10::InferenceMode on (the calling OS thread's
+// mode; call it on a torch thread): the forward passes of predict, eval,
+// serve and validation, which need no gradient. It is faster than no-grad
+// (no version counters or autograd records). Tensors made inside are
+// inference tensors: they can never enter a backward pass nor be updated in
+// place outside the mode, so nothing that training will touch later may be
+// made in f (a model's parameters, a cache uploaded to the device).
+func InferenceMode(f func() error) error {
+	var g unsafe.Pointer
+	if err := cerr(C.hn_inference_mode_enter(&g)); err != nil {
+		return err
+	}
+	defer C.hn_inference_mode_exit(g)
+	return f()
+}
+
+// Conv is a convolution whose weights are prepacked for oneDNN's CPU
+// kernels (libtorch's mkldnn_prepacked ops), optionally with a fused ReLU:
+// the weight layout is computed once instead of at every call.
+type Conv struct {
+	c *C.hn_conv
+}
+
+// PrepackConv prepacks weight w and bias b (nil: none) for inputs shaped
+// like inputSize ([N, C, H, W]; other shapes run too). Call it on a torch
+// thread.
+func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64, inputSize [4]int64, relu bool) (*Conv, error) {
+	var bc C.hn_tensor
+	if b != nil {
+		bc = C.hn_tensor(b.Ctensor())
+	}
+	r := C.int(0)
+	if relu {
+		r = 1
+	}
+	var out *C.hn_conv
+	err := cerr(C.hn_conv_prepack(C.hn_tensor(w.Ctensor()), bc, (*C.int64_t)(unsafe.Pointer(&stride[0])),
+		(*C.int64_t)(unsafe.Pointer(&padding[0])), (*C.int64_t)(unsafe.Pointer(&dilation[0])), C.int64_t(groups),
+		(*C.int64_t)(unsafe.Pointer(&inputSize[0])), r, &out))
+	runtime.KeepAlive(w)
+	runtime.KeepAlive(b)
+	if err != nil {
+		return nil, err
+	}
+	return &Conv{c: out}, nil
+}
+
+// Run applies the convolution to x; the output is a new tensor.
+func (c *Conv) Run(x *ts.Tensor) (*ts.Tensor, error) {
+	var out C.hn_tensor
+	err := cerr(C.hn_conv_run(c.c, C.hn_tensor(x.Ctensor()), &out))
+	runtime.KeepAlive(x)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
+}
+
+// Close frees the prepacked weights; safe to call twice.
+func (c *Conv) Close() {
+	if c != nil && c.c != nil {
+		C.hn_conv_free(c.c)
+		c.c = nil
+	}
+}

@@ -95,6 +95,27 @@ char* hn_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes);
 // stay resident as the allocator's high-water mark.
 void hn_release_memory(void);
 
+// Inference mode (c10::InferenceMode): hn_inference_mode_enter turns it on
+// for the calling thread and returns its guard; hn_inference_mode_exit, on
+// the same thread and in reverse order, restores the mode before. Tensors
+// made inside are inference tensors: no autograd records them, and they can
+// never take part in a backward pass or be updated in place outside.
+char* hn_inference_mode_enter(void** guard);
+void hn_inference_mode_exit(void* guard);
+
+// Prepacked convolutions (oneDNN, libtorch's mkldnn_prepacked ops on the
+// CPU): hn_conv_prepack lays out weight w (and bias b, may be NULL) once in
+// the blocked format oneDNN's kernels want for inputs shaped like
+// input_size (N, C, H, W; other shapes run too), with a ReLU fused after
+// the convolution when relu is 1. hn_conv_run applies it to x (NCHW or
+// channels last; the output follows x's layout). An error names a libtorch
+// without the ops (built without oneDNN).
+typedef struct hn_conv hn_conv;
+char* hn_conv_prepack(hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding, const int64_t* dilation,
+                      int64_t groups, const int64_t* input_size, int relu, hn_conv** out);
+char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out);
+void hn_conv_free(hn_conv* c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,343 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/nn"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Inference is a model's inference form: what predict, eval and serve run.
+// It is made once from a trained Model (NewInference) and does not follow
+// the model if that trains further. Compared with the model's eval-mode
+// Forward:
+//
+//   - every BatchNorm is folded into the convolution before it
+//     (W·γ/√(σ²+ε) and β − μ·γ/√(σ²+ε)): one kernel instead of two;
+//   - dropout is gone (it does nothing in evaluation anyway);
+//   - on the CPU each convolution's weights are prepacked once for oneDNN
+//     (libtorch's mkldnn_prepacked ops), with the ReLU that follows fused
+//     into it; on CUDA the folded weights are laid out channels last once;
+//   - inputs run channels last, and in bf16 the weights are cast once
+//     instead of at every call as autocast does;
+//   - Forward runs under c10::InferenceMode.
+//
+// The logits equal Forward's within float rounding (tests: 1e-5 in fp32).
+// Grad-CAM and training need the unfolded model and its gradients.
+type Inference struct {
+	Config    Config
+	device    gotch.Device
+	precision Precision
+	dtype     gotch.DType
+	net       inferenceNet
+	owned     []*ts.Tensor
+	packed    []*native.Conv
+}
+
+type inferenceNet interface {
+	forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor
+}
+
+// bnEps is the ε of every BatchNorm here (gotch's DefaultBatchNormConfig,
+// as PyTorch's).
+const bnEps = 1e-5
+
+// NewInference makes the inference form of m in m's precision. Call it on
+// the torch thread of m.
+func NewInference(m *Model) (inf *Inference, err error) {
+	inf = &Inference{Config: m.Config, device: m.VS.Device(), precision: m.Precision(), dtype: gotch.Float}
+	if inf.precision != FP32 {
+		inf.dtype = inf.precision.dtype()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("model: inference form: %v", r)
+		}
+		if err != nil {
+			inf.Close()
+			inf = nil
+		}
+	}()
+	err = torch.NoGrad(func() error {
+		switch n := m.Net.(type) {
+		case *CNN:
+			return inf.buildCNN(n)
+		case *ResNet18:
+			return inf.buildResNet(n)
+		}
+		return fmt.Errorf("model: no inference form for %T", m.Net)
+	})
+	return inf, err
+}
+
+// Forward returns the logits (float32) of x, a batch [N,3,H,W] on the
+// model's device. Intermediates are freed; the returned tensor is the
+// caller's.
+func (inf *Inference) Forward(x *ts.Tensor) (out *ts.Tensor, err error) {
+	if inf.net == nil {
+		return nil, errors.New("model: inference form closed")
+	}
+	err = native.InferenceMode(func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("model: inference: %v", r)
+			}
+		}()
+		s := torch.NewScope()
+		defer s.Close()
+		h := x
+		if h.DType() != inf.dtype {
+			h = s.T(h.MustTotype(inf.dtype, false))
+		}
+		if h.Dim() == 4 && !native.IsChannelsLast(h) {
+			cl, err := native.ChannelsLast(h)
+			if err != nil {
+				return err
+			}
+			h = s.T(cl)
+		}
+		logits := inf.net.forward(s, h)
+		if logits.DType() != gotch.Float {
+			logits = s.T(logits.MustTotype(gotch.Float, false))
+		}
+		out = s.Keep(logits)
+		return nil
+	})
+	return out, err
+}
+
+// Close frees the folded and prepacked weights; safe to call twice.
+func (inf *Inference) Close() {
+	if inf == nil {
+		return
+	}
+	for _, t := range inf.owned {
+		t.MustDrop()
+	}
+	for _, c := range inf.packed {
+		c.Close()
+	}
+	inf.owned, inf.packed, inf.net = nil, nil, nil
+}
+
+// keep takes ownership of t.
+func (inf *Inference) keep(t *ts.Tensor) *ts.Tensor {
+	inf.owned = append(inf.owned, t)
+	return t
+}
+
+// convUnit is a convolution with its BatchNorm folded in and an optional
+// ReLU after it: prepacked (ReLU fused) on the CPU, eager elsewhere.
+type convUnit struct {
+	w, b            *ts.Tensor
+	stride, padding [2]int64
+	relu            bool
+	packed          *native.Conv
+}
+
+func (u *convUnit) run(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
+	if u.packed != nil {
+		out, err := u.packed.Run(x)
+		if err != nil {
+			panic(err)
+		}
+		return s.T(out)
+	}
+	h := s.T(ts.MustConv2d(x, u.w, u.b, u.stride[:], u.padding[:], []int64{1, 1}, 1))
+	if u.relu {
+		h.MustRelu_()
+	}
+	return h
+}
+
+// conv folds bn (may be nil) into conv and prepares the unit for inputs of
+// [1, C, h, w].
+func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w int64) (*convUnit, error) {
+	cfg := conv.Config
+	if cfg.Groups > 1 || (len(cfg.Dilation) == 2 && (cfg.Dilation[0] != 1 || cfg.Dilation[1] != 1)) {
+		return nil, errors.New("model: inference form: grouped or dilated convolutions are not supported")
+	}
+	u := &convUnit{stride: [2]int64{cfg.Stride[0], cfg.Stride[1]}, padding: [2]int64{cfg.Padding[0], cfg.Padding[1]}, relu: relu}
+	wt, bt := conv.Ws.MustShallowClone(), (*ts.Tensor)(nil)
+	if conv.Bs != nil && conv.Bs.MustDefined() {
+		bt = conv.Bs.MustShallowClone()
+	}
+	if bn != nil {
+		// scale = γ/√(σ²+ε); W' = W·scale (per output channel); b' = β − μ·scale (+ b·scale)
+		std := bn.RunningVar.MustAddScalar(ts.FloatScalar(bnEps), false).MustSqrt(true)
+		scale := bn.Ws.MustDiv(std, false)
+		std.MustDrop()
+		out := scale.MustSize()[0]
+		col := scale.MustView([]int64{out, 1, 1, 1}, false)
+		w2 := wt.MustMul(col, true)
+		col.MustDrop()
+		shift := bn.RunningMean.MustMul(scale, false)
+		b2 := bn.Bs.MustSub(shift, false)
+		shift.MustDrop()
+		if bt != nil {
+			bs := bt.MustMul(scale, true)
+			b2 = b2.MustAdd(bs, true)
+			bs.MustDrop()
+		}
+		scale.MustDrop()
+		wt, bt = w2, b2
+	}
+	if inf.dtype != gotch.Float {
+		wt = wt.MustTotype(inf.dtype, true)
+		if bt != nil {
+			bt = bt.MustTotype(inf.dtype, true)
+		}
+	}
+	u.w = inf.keep(wt.MustContiguous(true))
+	if bt != nil {
+		u.b = inf.keep(bt.MustContiguous(true))
+	}
+	if !inf.device.IsCuda() {
+		in := u.w.MustSize()[1]
+		p, err := native.PrepackConv(u.w, u.b, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu)
+		if err != nil {
+			return nil, err
+		}
+		inf.packed = append(inf.packed, p)
+		u.packed = p
+	} else if err := native.SetChannelsLast(u.w, true); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// linearUnit is x·Wᵀ + b with W [out,in] stored contiguous in the
+// inference dtype.
+type linearUnit struct{ w, b *ts.Tensor }
+
+func (inf *Inference) linear(l *nn.Linear) *linearUnit {
+	w := l.Ws.MustT(false) // l.Ws is a transposed view of the [out,in] weight
+	w = w.MustTotype(inf.dtype, true).MustContiguous(true)
+	b := l.Bs.MustTotype(inf.dtype, false)
+	return &linearUnit{w: inf.keep(w), b: inf.keep(b)}
+}
+
+func (u *linearUnit) run(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
+	return s.T(ts.MustLinear(x, u.w, u.b))
+}
+
+// convOut is a convolution's output side for input side n.
+func convOut(n, k, stride, pad int64) int64 { return (n+2*pad-k)/stride + 1 }
+
+type cnnInference struct {
+	convs    [3]*convUnit
+	fc1, fc2 *linearUnit
+}
+
+func (inf *Inference) buildCNN(m *CNN) error {
+	n := &cnnInference{}
+	h, w := int64(inf.Config.Height), int64(inf.Config.Width)
+	for i, c := range []struct {
+		conv *nn.Conv2D
+		bn   *nn.BatchNorm
+	}{{m.conv1, m.bn1}, {m.conv2, m.bn2}, {m.conv3, m.bn3}} {
+		u, err := inf.conv(c.conv, c.bn, true, h, w)
+		if err != nil {
+			return err
+		}
+		n.convs[i] = u
+		h, w = convOut(h, 5, 1, 0)/2, convOut(w, 5, 1, 0)/2
+	}
+	n.fc1, n.fc2 = inf.linear(m.fc1), inf.linear(m.fc2)
+	inf.net = n
+	return nil
+}
+
+// forward is the study's CNN without dropout: (conv+ReLU, max-pool 2) ×3,
+// flatten (in NCHW order, whatever the layout), fc1+ReLU, fc2.
+func (n *cnnInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
+	h := x
+	for _, u := range n.convs {
+		h = s.T(u.run(s, h).MaxPool2DDefault(2, false))
+	}
+	h = s.T(h.MustFlatten(1, -1, false))
+	h = n.fc1.run(s, h)
+	h.MustRelu_()
+	return n.fc2.run(s, h)
+}
+
+type resnetInference struct {
+	stem   *convUnit
+	blocks []resnetBlock
+	fc     *linearUnit
+}
+
+type resnetBlock struct {
+	conv1, conv2, down *convUnit
+}
+
+func (inf *Inference) buildResNet(m *ResNet18) error {
+	n := &resnetInference{}
+	h, w := int64(inf.Config.Height), int64(inf.Config.Width)
+	var err error
+	if n.stem, err = inf.conv(m.conv1, m.bn1, true, h, w); err != nil {
+		return err
+	}
+	h, w = convOut(h, 7, 2, 3), convOut(w, 7, 2, 3)
+	h, w = convOut(h, 3, 2, 1), convOut(w, 3, 2, 1) // max-pool
+	for l := range m.layers {
+		for _, b := range m.layers[l] {
+			var blk resnetBlock
+			if blk.conv1, err = inf.conv(b.conv1, b.bn1, true, h, w); err != nil {
+				return err
+			}
+			if b.downConv != nil {
+				if blk.down, err = inf.conv(b.downConv, b.downBN, false, h, w); err != nil {
+					return err
+				}
+			}
+			st := b.conv1.Config.Stride[0]
+			h, w = convOut(h, 3, st, 1), convOut(w, 3, st, 1)
+			if blk.conv2, err = inf.conv(b.conv2, b.bn2, false, h, w); err != nil {
+				return err
+			}
+			n.blocks = append(n.blocks, blk)
+		}
+	}
+	n.fc = inf.linear(m.fc)
+	inf.net = n
+	return nil
+}
+
+// forward is torchvision's ResNet-18 with every BatchNorm folded: stem
+// (conv+ReLU, max-pool), eight BasicBlocks (conv+ReLU, conv, + identity or
+// the folded downsample, ReLU), average pool, fc.
+func (n *resnetInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
+	h := n.stem.run(s, x)
+	h = s.T(h.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, false))
+	for _, b := range n.blocks {
+		out := b.conv2.run(s, b.conv1.run(s, h))
+		identity := h
+		if b.down != nil {
+			identity = b.down.run(s, h)
+		}
+		out.MustAdd_(identity)
+		out.MustRelu_()
+		h = out
+	}
+	pooled := s.T(s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false))
+	return n.fc.run(s, pooled)
+}
+
+// String describes the form, e.g. "cnn fp32: 3 convolutions prepacked for
+// oneDNN (ReLU fused), channels last".
+func (inf *Inference) String() string {
+	var parts []string
+	if len(inf.packed) > 0 {
+		parts = append(parts, fmt.Sprintf("%d convolutions prepacked for oneDNN (BatchNorm folded, ReLU fused)", len(inf.packed)))
+	} else {
+		parts = append(parts, "BatchNorm folded")
+	}
+	parts = append(parts, "channels last", "inference mode")
+	return fmt.Sprintf("%s %s: %s", inf.Config.Arch, inf.precision, strings.Join(parts, ", "))
+}
