@@ -44,7 +44,7 @@ type Config struct {
 // DefaultConfig is the study's set-up: SGD momentum 0.9, batch 16, 10
 // epochs, learning rate 0.0025, no schedule.
 func DefaultConfig() Config {
-	return Config{Epochs: 10, BatchSize: 16, LR: 0.0025, Momentum: 0.9, Schedule: "none", StepSize: 5, Gamma: 0.1, Seed: 1}
+	return Config{Epochs: 10, BatchSize: 16, LR: 0.0025, Momentum: 0.9, Schedule: "none", StepSize: 5, Gamma: 0.1, Seed: vision.DefaultSeed}
 }
 
 // Validate checks the values: every float must be finite (NaN and ±Inf

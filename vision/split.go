@@ -105,6 +105,12 @@ const testPercent, valPercent = 15, 20
 
 func ceilPercent(n, pct int) int { return (n*pct + 99) / 100 }
 
+// DefaultSeed is the seed of every command that splits or trains when
+// --seed is not given (data stats, train, reproduce, audit, demo): the same
+// default everywhere, so `data stats --split subject` shows the split that
+// `train --split subject` then trains on.
+const DefaultSeed uint64 = 1
+
 // MakeSplit assigns every record to train, val or test, deterministically
 // for a seed. Stratified uses the 8-class labels.
 func MakeSplit(recs []Record, method SplitMethod, seed uint64) (Assignment, error) {

@@ -403,10 +403,10 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return err
 		}
 		if g != nil && g.Size() > 1 {
-			h.logf("train %d, validation %d, test %d images over %d processes (%d per process); %s on %s, batch %d per process, %d in all",
-				len(trainL.Indices()), len(valL.Indices()), len(testL.Indices()), g.Size(), trainL.Len(), s.Model.Arch, r.Device, s.Train.BatchSize, s.Train.BatchSize*g.Size())
+			h.logf("train %d, validation %d, test %d images (split %s, seed %d) over %d processes (%d per process); %s on %s, batch %d per process, %d in all",
+				len(trainL.Indices()), len(valL.Indices()), len(testL.Indices()), s.Split, s.Train.Seed, g.Size(), trainL.Len(), s.Model.Arch, r.Device, s.Train.BatchSize, s.Train.BatchSize*g.Size())
 		} else {
-			h.logf("train %d, validation %d, test %d images; %s on %s", trainL.Len(), valL.Len(), testL.Len(), s.Model.Arch, r.Device)
+			h.logf("train %d, validation %d, test %d images (split %s, seed %d); %s on %s", trainL.Len(), valL.Len(), testL.Len(), s.Split, s.Train.Seed, s.Model.Arch, r.Device)
 		}
 		torch.ManualSeed(int64(s.Train.Seed))
 		m, err := model.New(s.Model, dev)

@@ -27,7 +27,7 @@ func init() {
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			out := fs.String("out", "", "dataset folder to write (required)")
 			count := fs.Int("count", 600, "number of images")
-			seed := fs.Uint64("seed", 1, "random seed: the same seed writes the same files")
+			seed := fs.Uint64("seed", vision.DefaultSeed, "random seed: the same seed writes the same files")
 			size := fs.String("size", "1600x1200", "image size WxH")
 			per := fs.Int("per-subject", 58, "images per subject")
 			idSig := fs.Float64("identity-signal", 0, "0 to 1: how strongly each person's photos share a look of their own (background and wristband colour)")
@@ -100,7 +100,7 @@ func init() {
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			data := fs.String("data", "", "dataset folder with HandInfo.csv (required)")
 			split := fs.String("split", "random", "split method: random, stratified or subject")
-			seed := fs.Uint64("seed", 42, "split seed")
+			seed := fs.Uint64("seed", vision.DefaultSeed, "split seed (the same default as train)")
 			asJSON := fs.Bool("json", false, "print JSON")
 			manifest := fs.String("manifest", "", "split manifest CSV (imageName,split): read it if it exists, else write the split there")
 			return func(args []string) error {
