@@ -45,7 +45,7 @@ var cmdArgs []string
 
 func run(args []string) int {
 	cmdArgs = args
-	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05"})
+	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, TimestampFormat: "2006-01-02 15:04:05"})
 	log.SetOutput(os.Stderr)
 	if len(args) > 0 && args[0] == "--version" {
 		args = append([]string{"version"}, args[1:]...)

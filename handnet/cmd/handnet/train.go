@@ -195,18 +195,32 @@ func hooks(prefix string) experiment.Hooks {
 		mu  sync.Mutex
 		bar *progressbar.ProgressBar
 		cb  *progressbar.ProgressBar
+		// Without a terminal: log lines instead of bars.
+		cacheLog, batchLog = newProgressLog(), newProgressLog()
 	)
 	return experiment.Hooks{
 		Logf: log.Infof,
 		Cache: func(done, total int) {
 			mu.Lock()
 			defer mu.Unlock()
+			if !stderrIsTerminal {
+				if line := cacheLog.update(done, total, "images"); line != "" {
+					log.Infof("decoding: %s", line)
+				}
+				return
+			}
 			if cb == nil {
 				cb = newBar(total, "decoding", "images")
 			}
 			cb.Set(done)
 		},
 		OnBatch: func(p train.Progress) {
+			if !stderrIsTerminal {
+				if line := batchLog.update(p.Batch, p.Batches, "batches"); line != "" {
+					log.Infof("%sepoch %d/%d: %s; running loss %.4f acc %.4f, %.0f img/s", prefix, p.Epoch, p.Epochs, line, p.Loss, p.Acc, p.ImagesPerSecond)
+				}
+				return
+			}
 			if bar == nil || p.Batch == 1 {
 				bar = newBar(p.Batches, fmt.Sprintf("%sepoch %d/%d", prefix, p.Epoch, p.Epochs), "batches")
 			}
