@@ -106,6 +106,8 @@ func (c Case) String() string { return fmt.Sprintf("%s:%d:%s:%s", c.Model, c.Bat
 // Options configures a measurement.
 type Options struct {
 	Device  gotch.Device
+	Threads int           // intra-op threads of the classifier a predict step loads (0: all usable CPUs)
+	Photos  string        // a folder of JPEG photos for predict steps (see Photos)
 	Warmup  int           // steps before the clock starts; 0 means 5
 	Steps   int           // at least this many timed steps; 0 means 10
 	MinTime time.Duration // and at least this long; 0 means 2s
@@ -164,8 +166,8 @@ func Measure(c Case, o Options) (Row, error) {
 	if c.Batch <= 0 {
 		return Row{}, fmt.Errorf("batch %d, want > 0", c.Batch)
 	}
-	if c.Phase != "train" && c.Phase != "infer" {
-		return Row{}, fmt.Errorf("phase %q: want train or infer", c.Phase)
+	if c.Phase != "train" && c.Phase != "infer" && c.Phase != "predict" {
+		return Row{}, fmt.Errorf("phase %q: want train, infer or predict", c.Phase)
 	}
 	if err := CheckMemory(c, o.Device); err != nil {
 		return Row{}, err
@@ -185,13 +187,22 @@ func Measure(c Case, o Options) (Row, error) {
 	if err := m.SetPrecision(c.Mode.Precision); err != nil {
 		return Row{}, err
 	}
+	var step func() (*ts.Tensor, error) // returns a tensor whose reading waits for the step
+	if c.Phase == "predict" {
+		predict, done, err := predictStep(c, m, o)
+		if err != nil {
+			return Row{}, err
+		}
+		defer done()
+		step = func() (*ts.Tensor, error) { return nil, predict() }
+		return timeSteps(c, o, step)
+	}
 	next, done, err := batches(c, o.Device)
 	if err != nil {
 		return Row{}, err
 	}
 	defer done()
 
-	var step func() (*ts.Tensor, error) // returns a tensor whose reading waits for the step
 	if c.Phase == "train" {
 		opt := train.NewSGD(m.Trainable(), 0.0025, 0.9, 0)
 		step = func() (*ts.Tensor, error) {
@@ -240,6 +251,12 @@ func Measure(c Case, o Options) (Row, error) {
 			return inf.Forward(x)
 		}
 	}
+	return timeSteps(c, o, step)
+}
+
+// timeSteps runs warm-up steps, then timed steps until both o.Steps and
+// o.MinTime are reached, and returns the row.
+func timeSteps(c Case, o Options, step func() (*ts.Tensor, error)) (Row, error) {
 	var last *ts.Tensor
 	keep := func(t *ts.Tensor) {
 		if last != nil {

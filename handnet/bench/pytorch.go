@@ -106,6 +106,9 @@ func RunPyTorch(ctx context.Context, python string, cases []Case, o Options, thr
 	}
 	args := []string{script, "--device", dev, "--threads", strconv.Itoa(threads), "--warmup", strconv.Itoa(o.Warmup),
 		"--steps", strconv.Itoa(o.Steps), "--min-seconds", strconv.FormatFloat(o.MinTime.Seconds(), 'f', -1, 64)}
+	if o.Photos != "" {
+		args = append(args, "--photos", o.Photos)
+	}
 	for _, c := range cases {
 		args = append(args, PyTorchCase(c).String())
 	}

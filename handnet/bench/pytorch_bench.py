@@ -5,7 +5,9 @@ inference steps, written the way a user writes them by hand.
 Usage: pytorch_bench.py --device cpu|cuda[:N] [--threads N] [--warmup W]
                         [--steps S] [--min-seconds T] CASE...
 A CASE is MODEL:BATCH:MODE:PHASE, e.g. cnn:16:fp32:train or
-resnet18:256:bf16+cl:infer. MODE is fp32, bf16 or fp16, with +cl for
+resnet18:256:bf16+cl:infer; PHASE predict classifies BATCH photo files from
+--photos DIR end to end (PIL decode, torchvision Resize/ToTensor/Normalize,
+forward, softmax, the answers). MODE is fp32, bf16 or fp16, with +cl for
 channels_last (data modes such as +data run as plain: PyTorch's steps here
 use one batch resident on the device, its best case). For each case one JSON
 line goes to stdout:
@@ -29,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 W, H, CLASSES = 170, 128, 8
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # handnet's vision.Mean, vision.Std
 
 
 class StudyCNN(nn.Module):
@@ -101,6 +104,29 @@ def run_case(case, device, args):
             else:
                 loss.backward()
                 opt.step()
+    elif phase == "predict":
+        # What a user's script does to classify photo files: PIL decodes,
+        # torchvision resizes and normalises, the model answers.
+        import glob
+        import os
+        from PIL import Image
+        import torchvision.transforms as T
+        files = sorted(glob.glob(os.path.join(args.photos or "", "*.jpg")))
+        if not files:
+            raise SystemExit(f"case {case}: no JPEG photos in --photos {args.photos!r}")
+        tf = T.Compose([T.Resize((H, W)), T.ToTensor(), T.Normalize(MEAN, STD)])
+        model.eval()
+        at = [0]
+
+        def step():
+            paths = [files[(at[0] + j) % len(files)] for j in range(batch)]
+            at[0] += batch
+            xs = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths]).to(device)
+            xs = xs.contiguous(memory_format=fmt)
+            with torch.inference_mode(), autocast():
+                probs = model(xs).float().softmax(-1)
+            best, idx = probs.max(-1)
+            return list(zip(idx.tolist(), best.tolist()))
     elif phase == "infer":
         model.eval()
 
@@ -133,6 +159,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--photos", default="", help="folder of JPEG photos for predict cases")
     p.add_argument("cases", nargs="+")
     args = p.parse_args()
     if args.threads > 0:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/bench"
+	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -32,9 +33,9 @@ func init() {
 			"same steps in PyTorch in the same call and prints the ratio handnet / PyTorch per row.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			models := fs.String("models", "cnn,resnet18", "models, comma-separated: cnn (the study's), resnet18")
-			batches := fs.String("batch", "", "batch sizes, comma-separated (default: 16 on the CPU, 16,256 on CUDA)")
+			batches := fs.String("batch", "", "batch sizes, comma-separated (default: 1,16 on the CPU, 16,256 on CUDA)")
 			modes := fs.String("modes", "", "modes, comma-separated: fp32|bf16|fp16, then +cl, +loader or +data (default: "+cpuModes+" on the CPU; "+cudaModes+" on CUDA)")
-			phases := fs.String("phases", "train,infer", "phases: train (forward, loss, backward, SGD step) and/or infer (forward, eval mode)")
+			phases := fs.String("phases", "train,infer,predict", "phases: train (forward, loss, backward, SGD step), infer (the inference form's forward pass), predict (end to end: JPEG files → decode → forward → answers, as handnet predict; fp32 modes only)")
 			device := fs.String("device", "auto", "device: auto, cpu, cuda or cuda:N")
 			threads := fs.Int("threads", 0, "CPU threads for torch, both sides (0: all usable CPUs)")
 			warmup := fs.Int("warmup", 5, "steps before timing")
@@ -55,7 +56,7 @@ func init() {
 					return usagef("--warmup %d, --steps %d, --min-time %v: want ≥ 0, > 0, ≥ 0", *warmup, *steps, *minTime)
 				}
 				if *batches == "" {
-					*batches = "16"
+					*batches = "1,16"
 					if dev.IsCuda() {
 						*batches = "16,256"
 					}
@@ -75,11 +76,24 @@ func init() {
 						return fmt.Errorf("%s: %w", c, err)
 					}
 				}
-				o := bench.Options{Device: dev, Warmup: max(*warmup, 1), Steps: *steps, MinTime: max(*minTime, time.Nanosecond)}
+				o := bench.Options{Device: dev, Warmup: max(*warmup, 1), Steps: *steps, MinTime: max(*minTime, time.Nanosecond), Threads: *threads}
+				for _, c := range cases {
+					if c.Phase == "predict" && o.Photos == "" {
+						tmp, err := os.MkdirTemp("", "handnet-bench")
+						if err != nil {
+							return err
+						}
+						defer os.RemoveAll(tmp)
+						log.Infof("writing 32 synthetic 1600x1200 photos for the predict rows")
+						if o.Photos, err = bench.Photos(tmp, 32); err != nil {
+							return err
+						}
+					}
+				}
 				var py string
 				var pyErr error
 				if *withPy {
-					needVision := strings.Contains(*models, "resnet18")
+					needVision := strings.Contains(*models, "resnet18") || strings.Contains(*phases, "predict")
 					if py, pyErr = bench.FindPython(*python, needVision); pyErr != nil {
 						if *python != "" {
 							return pyErr // named explicitly: its failure is an error
@@ -189,10 +203,13 @@ func benchCases(models, batches, modes, phases string, device gotch.Device) ([]b
 		}
 		for _, b := range bs {
 			for _, p := range split(phases) {
-				if p != "train" && p != "infer" {
-					return nil, usagef("--phases %q: want train and/or infer", p)
+				if p != "train" && p != "infer" && p != "predict" {
+					return nil, usagef("--phases %q: want train, infer and/or predict", p)
 				}
 				for _, m := range ms {
+					if p == "predict" && (m.Precision != model.FP32 || m.ChannelsLast || m.Data != "" || m.Eager) {
+						continue // the classifier runs its own form: one predict row per model and batch
+					}
 					cases = append(cases, bench.Case{Model: name, Batch: b, Mode: m, Phase: p})
 				}
 			}
@@ -216,7 +233,7 @@ func printBenchTable(rows []bench.Row, threads int) {
 	}
 	w.Flush()
 	if len(rows) > 0 {
-		fmt.Printf("device %s, %d CPU threads. PyTorch runs each row's precision and layout on one batch resident on the device", rows[0].Device, threads)
+		fmt.Printf("device %s, %d CPU threads. PyTorch runs each row's precision and layout on one batch resident on the device;\npredict rows classify the same JPEG files end to end on both sides (PyTorch: PIL + torchvision transforms)", rows[0].Device, threads)
 		if rows[0].PyTorchNote != "" {
 			fmt.Printf(" (%s)", rows[0].PyTorchNote)
 		}

@@ -82,3 +82,22 @@ func benchRows(t *testing.T, env, args []string) []map[string]any {
 	}
 	return rows
 }
+
+// The predict phase classifies JPEG files end to end on both sides: one row
+// per model and batch (fp32 only: the classifier runs its own form), with
+// PyTorch + PIL + torchvision's figure beside it.
+func TestBenchPredictRow(t *testing.T) {
+	if _, err := bench.FindPython("", true); err != nil {
+		t.Fatalf("make test installs python3-torchvision: %v", err)
+	}
+	rows := benchRows(t, nil, []string{"bench", "--models", "cnn", "--batch", "2", "--modes", "fp32,bf16", "--phases", "predict",
+		"--warmup", "1", "--steps", "2", "--min-time", "0s", "--threads", "1", "--json", "--pytorch"})
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1 (predict runs fp32 only): %v", len(rows), rows)
+	}
+	r := rows[0]
+	p, ok := r["pytorch_images_per_sec"].(float64)
+	if r["phase"] != "predict" || r["mode"] != "fp32" || !(r["handnet_images_per_sec"].(float64) > 0) || !ok || !(p > 0) {
+		t.Errorf("predict row %v", r)
+	}
+}
