@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -305,6 +306,14 @@ func timeSteps(c Case, o Options, step func() (*ts.Tensor, error)) (Row, error) 
 func batches(c Case, device gotch.Device) (next func() (x, y *ts.Tensor, free func(), err error), done func(), err error) {
 	if c.Mode.Data == "" {
 		x := ts.MustRandn([]int64{int64(c.Batch), 3, H, W}, gotch.Float, device)
+		if c.Mode.ChannelsLast { // laid out once, as PyTorch's side makes its batch
+			cl, err := native.ChannelsLast(x)
+			x.MustDrop()
+			if err != nil {
+				return nil, nil, err
+			}
+			x = cl
+		}
 		y := ts.MustRandint(int64(len(vision.Classes8.Classes())), []int64{int64(c.Batch)}, gotch.Int64, device)
 		return func() (*ts.Tensor, *ts.Tensor, func(), error) { return x, y, func() {}, nil },
 			func() { x.MustDrop(); y.MustDrop() }, nil
