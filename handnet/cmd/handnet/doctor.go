@@ -16,6 +16,7 @@ import (
 func init() {
 	register(&command{
 		name:    "doctor",
+		usage:   "[--device auto|cpu|cuda|cuda:N] [--threads N] [--json]",
 		summary: "Check the libtorch build: version, ABI, CUDA, threads; run a tiny training job on the device.\nExits 0 when torch works on the chosen device, 1 otherwise.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			device := fs.String("device", "auto", "device to check: auto, cpu, cuda or cuda:N")

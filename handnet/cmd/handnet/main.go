@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/handnet/handnet/handnet/torch"
@@ -58,6 +57,10 @@ func run(args []string) int {
 				fs.Usage()
 				return 0
 			}
+			if subs := subcommands(args[1]); len(subs) > 0 && len(args) == 2 {
+				printSubcommands(os.Stdout, args[1], subs)
+				return 0
+			}
 		}
 		printHelp(os.Stdout)
 		if len(args) == 0 {
@@ -74,18 +77,17 @@ func run(args []string) int {
 	}
 	if !ok {
 		if c, ok = commands[args[0]]; !ok {
-			fmt.Fprintf(os.Stderr, "handnet: unknown command %q\n\n", strings.Join(args[:min(2, len(args))], " "))
-			printHelp(os.Stderr)
-			return 2
+			return unknownCommand(args)
 		}
 	}
 	fs, runFn := newFlagSet(c)
+	fs.SetOutput(os.Stdout) // --help (exit 0) on stdout, for | less; errors go to stderr below
 	verbose := fs.BoolP("verbose", "v", false, "log debug messages")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintf(os.Stderr, "handnet %s: %v\nRun 'handnet %s --help' for its flags.\n", c.name, err, c.name)
+		fmt.Fprintf(os.Stderr, "handnet %s: %v%s\nRun 'handnet %s --help' for its flags.\n", c.name, err, flagHint(fs, err), c.name)
 		return 2
 	}
 	if *verbose {
@@ -112,29 +114,68 @@ func newFlagSet(c *command) (*pflag.FlagSet, func([]string) error) {
 	fs.SortFlags = false
 	runFn := c.setup(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: handnet %s %s\n\n%s\n\nFlags:\n%s\nExit codes: 0 success, 1 failure (named on stderr), 2 bad usage.\n", c.name, c.usage, c.summary, fs.FlagUsages())
+		fmt.Fprintf(fs.Output(), "Usage: handnet %s %s\n\n%s\n\nFlags:\n%s\n", c.name, c.usage, c.summary, fs.FlagUsages())
+		if ex := helpOf(c).examples; len(ex) > 0 {
+			fmt.Fprintf(fs.Output(), "Examples:\n  handnet %s\n\n", strings.Join(ex, "\n  handnet "))
+		}
+		fmt.Fprintln(fs.Output(), "Exit codes: 0 success, 1 failure (named on stderr), 2 bad usage.")
 	}
 	return fs, runFn
 }
 
-func printHelp(w *os.File) {
-	fmt.Fprintln(w, "handnet trains and evaluates 11k Hands classifiers (libtorch through gotch).\n\nUsage: handnet COMMAND [flags]\n\nCommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+// unknownCommand answers a command line whose command does not exist:
+// the subcommands of a group word alone (handnet data), else the closest
+// command ("did you mean train?") and the command list. Exit code 2.
+func unknownCommand(args []string) int {
+	if subs := subcommands(args[0]); len(subs) > 0 {
+		if len(args) == 1 || strings.HasPrefix(args[1], "-") {
+			if len(args) > 1 && (args[1] == "-h" || args[1] == "--help") {
+				printSubcommands(os.Stdout, args[0], subs)
+				return 0
+			}
+			printSubcommands(os.Stderr, args[0], subs)
+			return 2
+		}
+		fmt.Fprintf(os.Stderr, "handnet: unknown command %q", args[0]+" "+args[1])
+		var words []string
+		for _, n := range subs {
+			words = append(words, strings.TrimPrefix(n, args[0]+" "))
+		}
+		if s := suggest(args[1], words); s != "" {
+			fmt.Fprintf(os.Stderr, "; did you mean %s %s?", args[0], s)
+		}
+		fmt.Fprint(os.Stderr, "\n\n")
+		printSubcommands(os.Stderr, args[0], subs)
+		return 2
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-14s %s\n", n, firstLine(commands[n].summary))
+	fmt.Fprintf(os.Stderr, "handnet: unknown command %q", args[0])
+	if s := suggest(args[0], commandWords()); s != "" {
+		fmt.Fprintf(os.Stderr, "; did you mean %s?\n", s)
+		fmt.Fprintln(os.Stderr, "Run 'handnet help' for the list of commands.")
+		return 2
 	}
-	fmt.Fprintln(w, "\nRun 'handnet COMMAND --help' for a command's flags.")
+	fmt.Fprint(os.Stderr, "\n\n")
+	printHelp(os.Stderr)
+	return 2
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
+// flagHint is "; did you mean --epochs?" for an unknown flag close to one
+// of fs's, else "".
+func flagHint(fs *pflag.FlagSet, err error) string {
+	name, ok := strings.CutPrefix(err.Error(), "unknown flag: --")
+	if !ok {
+		return ""
 	}
-	return s
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !f.Hidden {
+			names = append(names, f.Name)
+		}
+	})
+	if s := suggest(name, names); s != "" {
+		return "; did you mean --" + s + "?"
+	}
+	return ""
 }
 
 // checkFloat rejects NaN and ±Inf for --name, and values <= 0 unless

@@ -12,6 +12,7 @@ import (
 
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
+	"github.com/sugarme/gotch"
 )
 
 // TestOneDefaultSeed: every command with a --seed flag (data stats, train,
@@ -113,5 +114,120 @@ func TestTrainLogsProgressWithoutTerminal(t *testing.T) {
 	}
 	if strings.Contains(log, "\r") || strings.Contains(log, "█") {
 		t.Errorf("a progress bar was drawn into a file:\n%s", log)
+	}
+}
+
+// runCaptured runs the command line in this process and returns its exit
+// code, stdout and stderr.
+func runCaptured(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	outF, _ := os.Create(filepath.Join(dir, "stdout"))
+	errF, _ := os.Create(filepath.Join(dir, "stderr"))
+	oldOut, oldErr := os.Stdout, os.Stderr
+	os.Stdout, os.Stderr = outF, errF
+	code := run(args)
+	os.Stdout, os.Stderr = oldOut, oldErr
+	outF.Close()
+	errF.Close()
+	o, _ := os.ReadFile(outF.Name())
+	e, _ := os.ReadFile(errF.Name())
+	return code, string(o), string(e)
+}
+
+// TestHelpText: the command list is grouped with whole descriptions,
+// every --help has examples and only the flags that apply, mistyped
+// commands and flags get a suggestion, a group word alone lists its
+// subcommands, and the exit codes say which happened.
+func TestHelpText(t *testing.T) {
+	tests := []struct {
+		args           []string
+		code           int
+		stdout, stderr []string // each must appear
+		not            []string // in neither
+	}{
+		{[]string{"help"}, 0, []string{"Start here:\n  demo ", "Data:\n", "Train and evaluate:\n  train ", "Use a trained model:\n", "Examples:\n  handnet demo"}, nil,
+			[]string{"(precision, +cl\n", "evaluate it,\n"}},
+		{[]string{"trian"}, 2, nil, []string{`unknown command "trian"; did you mean train?`}, []string{"Start here:"}},
+		{[]string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "Start here:"}, []string{"did you mean"}},
+		{[]string{"data"}, 2, nil, []string{"handnet data has these subcommands:\n  data stats "}, []string{"unknown command"}},
+		{[]string{"weights"}, 2, nil, []string{"weights fetch ", "weights info "}, []string{"unknown command"}},
+		{[]string{"weights", "--help"}, 0, []string{"weights fetch ", "weights info "}, nil, nil},
+		{[]string{"help", "data"}, 0, []string{"data stats "}, nil, nil},
+		{[]string{"weights", "infp", "x"}, 2, nil, []string{"did you mean weights info?"}, nil},
+		{[]string{"train", "--epoch", "3"}, 2, nil, []string{"unknown flag: --epoch; did you mean --epochs?"}, nil},
+		{[]string{"predict", "--help"}, 0, []string{"--top", "Examples:\n  handnet predict --checkpoint"}, nil, []string{"--method"}},
+		{[]string{"explain", "--help"}, 0, []string{"--method", "Examples:\n  handnet explain"}, nil, nil},
+		{[]string{"serve", "--help"}, 0, []string{"--method", "Examples:\n  handnet serve"}, nil, nil},
+		{[]string{"doctor", "--help"}, 0, []string{"Usage: handnet doctor [--device auto|cpu|cuda|cuda:N] [--threads N] [--json]"}, nil, nil},
+	}
+	for _, tt := range tests {
+		code, out, errOut := runCaptured(t, tt.args...)
+		if code != tt.code {
+			t.Errorf("handnet %q: exit %d, want %d\n%s%s", tt.args, code, tt.code, out, errOut)
+		}
+		for _, w := range tt.stdout {
+			if !strings.Contains(out, w) {
+				t.Errorf("handnet %q: stdout lacks %q:\n%s", tt.args, w, out)
+			}
+		}
+		for _, w := range tt.stderr {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("handnet %q: stderr lacks %q:\n%s", tt.args, w, errOut)
+			}
+		}
+		for _, w := range tt.not {
+			if strings.Contains(out+errOut, w) {
+				t.Errorf("handnet %q: says %q:\n%s%s", tt.args, w, out, errOut)
+			}
+		}
+	}
+}
+
+// TestHelpEveryCommand: each command has a whole one-line description
+// and examples whose flags its flag set accepts.
+func TestHelpEveryCommand(t *testing.T) {
+	for name, c := range commands {
+		h := helpOf(c)
+		if strings.Contains(h.brief, "\n") || len(h.brief) > 100 || !strings.HasSuffix(h.brief, ".") && !strings.HasSuffix(h.brief, "?") {
+			t.Errorf("%s: description %q is not one whole line of at most 100 characters", name, h.brief)
+		}
+		if len(h.examples) == 0 {
+			t.Errorf("%s: no examples", name)
+		}
+		for _, ex := range h.examples {
+			words := strings.Fields(ex)
+			if strings.Join(words[:len(strings.Fields(name))], " ") != name {
+				t.Errorf("%s: example %q is of another command", name, ex)
+				continue
+			}
+			fs, _ := newFlagSet(c)
+			if err := fs.Parse(words[len(strings.Fields(name)):]); err != nil {
+				t.Errorf("%s: example %q: %v", name, ex, err)
+			}
+		}
+	}
+}
+
+// TestDeviceRefusedBeforeWork: --device cuda on a machine without CUDA
+// is refused (exit 1, naming the CPU-only build) before the dataset is
+// read or the image cache is built.
+func TestDeviceRefusedBeforeWork(t *testing.T) {
+	if gotch.CUDA.IsAvailable() {
+		t.Skip("CUDA is available here")
+	}
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "cache")
+	for _, args := range [][]string{
+		{"train", "--data", filepath.Join(dir, "no-data"), "--out", filepath.Join(dir, "run"), "--cache-dir", cache, "--device", "cuda"},
+		{"predict", "--checkpoint", filepath.Join(dir, "none.safetensors"), "--device", "cuda:1", dir},
+	} {
+		code, _, errOut := runCaptured(t, args...)
+		if code != 1 || !strings.Contains(errOut, "--device: device \"cuda") || strings.Contains(errOut, "no-data") || strings.Contains(errOut, "none.safetensors") {
+			t.Errorf("handnet %q: exit %d, want 1 with the device named first:\n%s", args, code, errOut)
+		}
+	}
+	if _, err := os.Stat(cache); !os.IsNotExist(err) {
+		t.Errorf("the cache folder was made before the device was refused: %v", err)
 	}
 }

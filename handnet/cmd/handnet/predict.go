@@ -25,7 +25,7 @@ func init() {
 			".jpg/.jpeg/.png/.gif files. Unreadable images are reported and skipped; the exit code is 1 if any failed.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
-			cf.register(fs)
+			cf.register(fs, false)
 			top := fs.Int("top", 1, "show the K most likely classes")
 			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
 			return func(args []string) error {

@@ -35,11 +35,16 @@ type classifierFlags struct {
 	limits  limitFlags
 }
 
-func (c *classifierFlags) register(fs *pflag.FlagSet) {
+// register defines the flags; --method (class-activation maps) only where
+// cam is true: the commands that explain (explain, serve).
+func (c *classifierFlags) register(fs *pflag.FlagSet, cam bool) {
 	fs.StringVar(&c.ckpt, "checkpoint", "", "handnet checkpoint, e.g. a run's best.safetensors (required)")
 	fs.StringVar(&c.device, "device", "auto", "device: auto, cpu, cuda or cuda:N")
 	fs.IntVar(&c.threads, "threads", 0, "CPU threads for torch (0: all usable CPUs)")
-	fs.StringVar(&c.method, "method", "auto", "class-activation maps: gradcam, hirescam, or auto (hirescam for the study CNN, whose fully connected head makes Grad-CAM's averaged gradients cancel; gradcam for ResNet-18, where the two agree)")
+	c.method = "auto"
+	if cam {
+		fs.StringVar(&c.method, "method", "auto", "class-activation maps: gradcam, hirescam, or auto (hirescam for the study CNN, whose fully connected head makes Grad-CAM's averaged gradients cancel; gradcam for ResNet-18, where the two agree)")
+	}
 	c.limits.register(fs)
 }
 
@@ -49,6 +54,8 @@ func (c *classifierFlags) options() (handnet.Options, error) {
 	}
 	if _, err := torch.ParseDevice(c.device); errors.Is(err, torch.ErrDeviceName) {
 		return handnet.Options{}, usagef("--device: %v", err)
+	} else if err != nil {
+		return handnet.Options{}, fmt.Errorf("--device: %w", err) // not on this machine: refused before any work
 	}
 	if err := c.limits.validate(); err != nil {
 		return handnet.Options{}, err
@@ -76,7 +83,7 @@ func init() {
 			"lane of their own, one at a time, so that they cannot starve ordinary photos.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
-			cf.register(fs)
+			cf.register(fs, true)
 			addr := fs.String("addr", ":8080", "address to listen on")
 			maxBatch := fs.Int("max-batch", 32, "images per forward pass at most (1: no batching)")
 			maxWait := fs.Duration("max-wait", 5*time.Millisecond, "how long a forward pass waits for more images after the first")
@@ -110,7 +117,7 @@ func init() {
 			"skipped; the exit code is then 1.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
-			cf.register(fs)
+			cf.register(fs, true)
 			class := fs.String("class", "", "class to explain, by name or index (default: each image's predicted class)")
 			out := fs.String("out", "explain", "folder for the NAME.cam.png files")
 			size := fs.Int("size", 640, "longest side of the pictures written, in pixels")

@@ -91,6 +91,8 @@ func (f *specFlags) spec() (experiment.Spec, error) {
 	}
 	if _, err := torch.ParseDevice(f.device); errors.Is(err, torch.ErrDeviceName) {
 		return s, usagef("--device: %v", err)
+	} else if err != nil {
+		return s, fmt.Errorf("--device: %w", err) // not on this machine: refused before the image cache is built
 	}
 	if err := f.cache.limits.validate(); err != nil {
 		return s, err
