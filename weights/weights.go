@@ -234,26 +234,32 @@ type Tensor struct {
 // Info lists a weights file's tensors, sorted by name, and its SHA-256.
 // It reads PyTorch files and safetensors files (handnet checkpoints).
 func Info(p string) ([]Tensor, string, error) {
-	sum, err := FileSHA256(p)
-	if err != nil {
-		return nil, "", err
+	tensors, sum, _, err := Inspect(p)
+	return tensors, sum, err
+}
+
+// Inspect is Info plus a safetensors file's header metadata (nil for a
+// PyTorch file): for a handnet checkpoint, its model, training
+// configuration and metrics (see model.CheckpointFormat).
+func Inspect(p string) (tensors []Tensor, sum string, meta map[string]string, err error) {
+	if sum, err = FileSHA256(p); err != nil {
+		return nil, "", nil, err
 	}
-	var tensors map[string]*ts.Tensor
+	var all map[string]*ts.Tensor
 	if strings.HasSuffix(p, ".safetensors") {
-		tensors, _, err = model.ReadSafetensors(p)
+		all, meta, err = model.ReadSafetensors(p)
 	} else {
-		tensors, err = Read(p)
+		all, err = Read(p)
 	}
 	if err != nil {
-		return nil, sum, err
+		return nil, sum, nil, err
 	}
-	var out []Tensor
-	for name, t := range tensors {
-		out = append(out, Tensor{Name: name, Shape: t.MustSize(), DType: t.DType().String()})
+	for name, t := range all {
+		tensors = append(tensors, Tensor{Name: name, Shape: t.MustSize(), DType: t.DType().String()})
 		t.MustDrop()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, sum, nil
+	sort.Slice(tensors, func(i, j int) bool { return tensors[i].Name < tensors[j].Name })
+	return tensors, sum, meta, nil
 }
 
 // LoadPretrained loads an ImageNet ResNet-18 file into m (a "resnet18"

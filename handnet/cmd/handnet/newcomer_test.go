@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -229,5 +233,61 @@ func TestDeviceRefusedBeforeWork(t *testing.T) {
 	}
 	if _, err := os.Stat(cache); !os.IsNotExist(err) {
 		t.Errorf("the cache folder was made before the device was refused: %v", err)
+	}
+}
+
+// TestWeightsInfoHeader: weights info on a handnet checkpoint shows its
+// header (model, classes, input and normalisation, epoch and metrics,
+// training configuration, data) before the tensors, and --json carries it
+// decoded.
+func TestWeightsInfoHeader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "best.safetensors")
+	th := torch.NewThread(1)
+	defer th.Close()
+	err := th.Do(func() error {
+		m, err := model.New(model.Config{Arch: "cnn", Dropout: "fc1-0.5", Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height,
+			Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		return model.SaveCheckpoint(path, m, nil, map[string]string{
+			"train_config": `{"epochs":10,"batch_size":16,"lr":0.0025,"seed":1}`,
+			"metrics":      `{"epoch":7,"train_loss":0.41,"train_acc":0.9,"val_loss":0.52,"val_acc":0.8125}`,
+			"split":        "subject", "data": "data/fake"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCaptured(t, "weights", "info", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"handnet checkpoint, format version 1\n",
+		"  model         cnn (dropout fc1-0.5)\n",
+		"  classes       8: female dorsal left, ",
+		fmt.Sprintf("  input         %dx%d RGB, normalised with mean ", vision.Width, vision.Height),
+		"  epoch         7: validation accuracy 81.2 %, loss 0.5200 (training 90.0 %, loss 0.4100)\n",
+		"  training      batch_size 16, epochs 10, lr 0.0025, seed 1\n",
+		"  split         subject\n", "  data          data/fake\n",
+		"fc1.weight", "sha256 ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("weights info lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "model ") > strings.Index(out, "fc1.weight") {
+		t.Errorf("the header comes after the tensors:\n%s", out)
+	}
+	code, out, _ = runCaptured(t, "weights", "info", "--json", path)
+	var j struct {
+		Header struct {
+			Model   model.Config       `json:"model"`
+			Metrics map[string]float64 `json:"metrics"`
+		} `json:"header"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &j) != nil || len(j.Header.Model.Classes) != 8 || j.Header.Metrics["val_acc"] != 0.8125 {
+		t.Errorf("weights info --json: exit %d, header %+v\n%s", code, j.Header, out)
 	}
 }

@@ -78,20 +78,25 @@ func init() {
 	register(&command{
 		name:    "weights info",
 		usage:   "FILE [--json]",
-		summary: "List a weights file's tensors, shapes and dtypes, and its SHA-256 (PyTorch .pth or handnet .safetensors).",
+		summary: "List a weights file's tensors, shapes and dtypes, and its SHA-256 (PyTorch .pth or handnet .safetensors);\nfor a handnet checkpoint, its header first: model, classes, input size and normalisation, epoch and\nmetrics, training configuration, data.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			asJSON := fs.Bool("json", false, "print JSON")
 			return func(args []string) error {
 				if len(args) != 1 {
 					return usagef("name one weights file")
 				}
-				tensors, sum, err := weights.Info(args[0])
+				tensors, sum, meta, err := weights.Inspect(args[0])
 				if err != nil {
 					return err
 				}
 				if *asJSON {
-					return json.NewEncoder(os.Stdout).Encode(map[string]any{"file": args[0], "sha256": sum, "tensors": tensors})
+					out := map[string]any{"file": args[0], "sha256": sum, "tensors": tensors}
+					if h := checkpointHeader(meta); h != nil {
+						out["header"] = h
+					}
+					return json.NewEncoder(os.Stdout).Encode(out)
 				}
+				printCheckpointHeader(os.Stdout, meta)
 				params := int64(0)
 				for _, t := range tensors {
 					n := int64(1)
