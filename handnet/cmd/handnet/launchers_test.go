@@ -450,7 +450,21 @@ func TestNProcBoundedAndOrphanFree(t *testing.T) {
 		t.Error("the refused command created the run folder")
 	}
 
-	p = start(t, nil, append(args, "--nproc-per-node", "2", "--oversubscribe")...)
+	// ResNet-18 from scratch: long, quiet epochs (a rank that writes to its
+	// dead launcher's pipe would die of that; this checks the kernel's
+	// parent-death signal). The launcher writes to a file, not a pipe.
+	logf, err := os.Create(filepath.Join(dir, "launcher.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p = &proc{cmd: exec.Command(os.Args[0], append(args, "--model", "resnet18", "--nproc-per-node", "2", "--oversubscribe")...)}
+	p.cmd.Env = append(os.Environ(), "HANDNET_TEST_MAIN=1")
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill() })
 	waitFile(t, filepath.Join(dir, "run", "epoch.safetensors"), time.Minute)
 	ranks := descendants(p.cmd.Process.Pid, "HANDNET_LAUNCHER=1")
 	if len(ranks) != 2 {
@@ -464,14 +478,15 @@ func TestNProcBoundedAndOrphanFree(t *testing.T) {
 	p.cmd.Process.Kill()
 	p.cmd.Process.Wait() // the process only: the ranks hold its output pipe
 	begin = time.Now()
-	for time.Since(begin) < time.Minute {
+	for time.Since(begin) < 5*time.Second {
 		if !alive(ranks[0]) && !alive(ranks[1]) {
 			t.Logf("both ranks gone %.1fs after the launcher was killed", time.Since(begin).Seconds())
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("ranks %v still run a minute after their launcher was SIGKILLed", ranks)
+	log, _ := os.ReadFile(logf.Name())
+	t.Fatalf("ranks %v still run 5s after their launcher was SIGKILLed\n%s", ranks, log)
 }
 
 // runtimeCPUs is the usable CPU count handnet sees.
