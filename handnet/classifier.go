@@ -57,7 +57,16 @@ type ModelInfo struct {
 	SHA256     string   `json:"sha256"`     // of the checkpoint file
 	Arch       string   `json:"arch"`
 	Classes    []string `json:"classes"`
+	// Data is the dataset the model was trained on, from the checkpoint's
+	// header ("" when the header does not say): a model trained on
+	// synthetic hands (handnet demo, fakedata) says little about photos.
+	Data string `json:"data,omitempty"`
 }
+
+// DefaultTop is how many classes an answer lists when the caller does not
+// say (handnet predict --top, POST /predict?top=): the predicted class
+// alone, the same on the command line and over HTTP.
+const DefaultTop = 1
 
 // Prediction is a classifier's answer for one image.
 type Prediction struct {
@@ -131,6 +140,7 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 			return err
 		}
 		defer ck.Drop()
+		c.info.Data = ck.Metadata["data"]
 		c.net, err = model.LoadModel(ck, dev)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
@@ -152,7 +162,7 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		c.Close()
 		return nil, err
 	}
-	c.info = ModelInfo{Checkpoint: filepath.Base(path), SHA256: sum, Arch: cfg.Arch, Classes: append([]string(nil), cfg.Classes...)}
+	c.info = ModelInfo{Checkpoint: filepath.Base(path), SHA256: sum, Arch: cfg.Arch, Classes: append([]string(nil), cfg.Classes...), Data: c.info.Data}
 	c.norm = vision.NewNormalizer(cfg.Mean, cfg.Std)
 	c.pre.New = func() any {
 		p, err := vision.NewPreprocessor(cfg.Width, cfg.Height)
@@ -463,8 +473,9 @@ func writeError(w http.ResponseWriter, err error) {
 // Handler returns an http.Handler that classifies an uploaded image: a
 // POST with the image (JPEG, PNG or GIF) as the body, or as the "image"
 // field of a multipart form. The image goes through the training pipeline's
-// decoder within the budgets. It answers JSON: a Prediction, or {"error":
-// "..."} with status 400 (not an image), 405 (not a POST), 413 (over the
+// decoder within the budgets. It answers JSON: a Response (the
+// shape of Server's POST /predict: the model and one Result, ?top=K
+// classes, default DefaultTop), or {"error": "..."} with status 400 (not an image), 405 (not a POST), 413 (over the
 // byte, pixel or decode-memory budget), 503 with Retry-After (too many
 // requests at once), 504 (over the time allowed) or 500 (a model whose
 // output is not finite, or another failure). At most Options.MaxConcurrent requests
@@ -477,13 +488,23 @@ func (c *Classifier) Handler() http.Handler {
 			writeError(w, &httpError{http.StatusMethodNotAllowed, "POST an image (body or multipart field \"image\")"})
 			return
 		}
+		k, err := topK(r, len(c.net.Config.Classes))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		name := "body"
+		if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
+			name = "image"
+		}
 		p, err := c.serve(w, r)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
+		p.Top = p.Top[:k]
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(p)
+		json.NewEncoder(w).Encode(Response{Model: c.Info(), Results: []Result{{File: name, Prediction: &p}}})
 	})
 }
 

@@ -47,13 +47,34 @@ type ServerOptions struct {
 // Server serves a Classifier over HTTP as a production service:
 //
 //	POST /predict   an image (body, or multipart field "image"; several
-//	                files in one multipart request are all answered), ?top=K
-//	POST /explain   the same, plus a Grad-CAM overlay (?class=NAME|INDEX,
+//	                files in one multipart request are all answered),
+//	                ?top=K classes per image (default DefaultTop: 1, as
+//	                handnet predict --top)
+//	POST /explain   one image, plus a Grad-CAM overlay (?class=NAME|INDEX,
 //	                ?method=auto|gradcam|hirescam)
 //	GET  /healthz   the process is alive
 //	GET  /readyz    the model is loaded and a warm-up forward pass is done
 //	GET  /metrics   Prometheus metrics
 //	GET  /          a web page: drop a photo, see the classes and the map
+//
+// Another method on these paths is answered 405 with an Allow header.
+// POST /predict answers one shape (Response) for one image or many, each
+// image's answer or error under "results", in the order sent:
+//
+//	{
+//	  "model": {"checkpoint": "best.safetensors", "sha256": "9f2c…", "arch": "cnn",
+//	            "classes": ["female dorsal left", …], "data": "data/11k"},
+//	  "results": [
+//	    {"file": "a.jpg", "class": "male palmar right", "index": 7, "probability": 0.91,
+//	     "top": [{"class": "male palmar right", "probability": 0.91}]},
+//	    {"file": "b.txt", "error": "not an image handnet reads (JPEG, PNG or GIF): starts with 6e 6f 74 20 61 6e 20 69"}
+//	  ]
+//	}
+//
+// The raw body's image is named "body". A request of one image that fails
+// is answered with that image's status (400, 413, 503, 504, 500) and
+// {"error": "..."}; a request of several with 200 and the errors in
+// "results" (or the worst 5xx). Errors elsewhere are {"error": "..."}.
 //
 // Concurrent requests are decoded on their own goroutines (at most
 // Options.MaxConcurrent at once, Options.MaxQueue waiting; beyond, 503) and
@@ -122,6 +143,13 @@ func NewServer(c *Classifier, o ServerOptions) *Server {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /{$}", s.page)
+	s.mux.HandleFunc("GET /favicon.ico", s.favicon)
+	for path, allow := range map[string]string{"/predict": "POST", "/explain": "POST", "/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"} {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, &httpError{http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: this path takes %s", r.Method, path, allow)})
+		})
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &httpError{http.StatusNotFound, fmt.Sprintf("no %s %s: see / for the page, POST /predict or /explain", r.Method, r.URL.Path)})
 	})
@@ -312,6 +340,18 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"status": "ready", "model": s.c.Info()})
 }
 
+// favicon serves the page's icon (browsers ask for /favicon.ico).
+func (s *Server) favicon(w http.ResponseWriter, r *http.Request) {
+	b, err := webFiles.ReadFile("web/favicon.svg")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=86400")
+	w.Write(b)
+}
+
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	b, err := webFiles.ReadFile("web/index.html")
 	if err != nil {
@@ -435,25 +475,38 @@ func decodeError(err error) error {
 	return fmt.Errorf("%w: %v", errDecode, err)
 }
 
-// topK parses ?top=K (default all classes).
-func (s *Server) topK(r *http.Request) (int, error) {
-	k := len(s.c.net.Config.Classes)
+// topK parses ?top=K (default DefaultTop; at most the number of classes).
+func (s *Server) topK(r *http.Request) (int, error) { return topK(r, len(s.c.net.Config.Classes)) }
+
+func topK(r *http.Request, classes int) (int, error) {
+	k := DefaultTop
 	if v := r.URL.Query().Get("top"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
 			return 0, &httpError{http.StatusBadRequest, fmt.Sprintf("top=%q: want a positive integer", v)}
 		}
-		k = min(n, k)
+		k = n
 	}
-	return k, nil
+	return min(k, classes), nil
 }
 
-// predictResult is one image's answer in a multi-image response.
-type predictResult struct {
-	File string `json:"file"`
+// Response is the JSON answer of POST /predict (Server and
+// Classifier.Handler) for one image or many: the model, and each image's
+// Result in the order sent.
+type Response struct {
+	Model   ModelInfo `json:"model"`
+	Results []Result  `json:"results"`
+}
+
+// Result is one image's answer: its prediction (top cut to ?top=K), or
+// its error.
+type Result struct {
+	File string `json:"file"` // the multipart file name; "body" for a raw body
 	*Prediction
 	Error string `json:"error,omitempty"`
 }
+
+type predictResult = Result
 
 func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.c.opts.Timeout)
@@ -496,10 +549,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 			writeError(w, errs[0])
 			return
 		}
-		writeJSON(w, 200, struct {
-			*Prediction
-			Model ModelInfo `json:"model"`
-		}{results[0].Prediction, s.c.Info()})
+		writeJSON(w, 200, Response{Model: s.c.Info(), Results: results})
 		return
 	}
 	code := 200
@@ -508,7 +558,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 			code = status(e)
 		}
 	}
-	writeJSON(w, code, map[string]any{"results": results, "model": s.c.Info()})
+	writeJSON(w, code, Response{Model: s.c.Info(), Results: results})
 }
 
 // predictOne decodes and classifies one image of a request into res, its

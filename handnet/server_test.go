@@ -74,10 +74,15 @@ func TestServerEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, v := getJSON(http.Post(hs.URL+"/predict?top=3", "image/jpeg", bytes.NewReader(img)))
-	model, _ := v["model"].(map[string]any)
-	if code != 200 || v["class"] != want.Class || len(v["top"].([]any)) != 3 || model["arch"] != "cnn" || len(model["sha256"].(string)) != 64 {
-		t.Fatalf("POST /predict?top=3: %d %v", code, v)
+	code, resp1 := getJSON(http.Post(hs.URL+"/predict?top=3", "image/jpeg", bytes.NewReader(img)))
+	model, _ := resp1["model"].(map[string]any)
+	one, _ := resp1["results"].([]any)
+	if code != 200 || len(one) != 1 {
+		t.Fatalf("POST /predict?top=3: %d %v", code, resp1)
+	}
+	v := one[0].(map[string]any)
+	if v["file"] != "body" || v["class"] != want.Class || len(v["top"].([]any)) != 3 || model["arch"] != "cnn" || len(model["sha256"].(string)) != 64 {
+		t.Fatalf("POST /predict?top=3: %d %v", code, resp1)
 	}
 	if p := v["probability"].(float64); math.Abs(p-want.Probability) > 1e-6 {
 		t.Errorf("probability %v, PredictBytes %v", p, want.Probability)
@@ -161,7 +166,7 @@ func TestBatchingSameAnswers(t *testing.T) {
 		}
 		want[i] = p
 	}
-	got := make([]map[string]any, 32)
+	got := make([]handnet.Prediction, 32)
 	var wg sync.WaitGroup
 	for i := range imgs {
 		wg.Add(1)
@@ -173,13 +178,18 @@ func TestBatchingSameAnswers(t *testing.T) {
 				return
 			}
 			defer resp.Body.Close()
-			json.NewDecoder(resp.Body).Decode(&got[i])
+			var r handnet.Response
+			if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || len(r.Results) != 1 || r.Results[0].Prediction == nil {
+				t.Errorf("image %d: %d %v %+v", i, resp.StatusCode, err, r)
+				return
+			}
+			got[i] = *r.Results[0].Prediction
 		}()
 	}
 	wg.Wait()
 	for i := range imgs {
-		if got[i]["class"] != want[i].Class || math.Abs(got[i]["probability"].(float64)-want[i].Probability) > 1e-5 {
-			t.Errorf("image %d: batched %v %v, alone %s %v", i, got[i]["class"], got[i]["probability"], want[i].Class, want[i].Probability)
+		if got[i].Class != want[i].Class || math.Abs(got[i].Probability-want[i].Probability) > 1e-5 {
+			t.Errorf("image %d: batched %v %v, alone %s %v", i, got[i].Class, got[i].Probability, want[i].Class, want[i].Probability)
 		}
 	}
 	mfs, _ := reg.Gather()

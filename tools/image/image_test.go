@@ -365,9 +365,11 @@ func TestImage(t *testing.T) {
 		if err := json.Unmarshal([]byte(want), &a); err != nil {
 			t.Fatalf("handnet predict --json: %v\n%s", err, want)
 		}
-		if err := json.Unmarshal(got, &b); err != nil {
+		var answers struct{ Results []answer } // one shape for one image or many
+		if err := json.Unmarshal(got, &answers); err != nil || len(answers.Results) != 1 {
 			t.Fatalf("/predict: %v\n%s", err, got)
 		}
+		b = answers.Results[0]
 		if len(a.Top) != 8 || fmt.Sprint(a) != fmt.Sprint(b) {
 			t.Errorf("/predict in the container:\n%+v\nhandnet predict --json on the host:\n%+v", b, a)
 		}

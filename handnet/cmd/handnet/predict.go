@@ -26,7 +26,7 @@ func init() {
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var cf classifierFlags
 			cf.register(fs, false)
-			top := fs.Int("top", 1, "show the K most likely classes")
+			top := fs.Int("top", handnet.DefaultTop, "show the K most likely classes (the same default as POST /predict?top=K)")
 			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
 			return func(args []string) error {
 				o, err := cf.options()
