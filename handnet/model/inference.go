@@ -193,19 +193,32 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 			bt = bt.MustTotype(inf.dtype, true)
 		}
 	}
-	u.w = inf.keep(wt.MustContiguous(true))
+	wt = wt.MustContiguous(true)
 	if bt != nil {
-		u.b = inf.keep(bt.MustContiguous(true))
+		bt = bt.MustContiguous(true)
 	}
 	if !inf.device.IsCuda() {
-		in := u.w.MustSize()[1]
-		p, err := native.PrepackConv(u.w, u.b, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu)
+		// The prepacked copy is all the unit needs: the folded weights are
+		// dropped (a ResNet-18 serves with one extra copy of its weights,
+		// not two).
+		in := wt.MustSize()[1]
+		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu)
+		wt.MustDrop()
+		if bt != nil {
+			bt.MustDrop()
+		}
 		if err != nil {
 			return nil, err
 		}
 		inf.packed = append(inf.packed, p)
 		u.packed = p
-	} else if err := native.SetChannelsLast(u.w, true); err != nil {
+		return u, nil
+	}
+	u.w = inf.keep(wt)
+	if bt != nil {
+		u.b = inf.keep(bt)
+	}
+	if err := native.SetChannelsLast(u.w, true); err != nil {
 		return nil, err
 	}
 	return u, nil
