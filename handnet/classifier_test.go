@@ -42,7 +42,7 @@ func newCheckpoint(t testing.TB, dir string) string {
 		if err != nil {
 			return err
 		}
-		return model.SaveCheckpoint(path, m, nil, map[string]string{"note": "test"})
+		return model.SaveCheckpoint(path, m, nil, map[string]string{"note": "test", "data": "testdata/synthetic-hands"})
 	})
 	if err != nil {
 		if t == nil {

@@ -55,7 +55,8 @@ type ServerOptions struct {
 //	GET  /healthz   the process is alive
 //	GET  /readyz    the model is loaded and a warm-up forward pass is done
 //	GET  /metrics   Prometheus metrics
-//	GET  /          a web page: drop a photo, see the classes and the map
+//	GET  /          a web page: drop a photo (or pick an example), see the
+//	                classes and the map, choose the class to explain
 //
 // Another method on these paths is answered 405 with an Allow header.
 // POST /predict answers one shape (Response) for one image or many, each
@@ -144,6 +145,7 @@ func NewServer(c *Classifier, o ServerOptions) *Server {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /{$}", s.page)
 	s.mux.HandleFunc("GET /favicon.ico", s.favicon)
+	s.mux.HandleFunc("GET /examples/{name}", s.example)
 	for path, allow := range map[string]string{"/predict": "POST", "/explain": "POST", "/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"} {
 		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
@@ -348,6 +350,19 @@ func (s *Server) favicon(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=86400")
+	w.Write(b)
+}
+
+// example serves one of the page's example photos (synthetic hands,
+// embedded from web/examples).
+func (s *Server) example(w http.ResponseWriter, r *http.Request) {
+	b, err := webFiles.ReadFile("web/examples/" + r.PathValue("name"))
+	if err != nil || strings.Contains(r.PathValue("name"), "/") {
+		writeError(w, &httpError{http.StatusNotFound, "no example " + r.PathValue("name")})
+		return
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
 	w.Header().Set("Cache-Control", "max-age=86400")
 	w.Write(b)
 }

@@ -2,6 +2,7 @@ package handnet_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,6 +97,62 @@ func TestWebPageInBrowser(t *testing.T) {
 		if bars != len(c.Classes()) || overlayWidth <= 0 {
 			t.Errorf("photo %d: %d bars (want %d), overlay width %d", i+1, bars, len(c.Classes()), overlayWidth)
 		}
+	}
+	checkPageExtras(ctx, t, c, hs.URL, logs)
+}
+
+// checkPageExtras: the page names the model's training data from its
+// header, offers a copyable curl line for this server, explains the class
+// chosen in its picker (the API's ?class=) and classifies an example photo
+// at a click.
+func checkPageExtras(ctx context.Context, t *testing.T, c *handnet.Classifier, url string, logs fmt.Stringer) {
+	t.Helper()
+	text := func(sel string) string {
+		s, err := chromedp.Run(ctx, chromedp.Text(sel))
+		if err != nil {
+			t.Fatalf("%s: %v", sel, err)
+		}
+		return s
+	}
+	if got, want := text("#curl"), "curl -F image=@hand.jpg '"+url+"/predict?top=3'"; got != want {
+		t.Errorf("curl line %q, want %q", got, want)
+	}
+	if got := text("#trained"); !strings.Contains(got, "Trained on testdata/synthetic-hands.") || !strings.Contains(got, "synthetic hands") {
+		t.Errorf("training data line %q, want the checkpoint's data named", got)
+	}
+	wait := func(what, cond string) {
+		t.Helper()
+		err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Poll[bool](cond, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second))(ctx, tg)
+			return err
+		}))
+		if err != nil {
+			t.Fatalf("%s: %v\nserver log:\n%s", what, err, logs.String())
+		}
+	}
+	classes := c.Classes()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const s = document.getElementById("class"); s.value = "3"; s.dispatchEvent(new Event("change")); return true })()`)); err != nil {
+		t.Fatal(err)
+	}
+	wait("explaining class 3", `document.body.dataset.state === "done" && document.getElementById("explained").textContent === `+quoteJS(classes[3]))
+	if opts, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#class option").length`)); opts != len(classes)+1 {
+		t.Errorf("class picker has %d options, want %d classes + predicted", opts, len(classes))
+	}
+	shot, _ := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if out := os.Getenv("HANDNET_SCREENSHOT"); out != "" {
+		os.WriteFile(strings.Replace(out, ".png", "", 1)+"-class.png", shot, 0o644)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { document.getElementById("class").value = ""; document.body.dataset.state = "idle"; document.querySelector("#examples button").click(); return true })()`)); err != nil {
+		t.Fatal(err)
+	}
+	wait("the first example", `document.body.dataset.state === "done" && document.getElementById("status").textContent.startsWith("female-dorsal-left.jpg: ")`)
+	thumbs, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`[...document.querySelectorAll("#examples img")].filter((i) => i.naturalWidth > 0).length`))
+	if thumbs != 3 {
+		t.Errorf("%d example thumbnails loaded, want 3", thumbs)
+	}
+	shot, _ = chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if out := os.Getenv("HANDNET_SCREENSHOT"); out != "" {
+		os.WriteFile(strings.Replace(out, ".png", "", 1)+"-example.png", shot, 0o644)
 	}
 }
 
