@@ -8,6 +8,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
 )
 
 // Module is handnet's Go module path.
@@ -22,14 +23,16 @@ type VersionInfo struct {
 	Handnet string `json:"handnet"`
 	// Replaced names the folder a replace directive built handnet from,
 	// when an embedding program's go.mod or go.work has one.
-	Replaced       string          `json:"replaced,omitempty"`
-	Go             string          `json:"go"`
-	Libtorch       string          `json:"libtorch"`        // version, e.g. 1.13.1
-	LibtorchSource string          `json:"libtorch_source"` // system, pytorch or LIBTORCH
-	LibtorchRoot   string          `json:"libtorch_root"`
-	CUDA           string          `json:"cuda"` // CUDA version of the libtorch build, "" on a CPU build
-	Gotch          string          `json:"gotch"`
-	Native         native.Features `json:"native"`
+	Replaced       string `json:"replaced,omitempty"`
+	Go             string `json:"go"`
+	Libtorch       string `json:"libtorch"`        // version, e.g. 1.13.1
+	LibtorchSource string `json:"libtorch_source"` // system, pytorch or LIBTORCH
+	LibtorchRoot   string `json:"libtorch_root"`
+	CUDA           string `json:"cuda"` // CUDA version of the libtorch build, "" on a CPU build
+	// CuDNN says whether cuDNN is available to a CUDA build (false on the CPU).
+	CuDNN  bool            `json:"cudnn"`
+	Gotch  string          `json:"gotch"`
+	Native native.Features `json:"native"`
 }
 
 // Version describes this build (see VersionInfo). It asks nothing of the
@@ -45,6 +48,7 @@ func Version() VersionInfo {
 		if v.CUDA == "" {
 			v.CUDA = "yes (version not recorded)"
 		}
+		v.CuDNN = gotch.CUDA.CudnnIsAvailable()
 	}
 	v.Handnet, v.Replaced = moduleVersion()
 	return v
@@ -119,6 +123,13 @@ func (v VersionInfo) String() string {
 	fmt.Fprintf(&s, "go            %s %s/%s\n", v.Go, runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(&s, "libtorch      %s (%s, %s)\n", v.Libtorch, v.LibtorchSource, v.LibtorchRoot)
 	fmt.Fprintf(&s, "CUDA          %s\n", cuda)
+	if v.CUDA != "" {
+		cudnn := "not available"
+		if v.CuDNN {
+			cudnn = "available"
+		}
+		fmt.Fprintf(&s, "cuDNN         %s\n", cudnn)
+	}
 	fmt.Fprintf(&s, "gotch         %s\n", v.Gotch)
 	fmt.Fprintf(&s, "native        %s\n", v.Native)
 	return s.String()
