@@ -85,7 +85,7 @@ func saveCanvas(w, h vg.Length, base string, drawFn func(draw.Canvas)) error {
 }
 
 func writeFile(path string, w io.WriterTo) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666) // os.WriteFile's mode: 0644 under umask 022
 	if err != nil {
 		return err
 	}

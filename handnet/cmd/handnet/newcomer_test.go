@@ -291,3 +291,50 @@ func TestWeightsInfoHeader(t *testing.T) {
 		t.Errorf("weights info --json: exit %d, header %+v\n%s", code, j.Header, out)
 	}
 }
+
+// TestDemoRunFolder: the demo's run folder keeps what a user opens (best
+// checkpoint, report, metrics, plots) within 20 MB, without the resume
+// state, and every file in it has the mode os.WriteFile gives (0644 under
+// umask 022), checkpoints and report included.
+func TestDemoRunFolder(t *testing.T) {
+	out := t.TempDir()
+	if code, _, errOut := runCaptured(t, "demo", "--out", out, "--count", "100", "--epochs", "1", "--threads", "1"); code != 0 {
+		t.Fatalf("demo: exit %d\n%s", code, errOut)
+	}
+	run := filepath.Join(out, "run")
+	probe := filepath.Join(t.TempDir(), "probe")
+	if err := os.WriteFile(probe, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	pi, _ := os.Stat(probe)
+	entries, err := os.ReadDir(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	have := map[string]bool{}
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		have[e.Name()] = true
+		total += fi.Size()
+		if fi.Mode().Perm() != pi.Mode().Perm() {
+			t.Errorf("%s: mode %v, want %v (as os.WriteFile and the plots)", e.Name(), fi.Mode().Perm(), pi.Mode().Perm())
+		}
+	}
+	if total > 20<<20 {
+		t.Errorf("the demo's run folder holds %.1f MB, want at most 20", float64(total)/(1<<20))
+	}
+	for _, f := range []string{"best.safetensors", "report.md", "metrics.json", "loss.png", "accuracy.png", "confusion.png", "history.csv", "run.json", "split.csv"} {
+		if !have[f] {
+			t.Errorf("the demo's run folder lacks %s", f)
+		}
+	}
+	for _, f := range []string{"last.safetensors", "epoch.safetensors"} {
+		if have[f] {
+			t.Errorf("the demo's run folder still holds %s (resume state)", f)
+		}
+	}
+}
