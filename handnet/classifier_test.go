@@ -150,12 +150,12 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p handnet.Prediction
-	json.NewDecoder(resp.Body).Decode(&p)
+	var r handnet.Response
+	json.NewDecoder(resp.Body).Decode(&r)
 	resp.Body.Close()
 	want, _ := c.Predict(testImage(2))
-	if resp.StatusCode != 200 || p.Class != want.Class {
-		t.Fatalf("POST png: %d %+v, want %s", resp.StatusCode, p, want.Class)
+	if resp.StatusCode != 200 || len(r.Results) != 1 || r.Results[0].Prediction == nil || r.Results[0].Class != want.Class {
+		t.Fatalf("POST png: %d %+v, want %s", resp.StatusCode, r, want.Class)
 	}
 	for _, tc := range []struct {
 		method, body string
@@ -299,13 +299,17 @@ func TestHandlerMatchesPredictFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, _ := os.ReadFile(f)
-		resp, err := http.Post(srv.URL, "image/jpeg", bytes.NewReader(b))
+		resp, err := http.Post(srv.URL+"?top=8", "image/jpeg", bytes.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got handnet.Prediction
-		json.NewDecoder(resp.Body).Decode(&got)
+		var r handnet.Response
+		json.NewDecoder(resp.Body).Decode(&r)
 		resp.Body.Close()
+		var got handnet.Prediction
+		if len(r.Results) == 1 && r.Results[0].Prediction != nil {
+			got = *r.Results[0].Prediction
+		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: handler %+v, PredictFile %+v", f, got, want)
 		}
