@@ -61,6 +61,7 @@ func run(args []string) int {
 				printSubcommands(os.Stdout, args[1], subs)
 				return 0
 			}
+			return unknownCommand(args[1:]) // help trian: did you mean train?
 		}
 		printHelp(os.Stdout)
 		if len(args) == 0 {

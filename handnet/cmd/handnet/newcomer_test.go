@@ -158,6 +158,8 @@ func TestHelpText(t *testing.T) {
 		{[]string{"weights"}, 2, nil, []string{"weights fetch ", "weights info "}, []string{"unknown command"}},
 		{[]string{"weights", "--help"}, 0, []string{"weights fetch ", "weights info "}, nil, nil},
 		{[]string{"help", "data"}, 0, []string{"data stats "}, nil, nil},
+		{[]string{"help", "trian"}, 2, nil, []string{`unknown command "trian"; did you mean train?`}, nil},
+		{[]string{"help", "data", "stats"}, 0, []string{"Usage: handnet data stats", "Examples:\n  handnet data stats"}, nil, nil},
 		{[]string{"weights", "infp", "x"}, 2, nil, []string{"did you mean weights info?"}, nil},
 		{[]string{"train", "--epoch", "3"}, 2, nil, []string{"unknown flag: --epoch; did you mean --epochs?"}, nil},
 		{[]string{"predict", "--help"}, 0, []string{"--top", "Examples:\n  handnet predict --checkpoint"}, nil, []string{"--method"}},
