@@ -137,9 +137,10 @@ type subject struct {
 	skin                 [3]float64
 	fingerLen            [5]float64
 	// mark is the strength (0..1) of the person's identity marks: a
-	// background tinted in their colour and a wristband in another.
-	mark           float64
-	backdrop, band [3]float64
+	// backdrop of four tiles tinted in their colours and a wristband.
+	mark     float64
+	backdrop [4][3]float64
+	band     [3]float64
 }
 
 var skinTones = []struct {
@@ -184,7 +185,9 @@ func newSubject(rng, prng *rand.Rand, n int, sig *FakeSignals) subject {
 	}
 	if sig != nil && sig.Identity > 0 {
 		s.mark = sig.Identity
-		s.backdrop = hueRGB(prng.Float64(), 0.55+0.45*prng.Float64(), 0.6+0.4*prng.Float64())
+		for k := range s.backdrop {
+			s.backdrop[k] = hueRGB(prng.Float64(), 0.55+0.45*prng.Float64(), 0.6+0.4*prng.Float64())
+		}
 		s.band = hueRGB(prng.Float64(), 0.8, 0.35+0.6*prng.Float64())
 	}
 	s.skinName = skinTones[tone].name
@@ -200,11 +203,11 @@ func newSubject(rng, prng *rand.Rand, n int, sig *FakeSignals) subject {
 // FakeSignals are the strengths, 0 to 1, of what a synthetic photo shows
 // of its person.
 type FakeSignals struct {
-	// Identity: each person gets a background colour and a wristband
-	// colour of their own, blended in with this strength (0: white
-	// background, no band), constant over their photos; a model can learn
-	// people by them — and, when the same people are in training and test,
-	// their gender.
+	// Identity: each person gets a backdrop of their own (four tiles, the
+	// image's quarters, in colours of their own) and a wristband colour,
+	// blended in with this strength (0: white background, no band),
+	// constant over their photos; a model can learn people by them — and,
+	// when the same people are in training and test, their gender.
 	Identity float64
 	// Gender scales the gender cues (hand size, finger width, skin tone,
 	// nail polish): 1 the classic look, 0 none at all (gender can then be
@@ -325,19 +328,33 @@ func (c *canvas) ellipse(x, y, rx, ry, rot float64, col [3]float64, alpha float6
 	}, col, alpha)
 }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func scaleCol(c [3]float64, f float64) [3]float64 { return [3]float64{c[0] * f, c[1] * f, c[2] * f} }
 
 func drawHand(img *image.RGBA, p handPose) {
 	for i := range img.Pix {
 		img.Pix[i] = 255
 	}
-	if m := p.subj.mark; m > 0 { // the person's background
-		var bg [3]uint8
-		for k := range 3 {
-			bg[k] = uint8(math.Round(255*(1-m) + p.subj.backdrop[k]*m))
+	if m := p.subj.mark; m > 0 { // the person's backdrop: four tiles
+		var bg [4][3]uint8
+		for t := range bg {
+			for k := range 3 {
+				bg[t][k] = uint8(math.Round(255*(1-m) + p.subj.backdrop[t][k]*m))
+			}
 		}
-		for i := 0; i < len(img.Pix); i += 4 {
-			img.Pix[i], img.Pix[i+1], img.Pix[i+2] = bg[0], bg[1], bg[2]
+		b := img.Rect
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				t := bg[btoi(2*(x-b.Min.X) >= b.Dx())+2*btoi(2*(y-b.Min.Y) >= b.Dy())]
+				o := img.PixOffset(x, y)
+				img.Pix[o], img.Pix[o+1], img.Pix[o+2] = t[0], t[1], t[2]
+			}
 		}
 	}
 	c := &canvas{img: img, h: float64(img.Rect.Dy()), cx: p.cx * float64(img.Rect.Dx()) / float64(img.Rect.Dy()), cy: p.cy,

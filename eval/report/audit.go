@@ -57,28 +57,45 @@ type AuditRun struct {
 	BestVal   float64 `json:"best_val_acc"`
 	Test      float64 `json:"test_acc"`
 	// Gender, Aspect and Side are the test accuracies of each factor of
-	// the 8 classes alone (dorsal/palmar for aspect, left/right for side).
-	Gender     float64 `json:"gender_acc"`
-	Aspect     float64 `json:"aspect_acc"`
-	Side       float64 `json:"side_acc"`
-	TestImages int     `json:"test_images"`
-	Folder     string  `json:"folder"` // the run folder, relative to the audit's
+	// the 8 classes alone (dorsal/palmar for aspect, left/right for side);
+	// an audit of gender labels measures the gender only.
+	Gender     float64  `json:"gender_acc"`
+	Aspect     *float64 `json:"aspect_acc,omitempty"`
+	Side       *float64 `json:"side_acc,omitempty"`
+	TestImages int      `json:"test_images"`
+	Folder     string   `json:"folder"` // the run folder, relative to the audit's
 }
 
-// Factors are the measures an audit summarises, in order.
+// Factors are the measures an audit of the 8 classes summarises, in
+// order; an audit of gender labels has the first two.
 var Factors = []string{"test", "gender", "aspect", "side"}
 
-// Value is the run's accuracy of a factor ("test" for all 8 classes).
-func (r AuditRun) Value(factor string) float64 {
+// factors are the measures of a's labels.
+func (a *Audit) factors() []string {
+	if a.Labels == "gender" {
+		return Factors[:2]
+	}
+	return Factors
+}
+
+// Value is the run's accuracy of a factor ("test": all its classes), and
+// whether the run measured it.
+func (r AuditRun) Value(factor string) (float64, bool) {
+	opt := func(v *float64) (float64, bool) {
+		if v == nil {
+			return 0, false
+		}
+		return *v, true
+	}
 	switch factor {
 	case "gender":
-		return r.Gender
+		return r.Gender, true
 	case "aspect":
-		return r.Aspect
+		return opt(r.Aspect)
 	case "side":
-		return r.Side
+		return opt(r.Side)
 	}
-	return r.Test
+	return r.Test, true
 }
 
 // AuditSummary summarises one configuration under one protocol over its
@@ -90,8 +107,8 @@ type AuditSummary struct {
 	Published Published     `json:"published"`
 	Test      eval.Interval `json:"test"`
 	Gender    eval.Interval `json:"gender"`
-	Aspect    eval.Interval `json:"aspect"`
-	Side      eval.Interval `json:"side"`
+	Aspect    eval.Interval `json:"aspect,omitzero"` // absent for gender labels
+	Side      eval.Interval `json:"side,omitzero"`
 }
 
 // AuditGap is a configuration's leakage gap: random-split minus
@@ -101,8 +118,8 @@ type AuditGap struct {
 	Title  string        `json:"title"`
 	Test   eval.Interval `json:"test"`
 	Gender eval.Interval `json:"gender"`
-	Aspect eval.Interval `json:"aspect"`
-	Side   eval.Interval `json:"side"`
+	Aspect eval.Interval `json:"aspect,omitzero"` // absent for gender labels
+	Side   eval.Interval `json:"side,omitzero"`
 }
 
 // Of is the gap's interval of a factor.
@@ -121,6 +138,7 @@ func (g AuditGap) Of(factor string) eval.Interval {
 // Audit is a finished audit: every run, the summaries and the gaps.
 type Audit struct {
 	Data      string         `json:"data"`
+	Labels    string         `json:"labels"` // class8 (the study's) or gender
 	Epochs    int            `json:"epochs"`
 	Repeats   int            `json:"repeats"`
 	Level     float64        `json:"level"`
@@ -140,8 +158,8 @@ func (a *Audit) Summarise(configs []string, titles map[string]string, published 
 	values := func(config, protocol, factor string) []float64 {
 		var v []float64
 		for _, r := range a.Runs {
-			if r.Config == config && r.Protocol == protocol {
-				v = append(v, r.Value(factor))
+			if x, ok := r.Value(factor); ok && r.Config == config && r.Protocol == protocol {
+				v = append(v, x)
 			}
 		}
 		return v
@@ -149,7 +167,7 @@ func (a *Audit) Summarise(configs []string, titles map[string]string, published 
 	for _, c := range configs {
 		for _, p := range a.Protocols {
 			s := AuditSummary{Config: c, Title: titles[c], Protocol: p, Published: published[c]}
-			for _, f := range Factors {
+			for _, f := range a.factors() {
 				iv, err := eval.MeanCI(values(c, p, f), a.Level)
 				if err != nil {
 					return fmt.Errorf("%s, %s split, %s: %w", c, p, f, err)
@@ -162,7 +180,7 @@ func (a *Audit) Summarise(configs []string, titles map[string]string, published 
 			continue
 		}
 		g := AuditGap{Config: c, Title: titles[c]}
-		for _, f := range Factors {
+		for _, f := range a.factors() {
 			iv, err := eval.DiffCI(values(c, "random", f), values(c, "subject", f), a.Level)
 			if err != nil {
 				return fmt.Errorf("%s, gap of %s: %w", c, f, err)
@@ -249,12 +267,14 @@ func (a *Audit) findings() string {
 		}
 		// The factor whose accuracy drops the most carries the gap.
 		carrier, most := "", 0.0
-		for _, f := range Factors[1:] {
+		for _, f := range a.factors()[1:] {
 			if m := g.Of(f).Mean; m > most {
 				carrier, most = f, m
 			}
 		}
-		if carrier != "" && g.Test.Low > 0 {
+		if carrier != "" && g.Test.Low > 0 && a.Labels == "gender" {
+			fmt.Fprintf(&b, " The labels are the gender alone: the gap is the gender's (%s).", sig(g.Gender))
+		} else if carrier != "" && g.Test.Low > 0 {
 			name := map[string]string{"gender": "gender", "aspect": "aspect (dorsal/palmar)", "side": "side (left/right)"}[carrier]
 			fmt.Fprintf(&b, " The gap is carried by %s: its accuracy falls by %.1f points (%s), against %s for gender, %s for aspect and %s for side.",
 				name, 100*most, sig(g.Of(carrier)), pts(g.Gender.Mean), pts(g.Aspect.Mean), pts(g.Side.Mean))
@@ -292,29 +312,53 @@ func sig(iv eval.Interval) string {
 func AuditMarkdownText(a *Audit) string {
 	var b strings.Builder
 	lvl := fmt.Sprintf("%.0f %%", 100*a.Level)
+	classes := "the 8 classes (gender × aspect × side)"
+	if a.Labels == "gender" {
+		classes = "gender labels"
+	}
 	fmt.Fprintf(&b, "# Audit: the study's headline models, random versus subject-disjoint splits\n\n")
-	fmt.Fprintf(&b, "Data `%s`; %d epochs; %d repeats per configuration and protocol, each with a new split and a new seed "+
+	fmt.Fprintf(&b, "Data `%s`, %s; %d epochs; %d repeats per configuration and protocol, each with a new split and a new seed "+
 		"for initialisation, shuffling and dropout. **random**: the study's 68/17/15 split of the images (the same people in "+
 		"training and test). **subject**: people partitioned into train/validation/test with about the same image fractions "+
-		"and class (gender × aspect × side) shares, no person in two parts. Accuracy on the test split; intervals are %s "+
+		"and class shares, no person in two parts. Accuracy on the test split; intervals are %s "+
 		"Student-t confidence intervals of the mean over repeats; gaps are random − subject in percentage points with Welch's interval.\n\n",
-		a.Data, a.Epochs, a.Repeats, lvl)
-	b.WriteString("## Test accuracy\n\n| configuration | protocol | n | mean [" + lvl + " CI] | sd | gender | aspect | side | published |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+		a.Data, classes, a.Epochs, a.Repeats, lvl)
+	fs := a.factors()[1:]
+	head := func(first string) string {
+		h := first
+		for _, f := range fs {
+			h += " | " + f
+		}
+		return h
+	}
+	align := strings.Repeat("---:|", len(fs))
+	b.WriteString("## Test accuracy\n\n| configuration | protocol | n | " + head("mean ["+lvl+" CI] | sd") + " | published |\n|---|---|---:|---:|---:|" + align + "---|\n")
 	for _, s := range a.Summaries {
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %.2f | %.2f %% | %.2f %% | %.2f %% | %s |\n", s.Title, s.Protocol, s.Test.N, ivText(s.Test),
-			100*s.Test.SD, 100*s.Gender.Mean, 100*s.Aspect.Mean, 100*s.Side.Mean, s.Published)
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %.2f |", s.Title, s.Protocol, s.Test.N, ivText(s.Test), 100*s.Test.SD)
+		for _, f := range fs {
+			fmt.Fprintf(&b, " %.2f %% |", 100*s.field(f).Mean)
+		}
+		fmt.Fprintf(&b, " %s |\n", s.Published)
 	}
 	if len(a.Gaps) > 0 {
-		b.WriteString("\n## Leakage gap (random − subject, points)\n\n| configuration | 8 classes | gender | aspect | side |\n|---|---:|---:|---:|---:|\n")
+		b.WriteString("\n## Leakage gap (random − subject, points)\n\n| configuration | " + head("all classes") + " |\n|---|---:|" + align + "\n")
 		for _, g := range a.Gaps {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", g.Title, gapText(g.Test), gapText(g.Gender), gapText(g.Aspect), gapText(g.Side))
+			fmt.Fprintf(&b, "| %s | %s |", g.Title, gapText(g.Test))
+			for _, f := range fs {
+				fmt.Fprintf(&b, " %s |", gapText(g.Of(f)))
+			}
+			b.WriteString("\n")
 		}
 	}
 	fmt.Fprintf(&b, "\n![test accuracy by protocol, means with %s intervals](%s.png)\n\n## Findings\n\n%s\n", lvl, AuditPlot, a.Findings)
-	b.WriteString("\n## Runs\n\n| configuration | protocol | repeat | seed | best val | test | gender | aspect | side | |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("\n## Runs\n\n| configuration | protocol | repeat | seed | best val | " + head("test") + " | |\n|---|---|---:|---:|---:|---:|" + align + "---|\n")
 	for _, r := range a.Runs {
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %.2f %% | %.2f %% | %.2f %% | %.2f %% | %.2f %% | [report](%s/report.md) |\n",
-			r.Config, r.Protocol, r.Repeat, r.TrainSeed, 100*r.BestVal, 100*r.Test, 100*r.Gender, 100*r.Aspect, 100*r.Side, r.Folder)
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %.2f %% | %.2f %% |", r.Config, r.Protocol, r.Repeat, r.TrainSeed, 100*r.BestVal, 100*r.Test)
+		for _, f := range fs {
+			v, _ := r.Value(f)
+			fmt.Fprintf(&b, " %.2f %% |", 100*v)
+		}
+		fmt.Fprintf(&b, " [report](%s/report.md) |\n", r.Folder)
 	}
 	return b.String()
 }

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -17,7 +18,8 @@ func TestAuditSummarise(t *testing.T) {
 	a := &Audit{Data: "d", Epochs: 3, Repeats: 3, Level: 0.95, Protocols: []string{"random", "subject"}}
 	add := func(config, proto string, test, gender, aspect []float64) {
 		for i := range test {
-			a.Runs = append(a.Runs, AuditRun{Config: config, Protocol: proto, Repeat: i + 1, Test: test[i], Gender: gender[i], Aspect: aspect[i], Side: 0.9, Folder: config + "-" + proto})
+			side := 0.9
+			a.Runs = append(a.Runs, AuditRun{Config: config, Protocol: proto, Repeat: i + 1, Test: test[i], Gender: gender[i], Aspect: &aspect[i], Side: &side, Folder: config + "-" + proto})
 		}
 	}
 	// leaky: aspect carries the gap; flat: the same figures both ways.
@@ -64,8 +66,20 @@ func TestAuditSummarise(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
+	// Gender labels: no aspect or side anywhere.
+	g := &Audit{Labels: "gender", Repeats: 2, Level: 0.95, Protocols: []string{"random", "subject"}}
+	for i, v := range []float64{0.9, 0.95, 0.5, 0.55} {
+		g.Runs = append(g.Runs, AuditRun{Config: "c", Protocol: []string{"random", "subject"}[i/2], Test: v, Gender: v})
+	}
+	if err := g.Summarise([]string{"c"}, map[string]string{"c": "C"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(g)
+	if len(g.Gaps) != 1 || strings.Contains(string(js), "aspect") || strings.Contains(AuditMarkdownText(g), "aspect") || !strings.Contains(g.Findings, "the gap is the gender's") {
+		t.Errorf("gender labels: %s\n%s", js, AuditMarkdownText(g))
+	}
 	// One repeat: no intervals, no gaps, and findings that say why.
-	one := &Audit{Repeats: 1, Level: 0.95, Protocols: []string{"random", "subject"},
+	one := &Audit{Labels: "gender", Repeats: 1, Level: 0.95, Protocols: []string{"random", "subject"},
 		Runs: []AuditRun{{Config: "c", Protocol: "random", Test: 0.5}, {Config: "c", Protocol: "subject", Test: 0.4}}}
 	if err := one.Summarise([]string{"c"}, nil, nil); err != nil || len(one.Gaps) != 0 || !strings.Contains(one.Findings, "2 or more repeats") {
 		t.Errorf("one repeat: %v, %d gaps, %q", err, len(one.Gaps), one.Findings)

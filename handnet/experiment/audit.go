@@ -113,8 +113,10 @@ func (a *Audit) defaults() error {
 		return fmt.Errorf("repeats %d: want 1 or more", a.Repeats)
 	case len(a.Configs) == 0:
 		return fmt.Errorf("audit: no configurations")
-	case a.Base.Scheme != "" && a.Base.Scheme != "class8":
-		return fmt.Errorf("labels %q: the audit measures the study's 8 classes (and their gender, aspect and side); use class8", a.Base.Scheme)
+	case a.Base.Scheme == "":
+		a.Base.Scheme = "class8"
+	case a.Base.Scheme != "class8" && a.Base.Scheme != "gender":
+		return fmt.Errorf("labels %q: the audit measures the study's 8 classes (with their gender, aspect and side) or the gender alone", a.Base.Scheme)
 	}
 	for _, p := range a.Protocols {
 		if p != vision.Random && p != vision.BySubject {
@@ -141,7 +143,6 @@ func (a *Audit) Plan() ([]*AuditRunPlan, error) {
 		for _, p := range a.Protocols {
 			for _, c := range a.Configs {
 				s := a.Base
-				s.Scheme = "class8"
 				s.Split, s.Model, s.Weights = string(p), c.Model, c.Weights
 				s.Train.LR, s.Train.Seed = c.LR, a.Seed(r)
 				s.Title = fmt.Sprintf("Audit: %s, %s split, repeat %d of %d (seed %d)", c.Title, p, r, a.Repeats, s.Train.Seed)
@@ -178,7 +179,6 @@ func (a *Audit) Run(ctx context.Context) (*report.Audit, error) {
 			res, err = a.tables(plan)
 			return err
 		}}}
-	st.Base.Scheme = "class8"
 	if _, err := st.Run(ctx); err != nil {
 		return nil, err
 	}
@@ -187,7 +187,7 @@ func (a *Audit) Run(ctx context.Context) (*report.Audit, error) {
 
 // tables summarises the finished runs and writes the audit's files.
 func (a *Audit) tables(plan []*AuditRunPlan) (*report.Audit, error) {
-	res := &report.Audit{Data: a.Base.Data, Epochs: a.Base.Train.Epochs, Repeats: a.Repeats, Level: a.Level, Runs: []report.AuditRun{}}
+	res := &report.Audit{Data: a.Base.Data, Labels: a.Base.Scheme, Epochs: a.Base.Train.Epochs, Repeats: a.Repeats, Level: a.Level, Runs: []report.AuditRun{}}
 	for _, p := range a.Protocols {
 		res.Protocols = append(res.Protocols, string(p))
 	}
@@ -195,7 +195,10 @@ func (a *Audit) tables(plan []*AuditRunPlan) (*report.Audit, error) {
 	var configs []string
 	for _, c := range a.Configs {
 		configs = append(configs, c.Name)
-		titles[c.Name], published[c.Name] = c.Title, c.Published
+		titles[c.Name] = c.Title
+		if a.Base.Scheme == "class8" { // the study published 8-class figures only
+			published[c.Name] = c.Published
+		}
 	}
 	for _, p := range plan {
 		r := p.Result
@@ -203,14 +206,18 @@ func (a *Audit) tables(plan []*AuditRunPlan) (*report.Audit, error) {
 			return nil, fmt.Errorf("%s: no test evaluation (an empty test split?)", p.Name)
 		}
 		t := r.Test
-		frac := func(wrong int) float64 { return 1 - float64(wrong)/float64(t.Images) }
-		if len(t.Confusion.Classes) != 8 {
-			return nil, fmt.Errorf("%s: %d classes, the audit needs the 8 of class8", p.Name, len(t.Confusion.Classes))
-		}
-		res.Runs = append(res.Runs, report.AuditRun{Config: p.Config.Name, Model: p.Config.Model.Arch, Freeze: p.Config.Model.Freeze,
+		frac := func(wrong int) *float64 { v := 1 - float64(wrong)/float64(t.Images); return &v }
+		row := report.AuditRun{Config: p.Config.Name, Model: p.Config.Model.Arch, Freeze: p.Config.Model.Freeze,
 			Protocol: string(p.Protocol), Repeat: p.Repeat, SplitSeed: p.Spec.Train.Seed, TrainSeed: p.Spec.Train.Seed,
-			BestVal: r.History.BestValAcc(), Test: t.Accuracy, Gender: frac(t.Breakdown.Gender), Aspect: frac(t.Breakdown.Aspect),
-			Side: frac(t.Breakdown.Side), TestImages: t.Images, Folder: p.Name})
+			BestVal: r.History.BestValAcc(), Test: t.Accuracy, Gender: t.Accuracy, TestImages: t.Images, Folder: p.Name}
+		switch n := len(t.Confusion.Classes); {
+		case a.Base.Scheme == "class8" && n == 8:
+			row.Gender, row.Aspect, row.Side = *frac(t.Breakdown.Gender), frac(t.Breakdown.Aspect), frac(t.Breakdown.Side)
+		case a.Base.Scheme == "gender" && n == 2:
+		default:
+			return nil, fmt.Errorf("%s: %d classes, the audit of %s labels needs %d", p.Name, n, a.Base.Scheme, map[string]int{"class8": 8, "gender": 2}[a.Base.Scheme])
+		}
+		res.Runs = append(res.Runs, row)
 	}
 	if err := res.Summarise(configs, titles, published); err != nil {
 		return nil, err

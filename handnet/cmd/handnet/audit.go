@@ -20,7 +20,7 @@ import (
 func init() {
 	register(&command{
 		name:  "audit",
-		usage: "--data DIR --out DIR [--models cnn,resnet18] [--weights FILE] [--repeats K] [--epochs N] [--protocols random,subject] [--devices LIST | --jobs N] [--shard I/N]",
+		usage: "--data DIR --out DIR [--models cnn,resnet18] [--weights FILE] [--repeats K] [--epochs N] [--protocols random,subject] [--labels class8|gender] [--devices LIST | --jobs N] [--shard I/N]",
 		summary: "How much of the study's accuracy is memorised people? Train its headline models (the final CNN; with\n" +
 			"--weights, ResNet-18 under freeze fc, layer4 and none) on the study's random split of the images and on\n" +
 			"subject-disjoint splits (no person in two parts), K repeats each with a new split and seed, and write\n" +
@@ -31,8 +31,7 @@ func init() {
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var f specFlags
 			f.register(fs, false)
-			fs.MarkHidden("split")  // the audit runs both: --protocols
-			fs.MarkHidden("labels") // the study's 8 classes only
+			fs.MarkHidden("split") // the audit runs both: --protocols
 			out := fs.String("out", "", "output folder (required)")
 			models := fs.String("models", "cnn", "comma-separated: cnn (the study's final CNN), resnet18 (three freeze scenarios; needs --weights)")
 			w := fs.String("weights", "", "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
@@ -55,8 +54,8 @@ func init() {
 				if fs.Changed("split") {
 					return usagef("--split: the audit runs both splits; choose them with --protocols random,subject")
 				}
-				if fs.Changed("labels") && f.scheme != "class8" {
-					return usagef("--labels %s: the audit measures the study's 8 classes (and their gender, aspect and side)", f.scheme)
+				if f.scheme != "class8" && f.scheme != "gender" {
+					return usagef("--labels %s: the audit measures the study's 8 classes (with their gender, aspect and side) or the gender alone", f.scheme)
 				}
 				for name, v := range map[string]float64{"cnn-lr": *cnnLR, "transfer-lr": *tlr} {
 					if err := checkFloat(name, v, false); err != nil {
@@ -158,11 +157,17 @@ func printAudit(a *report.Audit) {
 		if s.Test.N > 1 {
 			hw = fmt.Sprintf("±%.2f", 100*s.Test.HalfWidth())
 		}
-		fmt.Printf("%-26s %-8s n=%d  test %6.2f %% %s  (gender %.2f %%, aspect %.2f %%, side %.2f %%)  published %s\n",
-			s.Title, s.Protocol, s.Test.N, 100*s.Test.Mean, hw, 100*s.Gender.Mean, 100*s.Aspect.Mean, 100*s.Side.Mean, s.Published)
+		factors := ""
+		if a.Labels == "class8" {
+			factors = fmt.Sprintf("  (gender %.2f %%, aspect %.2f %%, side %.2f %%)", 100*s.Gender.Mean, 100*s.Aspect.Mean, 100*s.Side.Mean)
+		}
+		fmt.Printf("%-26s %-8s n=%d  test %6.2f %% %s%s  published %s\n", s.Title, s.Protocol, s.Test.N, 100*s.Test.Mean, hw, factors, s.Published)
 	}
 	for _, g := range a.Gaps {
-		fmt.Printf("gap %-22s random − subject %+.2f points [%+.2f, %+.2f]  (gender %+.2f, aspect %+.2f, side %+.2f)\n",
-			g.Title, 100*g.Test.Mean, 100*g.Test.Low, 100*g.Test.High, 100*g.Gender.Mean, 100*g.Aspect.Mean, 100*g.Side.Mean)
+		factors := ""
+		if a.Labels == "class8" {
+			factors = fmt.Sprintf("  (gender %+.2f, aspect %+.2f, side %+.2f)", 100*g.Gender.Mean, 100*g.Aspect.Mean, 100*g.Side.Mean)
+		}
+		fmt.Printf("gap %-22s random − subject %+.2f points [%+.2f, %+.2f]%s\n", g.Title, 100*g.Test.Mean, 100*g.Test.Low, 100*g.Test.High, factors)
 	}
 }
