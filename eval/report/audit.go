@@ -410,7 +410,7 @@ func AuditChart(a *Audit, base string) error {
 		}
 	}
 	colors := map[string]color.Color{"random": color.RGBA{200, 70, 50, 255}, "subject": color.RGBA{40, 100, 180, 255}}
-	shapes := map[string]draw.GlyphDrawer{"random": draw.CircleGlyph{}, "subject": draw.SquareGlyph{}}
+	shapes := map[string]draw.GlyphDrawer{"random": draw.CircleGlyph{}, "subject": draw.BoxGlyph{}}
 	lo, hi := 100.0, 0.0
 	for k, proto := range a.Protocols {
 		var me meanErrs
