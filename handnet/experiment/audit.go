@@ -168,13 +168,12 @@ func (a *Audit) Run(ctx context.Context) (*report.Audit, error) {
 		return nil, err
 	}
 	runs := make([]*StudyRun, len(plan))
-	byRun := map[*StudyRun]*AuditRunPlan{}
 	for i, p := range plan {
-		runs[i], byRun[p.StudyRun] = p.StudyRun, p
+		runs[i] = p.StudyRun
 	}
 	var res *report.Audit
 	st := &Study{Base: a.Base, Out: a.Out, Shard: a.Shard, Shards: a.Shards, Slots: a.Slots, Hooks: a.Hooks, Logf: a.Logf, Poll: a.Poll,
-		Matrix: &Matrix{Runs: runs, Owns: OwnsFile, Tables: func(done []*StudyRun) error {
+		Matrix: &Matrix{Runs: runs, Owns: OwnsFile, Tables: func([]*StudyRun) error {
 			var err error
 			res, err = a.tables(plan)
 			return err
