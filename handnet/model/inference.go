@@ -37,6 +37,8 @@ type Inference struct {
 	net       inferenceNet
 	owned     []*ts.Tensor
 	packed    []*native.Conv
+	prepack   bool   // prepack CPU convolutions (until libtorch says it cannot)
+	why       string // why not, when it could not
 }
 
 type inferenceNet interface {
@@ -50,7 +52,7 @@ const bnEps = 1e-5
 // NewInference makes the inference form of m in m's precision. Call it on
 // the torch thread of m.
 func NewInference(m *Model) (inf *Inference, err error) {
-	inf = &Inference{Config: m.Config, device: m.VS.Device(), precision: m.Precision(), dtype: gotch.Float}
+	inf = &Inference{Config: m.Config, device: m.VS.Device(), precision: m.Precision(), dtype: gotch.Float, prepack: true}
 	if inf.precision != FP32 {
 		inf.dtype = inf.precision.dtype()
 	}
@@ -197,22 +199,24 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 	if bt != nil {
 		bt = bt.MustContiguous(true)
 	}
-	if !inf.device.IsCuda() {
-		// The prepacked copy is all the unit needs: the folded weights are
-		// dropped (a ResNet-18 serves with one extra copy of its weights,
-		// not two).
+	if !inf.device.IsCuda() && inf.prepack {
 		in := wt.MustSize()[1]
 		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu)
-		wt.MustDrop()
-		if bt != nil {
-			bt.MustDrop()
+		if err == nil {
+			// The prepacked copy is all the unit needs: the folded weights
+			// are dropped (a ResNet-18 serves with one extra copy of its
+			// weights, not two).
+			wt.MustDrop()
+			if bt != nil {
+				bt.MustDrop()
+			}
+			inf.packed = append(inf.packed, p)
+			u.packed = p
+			return u, nil
 		}
-		if err != nil {
-			return nil, err
-		}
-		inf.packed = append(inf.packed, p)
-		u.packed = p
-		return u, nil
+		// A libtorch without oneDNN's prepacked ops: the folded weights run
+		// through the ordinary convolution, for every unit.
+		inf.prepack, inf.why = false, err.Error()
 	}
 	u.w = inf.keep(wt)
 	if bt != nil {
@@ -346,9 +350,12 @@ func (n *resnetInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
 // oneDNN (ReLU fused), channels last".
 func (inf *Inference) String() string {
 	var parts []string
-	if len(inf.packed) > 0 {
+	switch {
+	case len(inf.packed) > 0 && inf.why == "":
 		parts = append(parts, fmt.Sprintf("%d convolutions prepacked for oneDNN (BatchNorm folded, ReLU fused)", len(inf.packed)))
-	} else {
+	case inf.why != "":
+		parts = append(parts, "BatchNorm folded (not prepacked: "+inf.why+")")
+	default:
 		parts = append(parts, "BatchNorm folded")
 	}
 	parts = append(parts, "channels last", "inference mode")
