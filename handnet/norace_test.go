@@ -1,0 +1,5 @@
+//go:build !race
+
+package handnet_test
+
+const raceDetector = false
