@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
-	"fmt"
 	"hash/crc32"
 	"image"
 	"image/jpeg"
@@ -109,23 +108,12 @@ func watchPeakRSS(pid int) func() int64 {
 	go func() {
 		defer close(done)
 		for {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-			if err != nil {
+			hwm := procStatus(pid, "VmHWM")
+			if hwm == 0 { // exited: a zombie's memory is gone
 				return
 			}
-			found := false
-			for _, l := range strings.Split(string(b), "\n") {
-				if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-					var kb int64
-					fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-					if kb<<10 > max.Load() {
-						max.Store(kb << 10)
-					}
-					found = true
-				}
-			}
-			if !found { // a zombie: its memory is gone
-				return
+			if hwm > max.Load() {
+				max.Store(hwm)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

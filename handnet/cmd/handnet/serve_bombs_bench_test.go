@@ -207,8 +207,12 @@ func startServe(tb testing.TB, ckpt string, args ...string) *served {
 }
 
 // status reads a size field of /proc/PID/status ("VmRSS", "VmHWM") in bytes.
-func (s *served) status(field string) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+func (s *served) status(field string) int64 { return procStatus(s.cmd.Process.Pid, field) }
+
+// procStatus reads a size field of /proc/PID/status in bytes; 0 when the
+// process is gone or has no memory left (a zombie).
+func procStatus(pid int, field string) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
