@@ -210,6 +210,9 @@ func benchCases(models, batches, modes, phases string, device gotch.Device) ([]b
 					if p == "predict" && (m.Precision != model.FP32 || m.ChannelsLast || m.Data != "" || m.Eager) {
 						continue // the classifier runs its own form: one predict row per model and batch
 					}
+					if p == "train" && m.Eager {
+						continue // +eager is an inference path; training has one path
+					}
 					cases = append(cases, bench.Case{Model: name, Batch: b, Mode: m, Phase: p})
 				}
 			}
