@@ -1,0 +1,59 @@
+// Package rundir owns the layout of a run folder: the name of every file a
+// training run, its evaluation and its report write there, and the
+// temporary-file convention (package fileio) that its sweep recognises.
+// Every package that reads or writes a run folder names files through it;
+// none spells a run file's name itself. It sits at the bottom of handnet,
+// beside fileio.
+package rundir
+
+import (
+	"path/filepath"
+
+	"github.com/handnet/handnet/handnet/fileio"
+)
+
+// Files of a run folder.
+const (
+	Spec    = "run.json"     // the run's spec, with its identity
+	Split   = "split.csv"    // the split manifest
+	Lock    = ".lock"        // flock'ed by the process training the folder
+	Metrics = "metrics.json" // the finished run's report
+	Report  = "report.md"    // the same, for people
+
+	// BestCheckpoint holds the best epoch's weights (by validation accuracy).
+	BestCheckpoint = "best.safetensors"
+	// LastCheckpoint holds the latest state, also saved mid-epoch.
+	LastCheckpoint = "last.safetensors"
+	// EpochCheckpoint holds the state at the last epoch boundary: what a
+	// run resumed with another world size restarts from.
+	EpochCheckpoint = "epoch.safetensors"
+
+	History    = "history.json" // per-epoch losses and accuracies
+	HistoryCSV = "history.csv"  // the same as a table
+
+	// Plots, each written as NAME.png and NAME.svg (see Plot).
+	LossPlot      = "loss"
+	AccuracyPlot  = "accuracy"
+	ConfusionPlot = "confusion"
+	MistakeMaps   = "mistakes-cam.png" // Grad-CAM maps of test mistakes
+
+	AuditJSON     = "audit.json" // handnet audit's findings
+	AuditMarkdown = "audit.md"
+)
+
+// Plot names a plot file: base (LossPlot, …) with ext (".png" or ".svg").
+func Plot(base, ext string) string { return base + ext }
+
+// Folder is a run folder.
+type Folder struct{ Dir string }
+
+// Path names a file of the folder.
+func (f Folder) Path(name string) string { return filepath.Join(f.Dir, name) }
+
+// Sweep removes the temporary files a killed process left in the folder.
+// Call it under the folder's lock, so that no live writer's file goes.
+func (f Folder) Sweep() error { return fileio.SweepTemps(f.Dir) }
+
+// IsTemp tells whether name is a temporary file of a write in progress or
+// of a killed process.
+func IsTemp(name string) bool { return fileio.IsTemp(name) }
