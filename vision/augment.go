@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -29,6 +30,14 @@ func DefaultAugment() Augment {
 	return Augment{Rotate: 10, Translate: 0.05, Scale: 0.1, Brightness: 0.2, Contrast: 0.2, Saturation: 0.2}
 }
 
+// augmentKeys name the amounts of an Augment (amounts, in the same order)
+// in ParseAugment's key=value pairs.
+var augmentKeys = []string{"rotate", "translate", "scale", "brightness", "contrast", "saturation", "hflip"}
+
+func (a *Augment) amounts() []*float64 {
+	return []*float64{&a.Rotate, &a.Translate, &a.Scale, &a.Brightness, &a.Contrast, &a.Saturation, &a.HFlip}
+}
+
 // ParseAugment reads "none", "default", or comma-separated key=value pairs
 // over the default (e.g. "rotate=15,hflip=0.5").
 func ParseAugment(s string) (*Augment, error) {
@@ -47,27 +56,14 @@ func ParseAugment(s string) (*Augment, error) {
 		if !ok || err != nil || !(f >= 0) || math.IsInf(f, 0) {
 			return nil, fmt.Errorf("augmentation %q: want key=a finite non-negative number", kv)
 		}
-		switch strings.TrimSpace(k) {
-		case "rotate":
-			a.Rotate = f
-		case "translate":
-			a.Translate = f
-		case "scale":
-			a.Scale = f
-		case "brightness":
-			a.Brightness = f
-		case "contrast":
-			a.Contrast = f
-		case "saturation":
-			a.Saturation = f
-		case "hflip":
-			if f > 1 {
-				return nil, fmt.Errorf("augmentation hflip=%v: a probability, want 0..1", f)
-			}
-			a.HFlip = f
-		default:
-			return nil, fmt.Errorf("augmentation %q: unknown key (rotate, translate, scale, brightness, contrast, saturation, hflip)", k)
+		i := slices.Index(augmentKeys, strings.TrimSpace(k))
+		switch {
+		case i < 0:
+			return nil, fmt.Errorf("augmentation %q: unknown key (%s)", k, strings.Join(augmentKeys, ", "))
+		case augmentKeys[i] == "hflip" && f > 1:
+			return nil, fmt.Errorf("augmentation hflip=%v: a probability, want 0..1", f)
 		}
+		*a.amounts()[i] = f
 	}
 	return &a, nil
 }

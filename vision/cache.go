@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/handnet/handnet/handnet/fileio"
 )
 
 // Cache holds every image of a dataset preprocessed to W×H uint8 CHW, in
@@ -149,7 +150,7 @@ func ImageHashes(ds *Dataset, dir string) []string {
 					return
 				}
 				i := todo[k]
-				sha, err := fileSHA256(ds.ImagePath(i))
+				sha, err := fileio.SHA256(ds.ImagePath(i))
 				if err != nil {
 					out[i] = "missing"
 					continue
@@ -166,22 +167,9 @@ func ImageHashes(ds *Dataset, dir string) []string {
 		}
 	}
 	if b, err := json.Marshal(memo); err == nil && os.MkdirAll(dir, 0o755) == nil {
-		_ = WriteFileAtomic(memoPath, b) // without a writable cache folder: read again next time
+		_ = fileio.WriteAtomic(memoPath, b) // without a writable cache folder: read again next time
 	}
 	return out
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // OpenCache returns the dataset's cache, building it when it is missing or
@@ -270,7 +258,7 @@ func CacheIsCurrent(ds *Dataset, o CacheOptions) bool {
 // gone: a build holds a lock on its file, so a file that can be locked is
 // a leftover.
 func sweepCacheTemps(dir string) {
-	tmps, _ := filepath.Glob(filepath.Join(dir, ".*.u8.tmp*"))
+	tmps, _ := filepath.Glob(filepath.Join(dir, fileio.TempPattern("*.u8")))
 	for _, t := range tmps {
 		f, err := os.OpenFile(t, os.O_RDWR, 0)
 		if err != nil {
@@ -289,18 +277,20 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string) error {
 	}
 	hdr := cacheHeader{Key: key, Pipeline: PipelineVersion, W: o.W, H: o.H, Count: len(ds.Records)}
 	size := 3 * o.W * o.H
-	f, err := os.CreateTemp(o.Dir, "."+filepath.Base(path)+".tmp*")
+	f, err := fileio.Create(path)
 	if err != nil {
 		return err
 	}
+	defer f.Abort() // no-op after the commit
 	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	defer f.Close()
-	if err := f.Chmod(newFileMode); err != nil {
+	// Held, on a descriptor of its own (Commit closes f before the rename),
+	// until the file is renamed or removed: a sweeper leaves it alone.
+	lk, err := os.Open(tmp)
+	if err != nil {
 		return err
 	}
-	// Held until the file is renamed or removed: a sweeper leaves it alone.
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	defer lk.Close()
+	if err := syscall.Flock(int(lk.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return fmt.Errorf("cache: lock %s: %w", tmp, err)
 	}
 	pixels := int64(size) * int64(len(ds.Records))
@@ -387,13 +377,7 @@ func buildCache(ds *Dataset, o CacheOptions, path, key string) error {
 	if _, err := f.WriteAt(tail, pixels); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return f.Close()
+	return f.Commit()
 }
 
 // mapCache maps a cache file and checks its key.

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/handnet/handnet/handnet/fileio"
 )
 
 // FakeOptions configures GenerateFake.
@@ -96,7 +98,7 @@ func GenerateFake(dir string, o FakeOptions) error {
 				drawHand(img, jobs[i].pose)
 				buf.Reset()
 				if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: 90}); err == nil {
-					err = WriteFileAtomic(filepath.Join(dir, ImagesDir, jobs[i].rec.ImageName), buf.Bytes())
+					err = fileio.WriteAtomic(filepath.Join(dir, ImagesDir, jobs[i].rec.ImageName), buf.Bytes())
 					if err != nil {
 						errOnce.Do(func() { firstErr = err })
 						return
@@ -125,7 +127,7 @@ func GenerateFake(dir string, o FakeOptions) error {
 	if _, err := csv.NewReader(bytes.NewReader(csvBuf.Bytes())).ReadAll(); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, "HandInfo.csv"), csvBuf.Bytes())
+	return fileio.WriteAtomic(filepath.Join(dir, "HandInfo.csv"), csvBuf.Bytes())
 }
 
 // subject holds what stays the same across one person's photos.

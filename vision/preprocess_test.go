@@ -27,9 +27,8 @@ const realSample = "../../shared/data/real-sample"
 // Resize((128,170)) + ToTensor on the 40 real photos (reference made by
 // tools/fixtures/resize_ref.py, stored in testdata/).
 func TestPreprocessMatchesTorchvision(t *testing.T) {
-	if _, err := os.Stat(realSample); err != nil {
-		t.Skipf("real sample not here: %v", err)
-	}
+	_, err := os.Stat(realSample)
+	needShared(t, "real sample", err)
 	names := readLines(t, "testdata/real-sample.txt")
 	f, err := os.Open("testdata/real-sample.u8.gz")
 	if err != nil {
@@ -95,9 +94,7 @@ func readLines(t *testing.T, path string) []string {
 func TestBadImages(t *testing.T) {
 	dir := t.TempDir()
 	good, err := os.ReadFile(filepath.Join(realSample, "Hand_0000033.jpg"))
-	if err != nil {
-		t.Skip(err)
-	}
+	needShared(t, "real sample", err)
 	files := map[string][]byte{
 		"empty.jpg":     {},
 		"text.jpg":      []byte("hello, not a jpeg"),
@@ -131,9 +128,7 @@ type hidden struct{ image.Image }
 
 func TestImageFastPathMatchesGeneric(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(realSample, "Hand_0000033.jpg"))
-	if err != nil {
-		t.Skip(err)
-	}
+	needShared(t, "real sample", err)
 	img, err := jpeg.Decode(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)

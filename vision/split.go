@@ -7,9 +7,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/handnet/handnet/handnet/fileio"
 )
 
 // Split names one part of a dataset.
@@ -248,25 +249,18 @@ func SaveManifest(path string, recs []Record, a Assignment) error {
 	if err := w.Error(); err != nil {
 		return err
 	}
-	return WriteFileAtomic(path, buf.Bytes())
+	return fileio.WriteAtomic(path, buf.Bytes())
 }
 
 // LoadManifest reads a manifest written by SaveManifest and returns the
 // assignment for recs. Every record must be listed; unknown images are an
 // error (the manifest belongs to another dataset).
 func LoadManifest(path string, recs []Record) (Assignment, error) {
-	f, err := os.Open(path)
+	f, _, err := fileio.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	return ReadManifest(f, path, recs)
 }
 
@@ -311,35 +305,4 @@ func ReadManifest(r io.Reader, path string, recs []Record) (Assignment, error) {
 		}
 	}
 	return a, nil
-}
-
-// WriteFileAtomic writes b to path through a temporary file in the same
-// folder and a rename, so readers never see a half-written file.
-func WriteFileAtomic(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(newFileMode); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
 }

@@ -5,8 +5,6 @@ package weights
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/sugarme/gotch/ts"
 )
@@ -56,20 +55,6 @@ func NameHash(name string) string {
 	return ""
 }
 
-// FileSHA256 returns the hex SHA-256 of a file.
-func FileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // Verify checks a file's SHA-256 against the hash prefix in its name (or
 // in name, when given). Files without one pass.
 func Verify(p, name string) error {
@@ -80,7 +65,7 @@ func Verify(p, name string) error {
 	if want == "" {
 		return nil
 	}
-	got, err := FileSHA256(p)
+	got, err := fileio.SHA256(p)
 	if err != nil {
 		return err
 	}
@@ -242,7 +227,7 @@ func Info(p string) ([]Tensor, string, error) {
 // PyTorch file): for a handnet checkpoint, its model, training
 // configuration and metrics (see model.CheckpointFormat).
 func Inspect(p string) (tensors []Tensor, sum string, meta map[string]string, err error) {
-	if sum, err = FileSHA256(p); err != nil {
+	if sum, err = fileio.SHA256(p); err != nil {
 		return nil, "", nil, err
 	}
 	var all map[string]*ts.Tensor

@@ -9,7 +9,8 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/vision"
+	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/rundir"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -18,8 +19,8 @@ import (
 
 // Files an audit writes into its folder (beside the run folders).
 const (
-	AuditJSON     = "audit.json"
-	AuditMarkdown = "audit.md"
+	AuditJSON     = rundir.AuditJSON
+	AuditMarkdown = rundir.AuditMarkdown
 	AuditPlot     = "audit" // .png and .svg
 )
 
@@ -101,38 +102,42 @@ func (r AuditRun) Value(factor string) (float64, bool) {
 // AuditSummary summarises one configuration under one protocol over its
 // repeats, with Student-t intervals.
 type AuditSummary struct {
-	Config    string        `json:"config"`
-	Title     string        `json:"title"`
-	Protocol  string        `json:"protocol"`
-	Published Published     `json:"published"`
-	Test      eval.Interval `json:"test"`
-	Gender    eval.Interval `json:"gender"`
-	Aspect    eval.Interval `json:"aspect,omitzero"` // absent for gender labels
-	Side      eval.Interval `json:"side,omitzero"`
+	Config    string    `json:"config"`
+	Title     string    `json:"title"`
+	Protocol  string    `json:"protocol"`
+	Published Published `json:"published"`
+	Intervals
 }
 
 // AuditGap is a configuration's leakage gap: random-split minus
 // subject-split accuracy, with Welch's intervals.
 type AuditGap struct {
-	Config string        `json:"config"`
-	Title  string        `json:"title"`
+	Config string `json:"config"`
+	Title  string `json:"title"`
+	Intervals
+}
+
+// Intervals are a summary's or a gap's intervals, one per factor.
+type Intervals struct {
 	Test   eval.Interval `json:"test"`
 	Gender eval.Interval `json:"gender"`
 	Aspect eval.Interval `json:"aspect,omitzero"` // absent for gender labels
 	Side   eval.Interval `json:"side,omitzero"`
 }
 
-// Of is the gap's interval of a factor.
-func (g AuditGap) Of(factor string) eval.Interval {
+// Of is the interval of a factor ("test": all the classes).
+func (iv Intervals) Of(factor string) eval.Interval { return *iv.field(factor) }
+
+func (iv *Intervals) field(factor string) *eval.Interval {
 	switch factor {
 	case "gender":
-		return g.Gender
+		return &iv.Gender
 	case "aspect":
-		return g.Aspect
+		return &iv.Aspect
 	case "side":
-		return g.Side
+		return &iv.Side
 	}
-	return g.Test
+	return &iv.Test
 }
 
 // Audit is a finished audit: every run, the summaries and the gaps.
@@ -185,33 +190,12 @@ func (a *Audit) Summarise(configs []string, titles map[string]string, published 
 			if err != nil {
 				return fmt.Errorf("%s, gap of %s: %w", c, f, err)
 			}
-			switch f {
-			case "test":
-				g.Test = iv
-			case "gender":
-				g.Gender = iv
-			case "aspect":
-				g.Aspect = iv
-			case "side":
-				g.Side = iv
-			}
+			*g.field(f) = iv
 		}
 		a.Gaps = append(a.Gaps, g)
 	}
 	a.Findings = a.findings()
 	return nil
-}
-
-func (s *AuditSummary) field(f string) *eval.Interval {
-	switch f {
-	case "gender":
-		return &s.Gender
-	case "aspect":
-		return &s.Aspect
-	case "side":
-		return &s.Side
-	}
-	return &s.Test
 }
 
 func (a *Audit) has(protocol string) bool {
@@ -358,7 +342,7 @@ func AuditMarkdownText(a *Audit) string {
 			v, _ := r.Value(f)
 			fmt.Fprintf(&b, " %.2f %% |", 100*v)
 		}
-		fmt.Fprintf(&b, " [report](%s/report.md) |\n", r.Folder)
+		fmt.Fprintf(&b, " [report](%s/%s) |\n", r.Folder, rundir.Report)
 	}
 	return b.String()
 }
@@ -372,10 +356,10 @@ func WriteAudit(dir string, a *Audit) error {
 	if err != nil {
 		return err
 	}
-	if err := vision.WriteFileAtomic(filepath.Join(dir, AuditJSON), append(js, '\n')); err != nil {
+	if err := fileio.WriteAtomic(filepath.Join(dir, AuditJSON), append(js, '\n')); err != nil {
 		return err
 	}
-	return vision.WriteFileAtomic(filepath.Join(dir, AuditMarkdown), []byte(AuditMarkdownText(a)))
+	return fileio.WriteAtomic(filepath.Join(dir, AuditMarkdown), []byte(AuditMarkdownText(a)))
 }
 
 // meanErrs are points with vertical error bars.

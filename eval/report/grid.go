@@ -7,7 +7,8 @@ import (
 	"image/draw"
 	"image/png"
 
-	"github.com/handnet/handnet/vision"
+	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/rundir"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"
@@ -21,7 +22,7 @@ type Tile struct {
 
 // MistakeMaps is the file name of the grid of the most confident test
 // mistakes' class-activation maps, written beside report.md.
-const MistakeMaps = "mistakes-cam.png"
+const MistakeMaps = rundir.MistakeMaps
 
 // Grid writes tiles (all of one size) as a PNG grid of cols columns, each
 // tile captioned, atomically.
@@ -52,5 +53,5 @@ func Grid(path string, tiles []Tile, cols int) error {
 	if err := png.Encode(&b, img); err != nil {
 		return err
 	}
-	return vision.WriteFileAtomic(path, b.Bytes())
+	return fileio.WriteAtomic(path, b.Bytes())
 }

@@ -7,11 +7,12 @@ import (
 	"image/color"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/handnet/handnet/eval"
+	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/train"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"
@@ -59,7 +60,7 @@ func save(p *plot.Plot, w, h vg.Length, base string) error {
 }
 
 // saveCanvas draws a figure of w×h with draw into base.png (at pngDPI)
-// and base.svg, each through a temporary file renamed into place.
+// and base.svg, each written atomically (fileio.WriteToAtomic).
 func saveCanvas(w, h vg.Length, base string, drawFn func(draw.Canvas)) error {
 	for _, ext := range []string{".png", ".svg"} {
 		var c interface {
@@ -72,28 +73,11 @@ func saveCanvas(w, h vg.Length, base string, drawFn func(draw.Canvas)) error {
 			c = vgsvg.New(w, h)
 		}
 		drawFn(draw.New(c))
-		tmp := base + ".tmp" + ext
-		if err := writeFile(tmp, c); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("plot %s: %w", base+ext, err)
-		}
-		if err := os.Rename(tmp, base+ext); err != nil {
-			return err
+		if err := fileio.WriteToAtomic(rundir.Plot(base, ext), c); err != nil {
+			return fmt.Errorf("plot %s: %w", rundir.Plot(base, ext), err)
 		}
 	}
 	return nil
-}
-
-func writeFile(path string, w io.WriterTo) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666) // os.WriteFile's mode: 0644 under umask 022
-	if err != nil {
-		return err
-	}
-	if _, err := w.WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // Curves draws series against the epoch and saves base.png / base.svg.
@@ -174,10 +158,10 @@ func HistoryPlots(h train.History, dir string) error {
 		tl, vl, ta, va = append(tl, e.TrainLoss), append(vl, e.ValLoss), append(ta, 100*e.TrainAcc), append(va, 100*e.ValAcc)
 	}
 	best := h.Best()
-	if err := curves("Loss", "cross-entropy", []Series{{"train", tl}, {"validation", vl}}, best, filepath.Join(dir, "loss")); err != nil {
+	if err := curves("Loss", "cross-entropy", []Series{{"train", tl}, {"validation", vl}}, best, filepath.Join(dir, rundir.LossPlot)); err != nil {
 		return err
 	}
-	return curves("Accuracy", "accuracy (%)", []Series{{"train", ta}, {"validation", va}}, best, filepath.Join(dir, "accuracy"))
+	return curves("Accuracy", "accuracy (%)", []Series{{"train", ta}, {"validation", va}}, best, filepath.Join(dir, rundir.AccuracyPlot))
 }
 
 // rowPercentGrid is a confusion matrix as plotter.GridXYZ, row 0 on top,

@@ -7,7 +7,9 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/eval"
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 )
@@ -73,7 +75,7 @@ func Write(dir string, r *Run) error {
 		}
 	}
 	if r.Test != nil {
-		if err := ConfusionHeatmap(r.Test.Confusion, "Confusion matrix ("+r.Test.Split+")", filepath.Join(dir, "confusion")); err != nil {
+		if err := ConfusionHeatmap(r.Test.Confusion, "Confusion matrix ("+r.Test.Split+")", filepath.Join(dir, rundir.ConfusionPlot)); err != nil {
 			return err
 		}
 	}
@@ -81,10 +83,10 @@ func Write(dir string, r *Run) error {
 	if err != nil {
 		return err
 	}
-	if err := vision.WriteFileAtomic(filepath.Join(dir, "metrics.json"), append(b, '\n')); err != nil {
+	if err := fileio.WriteAtomic(filepath.Join(dir, rundir.Metrics), append(b, '\n')); err != nil {
 		return err
 	}
-	return vision.WriteFileAtomic(filepath.Join(dir, "report.md"), []byte(Markdown(r)))
+	return fileio.WriteAtomic(filepath.Join(dir, rundir.Report), []byte(Markdown(r)))
 }
 
 func augmentText(a string) string {
@@ -129,7 +131,7 @@ func Markdown(r *Run) string {
 			}
 			fmt.Fprintf(&b, "| %d%s | %.5g | %.4f | %s | %.4f | %s | %.0f |\n", e.Epoch, mark, e.LR, e.TrainLoss, pct(e.TrainAcc), e.ValLoss, pct(e.ValAcc), e.ImagesPerSec)
 		}
-		fmt.Fprintf(&b, "\n![loss](loss.png) ![accuracy](accuracy.png)\n")
+		fmt.Fprintf(&b, "\n![loss](%s) ![accuracy](%s)\n", rundir.Plot(rundir.LossPlot, ".png"), rundir.Plot(rundir.AccuracyPlot, ".png"))
 	}
 	if t := r.Test; t != nil {
 		writeEvaluation(&b, t, r.BestEpoch)
@@ -141,8 +143,11 @@ func Markdown(r *Run) string {
 func EvaluationMarkdown(e *Evaluation) string {
 	var b strings.Builder
 	writeEvaluation(&b, e, 0)
-	return strings.Replace(b.String(), "\n![confusion matrix](confusion.png)\n", "", 1)
+	return strings.Replace(b.String(), confusionLink, "", 1)
 }
+
+// confusionLink shows the confusion matrix's plot in a run's report.
+var confusionLink = "\n![confusion matrix](" + rundir.Plot(rundir.ConfusionPlot, ".png") + ")\n"
 
 func writeEvaluation(b *strings.Builder, t *Evaluation, bestEpoch int) {
 	fmt.Fprintf(b, "\n## %s results\n\n", strings.ToUpper(t.Split[:1])+t.Split[1:])
@@ -162,7 +167,7 @@ func writeEvaluation(b *strings.Builder, t *Evaluation, bestEpoch int) {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(b, "\n![confusion matrix](confusion.png)\n\n### Per class\n\n| class | images | correct | accuracy |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(b, "%s\n### Per class\n\n| class | images | correct | accuracy |\n|---|---:|---:|---:|\n", confusionLink)
 	for _, c := range t.PerClass {
 		fmt.Fprintf(b, "| %s | %d | %d | %s |\n", c.Class, c.Images, c.Correct, pct(c.Accuracy))
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,17 +13,17 @@ import (
 	"syscall"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/train"
-	"github.com/handnet/handnet/vision"
+	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/rundir"
 )
 
-// Files of a run folder.
+// Files of a run folder: the names are rundir's.
 const (
-	SpecFile    = "run.json"     // the Spec, with the identity
-	SplitFile   = "split.csv"    // the split manifest
-	MetricsFile = "metrics.json" // the finished run's report.Run
-	ReportFile  = "report.md"
-	lockFile    = ".lock"
+	SpecFile    = rundir.Spec    // the Spec, with the identity
+	SplitFile   = rundir.Split   // the split manifest
+	MetricsFile = rundir.Metrics // the finished run's report.Run
+	ReportFile  = rundir.Report
+	lockFile    = rundir.Lock
 )
 
 // Identity is the key of a run: a hash of everything that changes its
@@ -51,7 +50,7 @@ func Identify(s Spec, d *Data) (Identity, error) {
 	mc.Classes, mc.Width, mc.Height, mc.Mean, mc.Std, mc.Pretrained, mc.ExactDecode = nil, 0, 0, [3]float32{}, [3]float32{}, "", false
 	w := "none"
 	if s.Weights != "" {
-		h, err := fileSHA256(s.Weights)
+		h, err := fileio.SHA256(s.Weights)
 		if err != nil {
 			return Identity{}, fmt.Errorf("--weights: %w", err)
 		}
@@ -114,25 +113,12 @@ func (a Identity) Diff(b Identity) []string {
 	return out
 }
 
-func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("%s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // Folder is a run folder, and the one owner of what a run is: its files,
 // its identity, whether it is finished, and the lock a trainer holds.
 type Folder struct{ Dir string }
 
 // Path names a file of the folder.
-func (f Folder) Path(name string) string { return filepath.Join(f.Dir, name) }
+func (f Folder) Path(name string) string { return rundir.Folder{Dir: f.Dir}.Path(name) }
 
 // ReadSpec reads the folder's run.json.
 func (f Folder) ReadSpec() (Spec, error) {
@@ -153,7 +139,7 @@ func (f Folder) WriteSpec(s Spec) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.Path(SpecFile), err)
 	}
-	return vision.WriteFileAtomic(f.Path(SpecFile), append(b, '\n'))
+	return fileio.WriteAtomic(f.Path(SpecFile), append(b, '\n'))
 }
 
 // Finished returns the folder's finished run of identity id with epochs
@@ -286,7 +272,7 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 		return fmt.Errorf("%s holds a run of another experiment (%s): resume with the same settings (only --epochs may grow), or choose another --out",
 			f.Dir, strings.Join(saved.Identity.Diff(id), "; "))
 	}
-	_, statErr := os.Stat(f.Path(train.LastCheckpoint))
+	_, statErr := os.Stat(f.Path(rundir.LastCheckpoint))
 	started := statErr == nil
 	switch {
 	case reuse:
@@ -304,26 +290,12 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 }
 
 // IsTemp tells whether a file name is one of handnet's temporary files
-// (".NAME.tmp…"), left behind by a process killed while writing.
-func IsTemp(name string) bool {
-	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp")
-}
+// (rundir.IsTemp).
+func IsTemp(name string) bool { return rundir.IsTemp(name) }
 
-// Sweep removes the temporary files a killed process left in the folder.
-func (f Folder) Sweep() error {
-	entries, err := os.ReadDir(f.Dir)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if !e.IsDir() && IsTemp(e.Name()) {
-			if err := os.Remove(f.Path(e.Name())); err != nil && !os.IsNotExist(err) {
-				return err
-			}
-		}
-	}
-	return nil
-}
+// Sweep removes the temporary files a killed process left in the folder
+// (rundir.Folder.Sweep).
+func (f Folder) Sweep() error { return rundir.Folder{Dir: f.Dir}.Sweep() }
 
 // CheckOut refuses run folders that are dangerous or hold something else:
 // the file system root, the home folder, and existing non-folders.
@@ -352,7 +324,7 @@ func (c *Claim) Clean() {
 		os.RemoveAll(f.Dir)
 		return
 	}
-	for _, name := range []string{SpecFile, SplitFile, train.EpochCheckpoint, lockFile} {
+	for _, name := range []string{SpecFile, SplitFile, rundir.EpochCheckpoint, lockFile} {
 		os.Remove(f.Path(name))
 	}
 	f.Sweep()

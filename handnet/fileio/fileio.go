@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Mode is the mode os.WriteFile gives a new file: 0666 less the process's
@@ -178,7 +179,9 @@ func WriteToAtomic(path string, src io.WriterTo) error {
 // OpenRegular opens path for reading and refuses what is not a regular
 // file (a folder, a device, a FIFO that would block), naming it.
 func OpenRegular(path string) (*os.File, os.FileInfo, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer (a regular
+	// file's reads ignore the flag).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, err
 	}

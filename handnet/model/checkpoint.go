@@ -6,14 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/nlpodyssey/safetensors"
 	"github.com/sugarme/gotch"
@@ -44,7 +41,7 @@ type Checkpoint struct {
 }
 
 // SaveCheckpoint writes m's variables, extra tensors (e.g. optimizer
-// state) and metadata to path atomically (temporary file + rename).
+// state) and metadata to path atomically (fileio.WriteAtomic).
 func SaveCheckpoint(path string, m *Model, extra []NamedTensor, meta map[string]string) error {
 	cfg, err := json.Marshal(m.Config)
 	if err != nil {
@@ -62,60 +59,11 @@ func SaveCheckpoint(path string, m *Model, extra []NamedTensor, meta map[string]
 		}
 		views[nt.Name] = v
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	var buf bytes.Buffer
 	if err := safetensors.SerializeToWriter(views, md, &buf); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(newFileMode); err != nil {
-		f.Close()
-		return err
-	}
-	b := buf.Bytes()
-	if _, err := f.Write(b[:len(b)/2]); err != nil {
-		f.Close()
-		return err
-	}
-	KillPoint()
-	if _, err := f.Write(b[len(b)/2:]); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	KillPoint()
-	return os.Rename(f.Name(), path)
-}
-
-// killAt and killCount support the kill test: with HANDNET_TEST_KILL_AT=N
-// the process kills itself (SIGKILL) at the N-th KillPoint, to show that no
-// moment of a run — the middle of a checkpoint write included — loses
-// work or leaves litter that a resume trips over.
-var (
-	killAt    = func() int64 { n, _ := strconv.ParseInt(os.Getenv("HANDNET_TEST_KILL_AT"), 10, 64); return n }()
-	killCount atomic.Int64
-)
-
-// KillPoint marks a moment the kill test may cut: a checkpoint half
-// written, or written but not yet renamed into place.
-func KillPoint() {
-	if killAt > 0 && killCount.Add(1) == killAt {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // the signal is on its way
-	}
+	return fileio.WriteAtomic(path, buf.Bytes())
 }
 
 var toSafe = map[gotch.DType]safetensors.DType{
@@ -147,18 +95,11 @@ const MaxCheckpointBytes = 4 << 30
 // is refused without blocking); what names the kind of file in the error
 // about its size ("a checkpoint").
 func ReadRegular(path string, max int64, what string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, st, err := fileio.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	if st.Size() > max {
 		return nil, fmt.Errorf("%s: %d bytes, more than the %d %s may have", path, st.Size(), max, what)
 	}

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/tools/libtorch"
 )
 
@@ -171,7 +172,7 @@ func run(workFile string) error {
 		workText += "replace " + r + "\n"
 	}
 	if old, _ := os.ReadFile(workFile); string(old) != workText {
-		if err := writeAtomic(workFile, []byte(workText)); err != nil {
+		if err := fileio.WriteAtomic(workFile, []byte(workText)); err != nil {
 			return err
 		}
 		fmt.Printf("setup: wrote %s:\n    %s\n", mustAbs(workFile), strings.Join(replaces, "\n    "))
@@ -584,15 +585,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, append(b, '\n'))
-}
-
-func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fileio.WriteAtomic(path, append(b, '\n'))
 }
 
 func mustAbs(p string) string {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/tools/libtorch"
 )
 
@@ -108,7 +109,7 @@ func writeFlagsGo(root string, plan libtorch.NativePlan, in libtorch.Install) (p
 	if old, err := os.ReadFile(path); err == nil && string(old) == text {
 		return path, false, nil
 	}
-	return path, true, writeAtomic(path, []byte(text))
+	return path, true, fileio.WriteAtomic(path, []byte(text))
 }
 
 // handnetDep is the handnet module a user's module requires, as `go list -m`

@@ -4,17 +4,40 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handnet/handnet/handnet/fileio"
 )
 
+// With HANDNET_TEST_KILL_AT=N, the test binary run as handnet (see
+// TestMain) kills itself (SIGKILL) at the N-th fault moment of fileio's
+// atomic writes — a file half written, or written and not yet renamed into
+// place — to show that no moment of a run, the middle of a checkpoint write
+// included, loses work or leaves litter that a resume trips over.
+func init() {
+	at, _ := strconv.ParseInt(os.Getenv("HANDNET_TEST_KILL_AT"), 10, 64)
+	if at <= 0 {
+		return
+	}
+	var count atomic.Int64
+	fileio.FaultHook = func(string) {
+		if count.Add(1) == at {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}
+}
+
 // TestKilledAnywhereResumes SIGKILLs a training run at 20 points spread
-// over it — 10 inside checkpoint writes (half written, or written and not
-// yet renamed), 10 at moments spread over its running time — and resumes it
-// each time: the result equals an uninterrupted run's and the folder holds
-// no temporary files.
+// over it — 10 inside atomic writes, checkpoints included (half written, or
+// written and not yet renamed), 10 at moments spread over its running time —
+// and resumes it each time: the result equals an uninterrupted run's and
+// the folder holds no temporary files.
 func TestKilledAnywhereResumes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the kill test trains 21 runs")
