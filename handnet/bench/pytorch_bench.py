@@ -13,9 +13,9 @@ use one batch resident on the device, its best case). For each case one JSON
 line goes to stdout:
   {"model", "batch", "mode", "phase", "device", "images_per_sec", "steps", "seconds", "torch"}
 
-The models are handnet's: the study's CNN (conv 5x5 16/32/64, each ReLU +
-max-pool 2, then dropout 0.4, fc1 256, ReLU, dropout 0.4, fc2; 170x128 input)
-and torchvision's ResNet-18 with an 8-class head. A training step is
+The models are handnet's: the study's CNN (StudyCNN below, with handnet
+bench's dropout: 0.4 before fc1 and 0.4 before fc2) and torchvision's
+ResNet-18 with an 8-class head. A training step is
 forward, cross-entropy, backward and SGD (lr 0.0025, momentum 0.9); an
 inference step is a forward pass in eval mode under torch.inference_mode.
 Timing: warm-up steps, then steps until both --steps and --min-seconds are
@@ -35,25 +35,47 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # handnet's vision.Mea
 
 
 class StudyCNN(nn.Module):
-    def __init__(self):
+    """The study's CNN, PyTorch's one definition of it: conv 5x5 16/32/64,
+    each ReLU + max-pool 2 (features), then fc1 256, ReLU, fc2 (head) on
+    170x128 input, logits out. flat_dropout and fc1_dropout are the dropout
+    before fc1 and before fc2 in training mode (handnet's flat0.4-fc1-0.4
+    is 0.4 and 0.4; 0 has none). The golden fixtures
+    (tools/fixtures/golden.py) import it from here: this file is embedded in
+    handnet and runs from a temporary folder, so it imports nothing of the
+    repository's."""
+
+    def __init__(self, classes=CLASSES, flat_dropout=0.0, fc1_dropout=0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 5)
         self.conv2 = nn.Conv2d(16, 32, 5)
         self.conv3 = nn.Conv2d(32, 64, 5)
         self.fc1 = nn.Linear(64 * 12 * 17, 256)
-        self.fc2 = nn.Linear(256, CLASSES)
+        self.fc2 = nn.Linear(256, classes)
+        self.flat_dropout, self.fc1_dropout = flat_dropout, fc1_dropout
 
-    def forward(self, x):
+    def features(self, x):
+        """The last convolution block's activations (Grad-CAM's layer)."""
         for conv in (self.conv1, self.conv2, self.conv3):
             x = F.max_pool2d(F.relu(conv(x)), 2)
-        x = F.dropout(torch.flatten(x, 1), 0.4, self.training)
-        x = F.dropout(F.relu(self.fc1(x)), 0.4, self.training)
+        return x
+
+    def head(self, a):
+        """Logits from features(x)."""
+        x = torch.flatten(a, 1)
+        if self.flat_dropout:
+            x = F.dropout(x, self.flat_dropout, self.training)
+        x = F.relu(self.fc1(x))
+        if self.fc1_dropout:
+            x = F.dropout(x, self.fc1_dropout, self.training)
         return self.fc2(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def build(name):
     if name == "cnn":
-        return StudyCNN()
+        return StudyCNN(flat_dropout=0.4, fc1_dropout=0.4)  # handnet bench's model.FinalDropout
     if name == "resnet18":
         import torchvision
         return torchvision.models.resnet18(num_classes=CLASSES)
