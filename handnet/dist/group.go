@@ -629,12 +629,12 @@ func (g *Group) awaitLeaving(deadline time.Time) {
 			beats, _ = g.readBeats()
 		}
 		for r, p := range pending {
-			left, err1 := g.beats.Check(fmt.Sprintf("left/%d", r))
-			failed, err2 := g.beats.Check(fmt.Sprintf("failed/%d", r))
+			left, leftErr := g.beats.Check(fmt.Sprintf("left/%d", r))
+			failed, failedErr := g.beats.Check(fmt.Sprintf("failed/%d", r))
 			if b, ok := beats[r]; ok && b.count != p.count {
 				p.count, p.changed = b.count, time.Now()
 			}
-			if left || failed || err1 != nil || err2 != nil || time.Since(p.changed) > 3*g.o.Heartbeat+time.Second {
+			if left || failed || leftErr != nil || failedErr != nil || time.Since(p.changed) > 3*g.o.Heartbeat+time.Second {
 				delete(pending, r)
 			}
 		}
