@@ -152,7 +152,7 @@ func TestClaim(t *testing.T) {
 		{"this run, nothing saved yet", func(t *testing.T, dir string) { writeRun(t, dir, idA, false, 0) }, 3, false, false, want{}},
 		{"this run, nothing saved yet, resume", func(t *testing.T, dir string) { writeRun(t, dir, idA, false, 0) }, 3, true, false, want{}},
 		{"this run, started", func(t *testing.T, dir string) { writeRun(t, dir, idA, true, 0) },
-			3, false, false, want{err: "already holds this run; add --resume"}},
+			3, false, false, want{err: "already holds this run"}},
 		{"this run, started, resume", func(t *testing.T, dir string) { writeRun(t, dir, idA, true, 0) }, 3, true, false, want{resume: true}},
 		{"this run, started, reuse", func(t *testing.T, dir string) { writeRun(t, dir, idA, true, 0) }, 3, false, true, want{resume: true}},
 		{"this run, nothing saved yet, reuse", func(t *testing.T, dir string) { writeRun(t, dir, idA, false, 0) }, 3, false, true, want{}},

@@ -158,8 +158,8 @@ func TestIdentify(t *testing.T) {
 			t.Errorf("changed weights: Diff = %q", diff)
 		}
 		s.Weights = filepath.Join(dir, "missing.pth")
-		if _, err := experiment.Identify(s, d); err == nil || !strings.Contains(err.Error(), "--weights") {
-			t.Errorf("missing weights file: %v, want an error naming --weights", err)
+		if _, err := experiment.Identify(s, d); err == nil || !strings.Contains(err.Error(), "missing.pth") {
+			t.Errorf("missing weights file: %v, want an error naming it", err)
 		}
 	})
 }
