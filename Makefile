@@ -71,7 +71,7 @@ torchrun:
 # weights and logits of torchvision's resnet18() and of the study's CNN.
 FIXTURES := testdata/fixtures
 fixtures: $(FIXTURES)/.done
-$(FIXTURES)/.done: tools/fixtures/golden.py
+$(FIXTURES)/.done: tools/fixtures/golden.py handnet/bench/pytorch_bench.py
 	@/usr/bin/python3 -c 'import torchvision' 2>/dev/null || { \
 	  echo "installing python3-torchvision (Debian) for the golden fixtures"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torchvision >/dev/null; \
