@@ -5,25 +5,17 @@
 package handnet
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
-	"io"
 	"math"
-	"net/http"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
@@ -121,6 +113,11 @@ func (o *Options) fill() {
 	}
 }
 
+// limits are the budgets of each image decode.
+func (o Options) limits() vision.Limits {
+	return vision.Limits{MaxPixels: o.MaxPixels, MaxBytes: o.MaxBytes}
+}
+
 // Load opens a handnet checkpoint (as written by `handnet train`) for
 // prediction, on the CPU or the first GPU.
 func Load(path string) (*Classifier, error) { return LoadWith(path, Options{}) }
@@ -157,7 +154,7 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 		return nil, err
 	}
 	cfg := c.net.Config
-	sum, err := fileSHA256(path)
+	sum, err := fileio.SHA256(path)
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -170,23 +167,10 @@ func LoadWith(path string, o Options) (*Classifier, error) {
 			return err
 		}
 		p.Exact = cfg.ExactDecode
-		p.Limits = vision.Limits{MaxPixels: o.MaxPixels, MaxBytes: o.MaxBytes}
+		p.Limits = o.limits()
 		return p
 	}
 	return c, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Info identifies the model: checkpoint file, its SHA-256, architecture
@@ -225,86 +209,64 @@ func (c *Classifier) preprocess(fn func(p *vision.Preprocessor, dst []byte) erro
 
 // Predict classifies a decoded image.
 func (c *Classifier) Predict(img image.Image) (Prediction, error) {
-	ps, err := c.PredictBatch([]image.Image{img})
-	if err != nil {
-		return Prediction{}, err
-	}
-	return ps[0], nil
+	return first(c.PredictBatch([]image.Image{img}))
 }
 
 // PredictFile classifies an image file (JPEG, PNG or GIF, whatever its
 // name says), decoded exactly as the training pipeline decodes.
 func (c *Classifier) PredictFile(path string) (Prediction, error) {
-	ps, err := c.PredictFiles([]string{path})
-	if err != nil {
-		return Prediction{}, err
-	}
-	return ps[0], nil
+	return first(c.PredictFiles([]string{path}))
 }
 
 // PredictBytes classifies an encoded image held in memory (an upload).
 func (c *Classifier) PredictBytes(data []byte) (Prediction, error) {
-	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Bytes(data, dst) })
-	if err != nil {
-		return Prediction{}, err
-	}
-	ps, err := c.forward([][]byte{buf})
-	if err != nil {
-		return Prediction{}, err
-	}
-	return ps[0], nil
+	return first(predictAll(c, [][]byte{data}, nil, (*vision.Preprocessor).Bytes))
 }
 
 // PredictBatch classifies images in one forward pass.
 func (c *Classifier) PredictBatch(imgs []image.Image) ([]Prediction, error) {
-	bufs := make([][]byte, len(imgs))
-	for i, img := range imgs {
-		b, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.Image(img, dst) })
-		if err != nil {
-			return nil, fmt.Errorf("image %d: %w", i, err)
-		}
-		bufs[i] = b
-	}
-	return c.forward(bufs)
+	return predictAll(c, imgs, func(i int) string { return fmt.Sprintf("image %d", i) }, (*vision.Preprocessor).Image)
 }
 
 // PredictFiles classifies files in one forward pass; it stops at the
 // first unreadable file, naming it.
 func (c *Classifier) PredictFiles(paths []string) ([]Prediction, error) {
-	bufs := make([][]byte, len(paths))
-	for i, path := range paths {
-		b, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.File(path, dst) })
+	return predictAll(c, paths, func(i int) string { return paths[i] }, (*vision.Preprocessor).File)
+}
+
+// predictAll preprocesses each input with prep and classifies them all in
+// one forward pass; it stops at the first that fails, naming it with
+// name(i) (nil: the error alone).
+func predictAll[T any](c *Classifier, in []T, name func(i int) string, prep func(p *vision.Preprocessor, x T, dst []byte) error) ([]Prediction, error) {
+	bufs := make([][]byte, len(in))
+	for i, x := range in {
+		b, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return prep(p, x, dst) })
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			if name == nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%s: %w", name(i), err)
 		}
 		bufs[i] = b
 	}
 	return c.forward(bufs)
 }
 
-// forward normalises uint8 CHW images and runs the model on the torch thread.
+// first is the one answer of a batch of one.
+func first(ps []Prediction, err error) (Prediction, error) {
+	if err != nil {
+		return Prediction{}, err
+	}
+	return ps[0], nil
+}
+
+// forward runs the model on uint8 CHW images.
 func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	if len(imgs) == 0 {
 		return nil, nil
 	}
-	cfg := c.net.Config
-	n := len(imgs[0])
-	x := make([]float32, len(imgs)*n)
-	for i, img := range imgs {
-		c.norm.Apply(x[i*n:(i+1)*n], img)
-	}
 	var probs []float32
-	err := c.th.Do(func() error {
-		if c.net.VS == nil {
-			return torch.ErrClosed
-		}
-		s := torch.NewScope()
-		defer s.Close()
-		t, err := ts.OfSlice(x)
-		if err != nil {
-			return err
-		}
-		in := s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
+	err := c.onModel(imgs, func(s *torch.Scope, in *ts.Tensor) error {
 		logits, err := c.inf.Forward(in)
 		if err != nil {
 			return err
@@ -316,12 +278,10 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 			return nil
 		})
 	})
-	if errors.Is(err, torch.ErrClosed) {
-		return nil, errors.New("classifier closed")
-	}
 	if err != nil {
 		return nil, err
 	}
+	cfg := c.net.Config
 	k := len(cfg.Classes)
 	if err := finite(probs, cfg.Classes, c.info.Checkpoint); err != nil {
 		return nil, err
@@ -331,6 +291,34 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 		out[i] = prediction(cfg.Classes, probs[i*k:(i+1)*k])
 	}
 	return out, nil
+}
+
+// onModel normalises uint8 CHW images (on the calling goroutine) and runs
+// fn on the torch thread with them as the model's input, an N×3×H×W tensor
+// on its device; fn's tensors go in s. After Close it fails.
+func (c *Classifier) onModel(imgs [][]byte, fn func(s *torch.Scope, in *ts.Tensor) error) error {
+	cfg := c.net.Config
+	n := len(imgs[0])
+	x := make([]float32, len(imgs)*n)
+	for i, img := range imgs {
+		c.norm.Apply(x[i*n:(i+1)*n], img)
+	}
+	err := c.th.Do(func() error {
+		if c.net.VS == nil {
+			return torch.ErrClosed
+		}
+		s := torch.NewScope()
+		defer s.Close()
+		t, err := ts.OfSlice(x)
+		if err != nil {
+			return err
+		}
+		return fn(s, s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false)))
+	})
+	if errors.Is(err, torch.ErrClosed) {
+		return errors.New("classifier closed")
+	}
+	return err
 }
 
 func prediction(classes []string, probs []float32) Prediction {
@@ -360,196 +348,4 @@ func finite(probs []float32, classes []string, ckpt string) error {
 		}
 	}
 	return nil
-}
-
-// MaxUpload is the default largest upload the HTTP handler accepts (the
-// byte budget, Options.MaxBytes, when that is not set).
-const MaxUpload = vision.DefaultMaxBytes
-
-// gate bounds the requests that work at once and those that wait.
-type gate struct {
-	slots    chan struct{}
-	waiting  atomic.Int64
-	maxQueue int64
-}
-
-func newGate(concurrent, queue int) *gate {
-	return &gate{slots: make(chan struct{}, concurrent), maxQueue: int64(queue)}
-}
-
-var errBusy = errors.New("busy: every slot is taken and the queue is full")
-
-// enter waits for a slot, unless the queue is full (errBusy) or ctx ends.
-func (g *gate) enter(ctx context.Context) (leave func(), err error) {
-	select {
-	case g.slots <- struct{}{}:
-		return func() { <-g.slots }, nil
-	default:
-	}
-	if g.waiting.Add(1) > g.maxQueue {
-		g.waiting.Add(-1)
-		return nil, errBusy
-	}
-	defer g.waiting.Add(-1)
-	select {
-	case g.slots <- struct{}{}:
-		return func() { <-g.slots }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// upload reads the request's image: the body, or the "image" field of a
-// multipart form, streamed into the decoder within the byte budget.
-func upload(r *http.Request, read func(io.Reader) error) error {
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
-		mr, err := r.MultipartReader()
-		if err != nil {
-			return &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
-		}
-		for {
-			part, err := mr.NextPart()
-			if err == io.EOF {
-				return &httpError{http.StatusBadRequest, "multipart upload without an \"image\" field"}
-			}
-			if err != nil {
-				return &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
-			}
-			if part.FormName() == "image" {
-				return read(part)
-			}
-		}
-	}
-	return read(r.Body)
-}
-
-type httpError struct {
-	code int
-	msg  string
-}
-
-func (e *httpError) Error() string { return e.msg }
-
-// status maps an error to an HTTP status: over a budget 413, a bad image
-// 400, busy (overload) 503, out of the time allowed 504, a non-finite
-// output or anything else 500.
-func status(err error) int {
-	var he *httpError
-	var pe *vision.PixelsError
-	var be *vision.BytesError
-	var me *vision.MemoryError
-	var mb *http.MaxBytesError
-	switch {
-	case errors.As(err, &he):
-		return he.code
-	case errors.As(err, &pe), errors.As(err, &be), errors.As(err, &me), errors.As(err, &mb):
-		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return http.StatusRequestTimeout // the client sent its body too slowly
-	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout // --timeout ran out while the work waited or ran
-	case errors.Is(err, errBusy), errors.Is(err, context.Canceled):
-		return http.StatusServiceUnavailable
-	case errors.Is(err, errDecode):
-		return http.StatusBadRequest
-	}
-	return http.StatusInternalServerError
-}
-
-var errDecode = errors.New("bad image")
-
-// writeError answers {"error": msg} with the status for err.
-func writeError(w http.ResponseWriter, err error) {
-	code := status(err)
-	if code == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	msg := strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
-	json.NewEncoder(w).Encode(map[string]string{"error": msg})
-}
-
-// Handler returns an http.Handler that classifies an uploaded image: a
-// POST with the image (JPEG, PNG or GIF) as the body, or as the "image"
-// field of a multipart form. The image goes through the training pipeline's
-// decoder within the budgets. It answers JSON: a Response (the
-// shape of Server's POST /predict: the model and one Result, ?top=K
-// classes, default DefaultTop), or {"error": "..."} with status 400 (not an image), 405 (not a POST), 413 (over the
-// byte, pixel or decode-memory budget), 503 with Retry-After (too many
-// requests at once), 504 (over the time allowed) or 500 (a model whose
-// output is not finite, or another failure). At most Options.MaxConcurrent requests
-// decode and predict at once, Options.MaxQueue more wait; a body sent too
-// slowly is answered 408.
-func (c *Classifier) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			writeError(w, &httpError{http.StatusMethodNotAllowed, "POST an image (body or multipart field \"image\")"})
-			return
-		}
-		k, err := topK(r, len(c.net.Config.Classes))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		name := "body"
-		if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
-			name = "image"
-		}
-		p, err := c.serve(w, r)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		p.Top = p.Top[:k]
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(Response{Model: c.Info(), Results: []Result{{File: name, Prediction: &p}}})
-	})
-}
-
-// serve decodes one request's image and predicts it, within the gate and
-// the time allowed.
-func (c *Classifier) serve(w http.ResponseWriter, r *http.Request) (Prediction, error) {
-	ctx, cancel := context.WithTimeout(r.Context(), c.opts.Timeout)
-	defer cancel()
-	// A slow client cannot hold a slot past the deadline (servers that
-	// cannot set one return an error, which changes nothing).
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(c.opts.Timeout))
-	leave, err := c.gate.enter(ctx)
-	if err != nil {
-		return Prediction{}, err
-	}
-	defer leave()
-	maxBytes := c.opts.MaxBytes
-	if maxBytes <= 0 {
-		maxBytes = vision.DefaultMaxBytes
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxBytes+1<<20) // the form's overhead too
-	buf, err := c.preprocess(func(p *vision.Preprocessor, dst []byte) error {
-		return upload(r, func(body io.Reader) error {
-			if err := p.ReaderContext(ctx, body, dst); err != nil {
-				var pe *vision.PixelsError
-				var be *vision.BytesError
-				var me *vision.MemoryError
-				var mb *http.MaxBytesError
-				if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &me) || errors.As(err, &mb) || errors.Is(err, os.ErrDeadlineExceeded) {
-					return err
-				}
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("%w: %v", errDecode, err)
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		return Prediction{}, err
-	}
-	ps, err := c.forward([][]byte{buf})
-	if err != nil {
-		return Prediction{}, err
-	}
-	return ps[0], nil
 }

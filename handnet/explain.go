@@ -3,10 +3,11 @@ package handnet
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"image"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
@@ -55,7 +56,7 @@ func (c *Classifier) Explain(img image.Image, class int) (*Explanation, error) {
 // and returns the photo too, for Overlay: decoded by Go's decoders when it
 // has at most 16 megapixels, else the model's view.
 func (c *Classifier) ExplainFile(path string, class int) (*Explanation, image.Image, error) {
-	data, err := vision.Limits{MaxPixels: c.opts.MaxPixels, MaxBytes: c.opts.MaxBytes}.ReadFile(path)
+	data, err := c.opts.limits().ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -107,32 +108,34 @@ func (c *Classifier) ClassIndex(name string) int {
 	return -1
 }
 
+// ParseClass reads the class to explain, by name or index (handnet explain
+// --class, POST /explain?class=): "" is -1, each image's predicted class.
+func (c *Classifier) ParseClass(v string) (int, error) {
+	if v == "" {
+		return -1, nil
+	}
+	if i := c.ClassIndex(v); i >= 0 {
+		return i, nil
+	}
+	classes := c.net.Config.Classes
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n >= len(classes) {
+		return 0, fmt.Errorf("%q: want one of %s, or an index 0-%d", v, strings.Join(classes, ", "), len(classes)-1)
+	}
+	return n, nil
+}
+
 // explain maps a preprocessed image, on the torch thread.
 func (c *Classifier) explain(buf []byte, class int, method model.CAMMethod) (*Explanation, error) {
 	cfg := c.net.Config
 	if class >= len(cfg.Classes) {
 		return nil, fmt.Errorf("class %d: the model has %d", class, len(cfg.Classes))
 	}
-	x := make([]float32, len(buf))
-	c.norm.Apply(x, buf)
 	var cam *model.CAM
-	err := c.th.Do(func() error {
-		if c.net.VS == nil {
-			return torch.ErrClosed
-		}
-		s := torch.NewScope()
-		defer s.Close()
-		t, err := ts.OfSlice(x)
-		if err != nil {
-			return err
-		}
-		in := s.T(s.T(s.T(t).MustView([]int64{1, 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false))
+	err := c.onModel([][]byte{buf}, func(_ *torch.Scope, in *ts.Tensor) (err error) {
 		cam, err = model.GradCAM(c.net, in, class, method)
 		return err
 	})
-	if errors.Is(err, torch.ErrClosed) {
-		return nil, errors.New("classifier closed")
-	}
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"image/png"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,8 +83,14 @@ type ServerOptions struct {
 // Options.MaxConcurrent at once, Options.MaxQueue waiting; beyond, 503) and
 // batched into shared forward passes. Server is an http.Handler.
 type Server struct {
-	c     *Classifier
-	o     ServerOptions
+	c *Classifier
+	o ServerOptions
+	// direct is batching off, Classifier.Handler's server: each request
+	// is admitted whole into the gate, its images run through the model on
+	// its own goroutine, and the server has no goroutines, metrics or log
+	// of its own.
+	direct bool
+
 	log   *log.Logger
 	jobs  chan *job
 	ready atomic.Bool
@@ -160,6 +168,34 @@ func NewServer(c *Classifier, o ServerOptions) *Server {
 	go s.meter()
 	go s.warmUp()
 	return s
+}
+
+// Handler returns an http.Handler that classifies uploaded images: the
+// Server's POST /predict, on any path, with batching off. It is a Server
+// without goroutines, metrics, log or other routes of its own (nothing to
+// Close): a POST with the image (JPEG, PNG or GIF) as the body, or in a
+// multipart form (field "image", or any file; several are all answered),
+// decoded by the training pipeline's decoder within the budgets, is
+// answered JSON, a Response (?top=K classes, default DefaultTop), or
+// {"error": "..."} with status 400 (not an image), 405 (not a POST), 408
+// (a body sent too slowly), 413 (over the byte, pixel or decode-memory
+// budget), 503 with Retry-After (too many requests at once), 504 (over
+// Options.Timeout) or 500 (a model whose output is not finite, or another
+// failure); see Server for the answer to several images. A request is
+// admitted whole, from the first byte of its body to its answer: at most
+// Options.MaxConcurrent requests read, decode and predict at once (their
+// images one after another, each its own forward pass), Options.MaxQueue
+// more wait.
+func (c *Classifier) Handler() http.Handler {
+	s := &Server{c: c, direct: true}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, &httpError{http.StatusMethodNotAllowed, "POST an image (body or multipart field \"image\")"})
+			return
+		}
+		s.predict(w, r)
+	})
 }
 
 // Ready tells whether the warm-up forward pass is done.
@@ -274,6 +310,9 @@ func (s *Server) meter() {
 
 // submit queues a decoded image for the next forward pass.
 func (s *Server) submit(ctx context.Context, buf []byte) (Prediction, error) {
+	if s.direct {
+		return first(s.c.forward([][]byte{buf}))
+	}
 	j := &job{buf: buf, done: make(chan jobResult, 1)}
 	s.queue.Inc()
 	select {
@@ -344,37 +383,37 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 // favicon serves the page's icon (browsers ask for /favicon.ico).
 func (s *Server) favicon(w http.ResponseWriter, r *http.Request) {
-	b, err := webFiles.ReadFile("web/favicon.svg")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	w.Header().Set("Content-Type", "image/svg+xml")
-	w.Header().Set("Cache-Control", "max-age=86400")
-	w.Write(b)
+	webFile(w, "favicon.svg", "image/svg+xml", "Cache-Control", "max-age=86400")
 }
 
 // example serves one of the page's example photos (synthetic hands,
 // embedded from web/examples).
 func (s *Server) example(w http.ResponseWriter, r *http.Request) {
-	b, err := webFiles.ReadFile("web/examples/" + r.PathValue("name"))
-	if err != nil || strings.Contains(r.PathValue("name"), "/") {
-		writeError(w, &httpError{http.StatusNotFound, "no example " + r.PathValue("name")})
+	name := r.PathValue("name")
+	if _, err := fs.Stat(webFiles, "web/examples/"+name); err != nil || strings.Contains(name, "/") {
+		writeError(w, &httpError{http.StatusNotFound, "no example " + name})
 		return
 	}
-	w.Header().Set("Content-Type", "image/jpeg")
-	w.Header().Set("Cache-Control", "max-age=86400")
-	w.Write(b)
+	webFile(w, "examples/"+name, "image/jpeg", "Cache-Control", "max-age=86400")
 }
 
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
-	b, err := webFiles.ReadFile("web/index.html")
+	webFile(w, "index.html", "text/html; charset=utf-8",
+		"Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+}
+
+// webFile answers the embedded file web/name as contentType, with more
+// headers as name, value pairs.
+func webFile(w http.ResponseWriter, name, contentType string, header ...string) {
+	b, err := webFiles.ReadFile("web/" + name)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+	w.Header().Set("Content-Type", contentType)
+	for i := 0; i+1 < len(header); i += 2 {
+		w.Header().Set(header[i], header[i+1])
+	}
 	w.Write(b)
 }
 
@@ -387,21 +426,31 @@ type imagePart struct {
 
 // readUploads reads a request's images: the body, or every file part of a
 // multipart form (field "image", or any file), each within the byte budget.
-func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePart, error) {
+// What goes wrong reading is classified as decodeError classifies it.
+func (s *Server) readUploads(ctx context.Context, w http.ResponseWriter, r *http.Request) ([]imagePart, error) {
 	maxBytes := s.c.opts.MaxBytes
 	if maxBytes <= 0 {
 		maxBytes = vision.DefaultMaxBytes
 	}
+	read := func(r io.Reader) ([]byte, error) {
+		b, err := io.ReadAll(io.LimitReader(r, maxBytes+1))
+		if err != nil {
+			return nil, decodeError(ctx, err)
+		}
+		if int64(len(b)) > maxBytes {
+			return nil, &vision.BytesError{Size: -1, Max: maxBytes}
+		}
+		return b, nil
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4*maxBytes+1<<20) // several images, and a form's overhead
 	if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
-		r.Body = http.MaxBytesReader(w, r.Body, maxBytes)
-		b, err := io.ReadAll(r.Body)
+		b, err := read(r.Body)
 		if err != nil {
 			return nil, err
 		}
 		return []imagePart{{name: "body", data: b}}, nil
 	}
 	const maxFiles = 64
-	r.Body = http.MaxBytesReader(w, r.Body, 4*maxBytes+1<<20)
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return nil, &httpError{http.StatusBadRequest, "bad multipart upload: " + err.Error()}
@@ -425,15 +474,12 @@ func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePar
 		if name == "" {
 			name = fmt.Sprintf("image %d", len(out)+1)
 		}
-		b, err := io.ReadAll(io.LimitReader(part, maxBytes+1))
-		if err != nil {
+		b, err := read(part)
+		var be *vision.BytesError
+		if err != nil && !errors.As(err, &be) {
 			return nil, err
 		}
-		u := imagePart{name: name, data: b}
-		if int64(len(b)) > maxBytes {
-			u.data, u.err = nil, &vision.BytesError{Size: -1, Max: maxBytes}
-		}
-		out = append(out, u)
+		out = append(out, imagePart{name: name, data: b, err: err})
 	}
 	if len(out) == 0 {
 		return nil, &httpError{http.StatusBadRequest, "multipart upload without an \"image\" file"}
@@ -441,22 +487,25 @@ func (s *Server) readUploads(w http.ResponseWriter, r *http.Request) ([]imagePar
 	return out, nil
 }
 
-// decode preprocesses one upload within its lane: the cost of the decode,
-// read from the header, picks the ordinary gate or the heavy lane (one
-// expensive decode at a time, a short queue, 503 beyond), so that bombs
-// under the pixel budget cannot take the slots of ordinary photos; the
-// decode itself is charged against the process-wide memory budget.
+// decode preprocesses one upload. The server decodes it within its lane:
+// the cost of the decode, read from the header, picks the ordinary gate or
+// the heavy lane (one expensive decode at a time, a short queue, 503
+// beyond), so that bombs under the pixel budget cannot take the slots of
+// ordinary photos (Handler's requests hold their slot already). The decode
+// itself is charged against the process-wide memory budget.
 func (s *Server) decode(ctx context.Context, data []byte) ([]byte, error) {
 	s.decoding.Add(1)
 	defer s.decoding.Add(-1)
-	leave, err := s.enterLane(ctx, data)
-	if err != nil {
-		return nil, err
+	if !s.direct {
+		leave, err := s.enterLane(ctx, data)
+		if err != nil {
+			return nil, err
+		}
+		defer leave()
 	}
-	defer leave()
 	buf, err := s.c.preprocess(func(p *vision.Preprocessor, dst []byte) error { return p.BytesContext(ctx, data, dst) })
 	if err != nil {
-		return nil, decodeError(err)
+		return nil, decodeError(ctx, err)
 	}
 	return buf, nil
 }
@@ -469,7 +518,7 @@ func (s *Server) enterLane(ctx context.Context, data []byte) (leave func(), err 
 		return err
 	})
 	if err != nil {
-		return nil, decodeError(err)
+		return nil, decodeError(ctx, err)
 	}
 	g := s.c.gate
 	if cost.Bytes >= s.c.opts.HeavyDecode {
@@ -478,13 +527,17 @@ func (s *Server) enterLane(ctx context.Context, data []byte) (leave func(), err 
 	return g.enter(ctx)
 }
 
-// decodeError marks what is wrong with an image as errDecode (400); over a
-// budget (413) and out of time (504) keep their own kind.
-func decodeError(err error) error {
-	var pe *vision.PixelsError
-	var be *vision.BytesError
-	var me *vision.MemoryError
-	if errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &me) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+// decodeError classifies what went wrong reading or decoding an upload:
+// over a budget (413) and a body sent too slowly (408) keep their kind;
+// then, once the request's time is out (504) or its client gone (503),
+// that; anything else is the image's fault, errDecode (400).
+func decodeError(ctx context.Context, err error) error {
+	switch {
+	case overBudget(err), errors.Is(err, os.ErrDeadlineExceeded):
+		return err
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return err
 	}
 	return fmt.Errorf("%w: %v", errDecode, err)
@@ -523,33 +576,44 @@ type Result struct {
 
 type predictResult = Result
 
+// predict answers POST /predict, and Classifier.Handler.
 func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), s.c.opts.Timeout)
+	ctx, cancel := s.c.deadline(w, r)
 	defer cancel()
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.c.opts.Timeout))
 	k, err := s.topK(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	ups, err := s.readUploads(w, r)
+	// A request's images are decoded by at most MaxConcurrent workers of
+	// its own: it takes no more places in the gate than that, so the
+	// documented maximum (64 images) is admitted whole on an idle server
+	// and one large request cannot fill the queue for everyone else.
+	// Handler's request takes one place, from its first byte.
+	workers := s.c.opts.MaxConcurrent
+	if s.direct {
+		leave, err := s.c.gate.enter(ctx)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		defer leave()
+		workers = 1
+	}
+	ups, err := s.readUploads(ctx, w, r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	results := make([]predictResult, len(ups))
 	errs := make([]error, len(ups))
-	// A request's images are decoded by at most MaxConcurrent workers of
-	// its own: it takes no more places in the gate than that, so the
-	// documented maximum (64 images) is admitted whole on an idle server
-	// and one large request cannot fill the queue for everyone else.
 	next := make(chan int, len(ups))
 	for i := range ups {
 		next <- i
 	}
 	close(next)
 	var wg sync.WaitGroup
-	for range min(len(ups), s.c.opts.MaxConcurrent) {
+	for range min(len(ups), workers) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -590,7 +654,7 @@ func (s *Server) predictOne(ctx context.Context, u imagePart, k int, res *predic
 	*errp = err
 	res.File = u.name
 	if err != nil {
-		res.Error = strings.TrimPrefix(err.Error(), errDecode.Error()+": ")
+		res.Error = errorMessage(err)
 		return
 	}
 	p.Top = p.Top[:k]
@@ -598,19 +662,12 @@ func (s *Server) predictOne(ctx context.Context, u imagePart, k int, res *predic
 }
 
 func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), s.c.opts.Timeout)
+	ctx, cancel := s.c.deadline(w, r)
 	defer cancel()
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.c.opts.Timeout))
-	class := -1
-	if v := r.URL.Query().Get("class"); v != "" {
-		if class = s.c.ClassIndex(v); class < 0 {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 || n >= len(s.c.net.Config.Classes) {
-				writeError(w, &httpError{http.StatusBadRequest, fmt.Sprintf("class=%q: want a class name or index (0-%d)", v, len(s.c.net.Config.Classes)-1)})
-				return
-			}
-			class = n
-		}
+	class, err := s.c.ParseClass(r.URL.Query().Get("class"))
+	if err != nil {
+		writeError(w, &httpError{http.StatusBadRequest, "class=" + err.Error()})
+		return
 	}
 	method, err := model.ParseCAMMethod(r.URL.Query().Get("method"))
 	if err != nil {
@@ -620,7 +677,7 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("method") == "" {
 		method = s.c.opts.CAM
 	}
-	ups, err := s.readUploads(w, r)
+	ups, err := s.readUploads(ctx, w, r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -646,7 +703,7 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if !errors.Is(err, ErrNonFinite) {
-			err = decodeError(err)
+			err = decodeError(ctx, err)
 		}
 		writeError(w, err)
 		return
@@ -663,4 +720,107 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		Overlay string    `json:"overlay"`
 		Model   ModelInfo `json:"model"`
 	}{e, "data:image/png;base64," + png64.String(), s.c.Info()})
+}
+
+// MaxUpload is the default largest upload the HTTP handler accepts (the
+// byte budget, Options.MaxBytes, when that is not set).
+const MaxUpload = vision.DefaultMaxBytes
+
+// gate bounds the requests that work at once and those that wait.
+type gate struct {
+	slots    chan struct{}
+	waiting  atomic.Int64
+	maxQueue int64
+}
+
+func newGate(concurrent, queue int) *gate {
+	return &gate{slots: make(chan struct{}, concurrent), maxQueue: int64(queue)}
+}
+
+var errBusy = errors.New("busy: every slot is taken and the queue is full")
+
+// enter waits for a slot, unless the queue is full (errBusy) or ctx ends.
+func (g *gate) enter(ctx context.Context) (leave func(), err error) {
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	default:
+	}
+	if g.waiting.Add(1) > g.maxQueue {
+		g.waiting.Add(-1)
+		return nil, errBusy
+	}
+	defer g.waiting.Add(-1)
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+// status maps an error to an HTTP status: over a budget 413, a bad image
+// 400, busy (overload) 503, out of the time allowed 504, a non-finite
+// output or anything else 500.
+func status(err error) int {
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		return he.code
+	case overBudget(err):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout // the client sent its body too slowly
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout // --timeout ran out while the work waited or ran
+	case errors.Is(err, errBusy), errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, errDecode):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+// overBudget tells an image over the byte, pixel or decode-memory budget,
+// or a request body over its limit.
+func overBudget(err error) bool {
+	var pe *vision.PixelsError
+	var be *vision.BytesError
+	var me *vision.MemoryError
+	var mb *http.MaxBytesError
+	return errors.As(err, &pe) || errors.As(err, &be) || errors.As(err, &me) || errors.As(err, &mb)
+}
+
+var errDecode = errors.New("bad image")
+
+// errorMessage is err's text for a client: a bad image's without the
+// "bad image: " prefix.
+func errorMessage(err error) string { return strings.TrimPrefix(err.Error(), errDecode.Error()+": ") }
+
+// deadline bounds a request by Options.Timeout: the context of its work,
+// and the connection's read deadline, so that a slow client cannot hold a
+// slot past it (servers that cannot set one return an error, which changes
+// nothing).
+func (c *Classifier) deadline(w http.ResponseWriter, r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.opts.Timeout)
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(c.opts.Timeout))
+	return ctx, cancel
+}
+
+// writeError answers {"error": msg} with the status for err.
+func writeError(w http.ResponseWriter, err error) {
+	code := status(err)
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": errorMessage(err)})
 }

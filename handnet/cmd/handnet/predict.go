@@ -29,12 +29,9 @@ func init() {
 			top := fs.Int("top", handnet.DefaultTop, "show the K most likely classes (the same default as POST /predict?top=K)")
 			asJSON := fs.Bool("json", false, "print JSON lines, one per image")
 			return func(args []string) error {
-				o, err := cf.options()
+				o, err := cf.imageOptions(args)
 				if err != nil {
 					return err
-				}
-				if len(args) == 0 {
-					return usagef("name at least one image or folder")
 				}
 				if *top < 1 {
 					return usagef("--top must be at least 1")

@@ -13,15 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/handnet/handnet/handnet"
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
-	"github.com/handnet/handnet/vision"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 )
@@ -68,6 +66,16 @@ func (c *classifierFlags) options() (handnet.Options, error) {
 		return handnet.Options{}, usagef("--method: %v", err)
 	}
 	return handnet.Options{Device: c.device, Threads: c.threads, MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes, CAM: method}, nil
+}
+
+// imageOptions is options for a command that takes images and folders:
+// at least one.
+func (c *classifierFlags) imageOptions(args []string) (handnet.Options, error) {
+	o, err := c.options()
+	if err == nil && len(args) == 0 {
+		err = usagef("name at least one image or folder")
+	}
+	return o, err
 }
 
 func init() {
@@ -122,12 +130,9 @@ func init() {
 			out := fs.String("out", "explain", "folder for the NAME.cam.png files")
 			size := fs.Int("size", 640, "longest side of the pictures written, in pixels")
 			return func(args []string) error {
-				o, err := cf.options()
+				o, err := cf.imageOptions(args)
 				if err != nil {
 					return err
-				}
-				if len(args) == 0 {
-					return usagef("name at least one image or folder")
 				}
 				if *size < 16 {
 					return usagef("--size %d: want at least 16", *size)
@@ -202,15 +207,9 @@ func explain(ckpt string, o handnet.Options, className, out string, size int, ar
 		return err
 	}
 	defer c.Close()
-	class := -1
-	if className != "" {
-		if class = c.ClassIndex(className); class < 0 {
-			n, err := strconv.Atoi(className)
-			if err != nil || n < 0 || n >= len(c.Classes()) {
-				return usagef("--class %q: want one of %s, or an index 0-%d", className, strings.Join(c.Classes(), ", "), len(c.Classes())-1)
-			}
-			class = n
-		}
+	class, err := c.ParseClass(className)
+	if err != nil {
+		return usagef("--class %v", err)
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
@@ -261,5 +260,5 @@ func writePNG(path string, img image.Image) error {
 	if err := png.Encode(&b, img); err != nil {
 		return err
 	}
-	return vision.WriteFileAtomic(path, b.Bytes())
+	return fileio.WriteAtomic(path, b.Bytes())
 }
