@@ -2,8 +2,11 @@ package experiment
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +40,8 @@ var (
 // HeadlineConfigs lists the configurations of models ("cnn", "resnet18"):
 // the study's final CNN (dropout model.FinalDropout) at cnnLR, and
 // ResNet-18 fine-tuned from weights at transferLR under freeze fc, layer4
-// and none (BatchNorm statistics frozen with fc, as reproduce does).
+// and none (TransferModel, as reproduce trains them). Missing weights are
+// a *FieldError of Weights.
 func HeadlineConfigs(models []string, weights string, cnnLR, transferLR float64) ([]AuditConfig, error) {
 	var out []AuditConfig
 	seen := map[string]bool{}
@@ -53,12 +57,12 @@ func HeadlineConfigs(models []string, weights string, cnnLR, transferLR float64)
 				Model: model.Config{Arch: "cnn", Dropout: model.FinalDropout}})
 		case "resnet18":
 			if weights == "" {
-				return nil, fmt.Errorf("resnet18 needs the ImageNet weights it is fine-tuned from (--weights; fetch them with: handnet weights fetch resnet18)")
+				return nil, &FieldError{Field: "Weights", Err: errors.New("resnet18 needs the ImageNet weights it is fine-tuned from " + fetchWeights)}
 			}
 			pub := map[string]report.Published{model.FreezeFC: PublishedResNetFC, model.FreezeLayer4: PublishedResNetL4, model.FreezeNone: PublishedResNet}
-			for _, fr := range []string{model.FreezeFC, model.FreezeLayer4, model.FreezeNone} {
+			for _, fr := range FreezeScenarios {
 				out = append(out, AuditConfig{Name: "resnet18-" + fr, Title: "ResNet-18, freeze " + fr, LR: transferLR, Weights: weights, Published: pub[fr],
-					Model: model.Config{Arch: "resnet18", Freeze: fr, FreezeBN: fr == model.FreezeFC}})
+					Model: TransferModel(fr)})
 			}
 		default:
 			return nil, fmt.Errorf("model %q: want cnn or resnet18", m)
@@ -98,6 +102,8 @@ type AuditRunPlan struct {
 	Repeat   int // 1-based
 }
 
+// defaults fills in the defaults of the fields left zero and checks the
+// audit (Validate).
 func (a *Audit) defaults() error {
 	if len(a.Protocols) == 0 {
 		a.Protocols = []vision.SplitMethod{vision.Random, vision.BySubject}
@@ -108,19 +114,34 @@ func (a *Audit) defaults() error {
 	if a.Level == 0 {
 		a.Level = 0.95
 	}
+	if a.Base.Scheme == "" {
+		a.Base.Scheme = "class8"
+	}
+	return a.Validate()
+}
+
+// Validate checks the audit's own fields as they are (Plan fills in the
+// defaults of zero ones first): Repeats at least 1, Level between 0 and 1,
+// configurations, the labels (Base.Scheme: class8 or gender) and the
+// protocols (random or subject, each once). A broken rule is a
+// *FieldError.
+func (a *Audit) Validate() error {
 	switch {
 	case a.Repeats < 1:
-		return fmt.Errorf("repeats %d: want 1 or more", a.Repeats)
+		return &FieldError{Field: "Repeats", Value: strconv.Itoa(a.Repeats), Err: errors.New("want 1 or more (2 or more for intervals)")}
+	case !(a.Level > 0 && a.Level < 1):
+		return &FieldError{Field: "Level", Value: fmt.Sprint(a.Level), Err: errors.New("want a number between 0 and 1, e.g. 0.95")}
 	case len(a.Configs) == 0:
-		return fmt.Errorf("audit: no configurations")
-	case a.Base.Scheme == "":
-		a.Base.Scheme = "class8"
+		return &FieldError{Field: "Configs", Err: errors.New("no configurations")}
 	case a.Base.Scheme != "class8" && a.Base.Scheme != "gender":
-		return fmt.Errorf("labels %q: the audit measures the study's 8 classes (with their gender, aspect and side) or the gender alone", a.Base.Scheme)
+		return &FieldError{Field: "Scheme", Value: a.Base.Scheme, Err: errors.New("the audit measures the study's 8 classes (with their gender, aspect and side) or the gender alone")}
 	}
-	for _, p := range a.Protocols {
+	for i, p := range a.Protocols {
 		if p != vision.Random && p != vision.BySubject {
-			return fmt.Errorf("protocol %q: want random or subject", p)
+			return &FieldError{Field: "Protocols", Err: fmt.Errorf("%q: want random, subject or both", p)}
+		}
+		if slices.Contains(a.Protocols[:i], p) {
+			return &FieldError{Field: "Protocols", Err: fmt.Errorf("%s named twice", p)}
 		}
 	}
 	return nil

@@ -55,8 +55,13 @@ type Spec struct {
 	DataOnDevice string       `json:"data_on_device,omitempty"`
 	Model        model.Config `json:"model"`             // Arch, Dropout, BatchNorm, Freeze, FreezeBN; classes and size are filled in
 	Weights      string       `json:"weights,omitempty"` // published ResNet-18 weights to start from
-	Train        train.Config `json:"train"`
-	Title        string       `json:"title,omitempty"`
+	// FreezeBN, when set, chooses a ResNet-18's Model.FreezeBN and
+	// Model.AllBNFrozen (Resolve): FreezeBNAuto (AutoFreezeBN of
+	// Model.Freeze), "true", "false" or FreezeBNAll. Resolved, it is empty:
+	// run.json keeps the Model's.
+	FreezeBN string       `json:"-"`
+	Train    train.Config `json:"train"`
+	Title    string       `json:"title,omitempty"`
 	// Identity is filled in when the run starts (see Identify).
 	Identity Identity `json:"identity"`
 	// WorldSize is the number of data-parallel processes that trained it.
@@ -152,7 +157,7 @@ func OpenCache(ds *vision.Dataset, o vision.CacheOptions, h Hooks) (*vision.Cach
 		h.logf("cache built in %.1fs: %s", time.Since(start).Seconds(), c.Path)
 	}
 	if len(c.Bad) > 0 {
-		h.logf("--skip-bad: %d unreadable image(s) left out: %s", len(c.Bad), c.BadList(ds, 5))
+		h.logf("%d unreadable image(s) left out: %s", len(c.Bad), c.BadList(ds, 5))
 	}
 	return c, nil
 }
@@ -178,7 +183,7 @@ func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard, h Hooks)
 				d.onDevice.Close()
 			}
 			if d.onDevice, err = vision.UploadCache(d.Cache, device); err != nil {
-				return nil, nil, nil, fmt.Errorf("--data-on-device: %w (use --data-on-device off)", err)
+				return nil, nil, nil, &FieldError{Field: "DataOnDevice", Err: err, Fix: "use {DataOnDevice} off", Machine: true}
 			}
 			h.logf("data on the device: %.0f MB uploaded to %s in %.1fs", float64(vision.DeviceBytes(d.Cache))/1e6, torch.DeviceName(device), time.Since(start).Seconds())
 		}
@@ -189,24 +194,8 @@ func (d *Data) Loaders(s Spec, device gotch.Device, shard vision.Shard, h Hooks)
 	return vision.SplitLoaders(d.Set, d.Cache, d.Split, d.Scheme, o)
 }
 
-// CheckDeviceData checks a --data-on-device mode against the augmentation:
-// on, off or auto (""), and on only with flips at most (the device loader
-// does no pose or colour changes).
-func CheckDeviceData(mode string, aug *vision.Augment) error {
-	switch mode {
-	case "", "auto", "off":
-		return nil
-	case "on":
-		if !aug.FlipsOnly() {
-			return errors.New("--data-on-device on: the device loader only flips; drop the pose and colour parts of --augment or use --data-on-device off")
-		}
-		return nil
-	}
-	return fmt.Errorf("--data-on-device %q: want auto, on or off", mode)
-}
-
 // DeviceDataFraction is the share of a GPU's memory the image cache may
-// take under --data-on-device auto.
+// take under DataOnDevice auto.
 const DeviceDataFraction = 0.4
 
 // DeviceData decides whether the loaders gather batches from a copy of the
@@ -215,7 +204,7 @@ const DeviceDataFraction = 0.4
 // augmentation is flips only). why explains an auto that said no, when it
 // is worth saying.
 func DeviceData(mode string, device gotch.Device, c *vision.Cache, aug *vision.Augment) (on bool, why string, err error) {
-	if err := CheckDeviceData(mode, aug); err != nil {
+	if err := checkDeviceData(mode, aug); err != nil {
 		return false, "", err
 	}
 	switch mode {
@@ -283,10 +272,12 @@ type shared struct {
 
 // Run trains the spec's model in dir and evaluates its best checkpoint on
 // the test split, writing the report. With o.Resume it continues the run
-// saved in dir. Torch work runs on th. A run that fails before its first
-// checkpoint leaves nothing behind.
+// saved in dir. Torch work runs on th. The spec is resolved first (see
+// Resolve: a broken rule is a *FieldError); the folder is checked when
+// rank 0 claims it, once the data is open. A run that fails before its
+// first checkpoint leaves nothing behind.
 func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (r *report.Run, err error) {
-	if err := s.Train.Validate(); err != nil {
+	if s, err = s.Resolve(); err != nil {
 		return nil, err
 	}
 	if err := CheckMemory(s, 1); err != nil {
@@ -297,11 +288,6 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		rank = g.Rank()
 	}
 	f := Folder{dir}
-	if rank == 0 {
-		if err := CheckOut(dir); err != nil {
-			return nil, err
-		}
-	}
 	// The other ranks open the data once rank 0 has (building the cache
 	// only once on a shared machine) and take its split.
 	var fromRank0 *shared
@@ -321,7 +307,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 	}
 	// A run the launcher restarted (torchrun's elastic agent after a
 	// failure, a requeued Slurm job) continues from its last checkpoint when
-	// it has one and starts afresh when it has none, without --resume.
+	// it has one and starts afresh when it has none, without Options.Resume.
 	restarted := g != nil && g.Env().Restarted
 	if rank == 0 {
 		var c *Claim
@@ -377,7 +363,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 	r = &report.Run{Title: s.Title, Identity: s.Identity.Key, Data: s.Data, Split: s.Split, Seed: s.Train.Seed, Augment: s.Augment, Model: s.Model, Train: s.Train}
 	if s.Model.Arch == "resnet18" {
 		if s.Weights == "" {
-			r.Notes = append(r.Notes, "ResNet-18 trained from scratch: no --weights were given, so this is not the study's transfer learning.")
+			r.Notes = append(r.Notes, "ResNet-18 trained from scratch: no published weights were given, so this is not the study's transfer learning.")
 		} else {
 			r.Notes = append(r.Notes, fmt.Sprintf("ResNet-18 fine-tuned from %s with freeze scenario %q (frozen BatchNorm statistics: %v).", filepath.Base(s.Weights), s.Model.Freeze, s.Model.FreezeBN))
 		}
@@ -402,6 +388,9 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		if err != nil {
 			return err
 		}
+		defer trainL.Close()
+		defer valL.Close()
+		defer testL.Close()
 		if g != nil && g.Size() > 1 {
 			h.logf("train %d, validation %d, test %d images (split %s, seed %d) over %d processes (%d per process); %s on %s, batch %d per process, %d in all",
 				len(trainL.Indices()), len(valL.Indices()), len(testL.Indices()), s.Split, s.Train.Seed, g.Size(), trainL.Len(), s.Model.Arch, r.Device, s.Train.BatchSize, s.Train.BatchSize*g.Size())
@@ -414,9 +403,6 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 			return err
 		}
 		defer m.Close()
-		defer trainL.Close()
-		defer valL.Close()
-		defer testL.Close()
 		if err := Prepare(m, s); err != nil {
 			return err
 		}
@@ -652,6 +638,9 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 		if err != nil {
 			return err
 		}
+		defer trainL.Close()
+		defer valL.Close()
+		defer testL.Close()
 		l := map[vision.Split]*vision.Loader{vision.Train: trainL, vision.Val: valL, vision.Test: testL}[sp]
 		// Evaluate the training split unshuffled and unaugmented too.
 		if sp == vision.Train {
@@ -660,6 +649,7 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 			if err != nil {
 				return err
 			}
+			defer l.Close()
 		}
 		ev, err = evaluateCheckpoint(f.Path(name), s.Model, dev, l, d, sp.String(), nil, "")
 		return err

@@ -14,9 +14,9 @@ import (
 // fit: the activations a training step keeps for its backward pass and
 // their gradients (model.ActivationBytes in training mode), for
 // s.Train.BatchSize images in each of processes processes on this machine,
-// against the memory available. A CUDA device is not checked (its
-// allocator reports its own failure), nor a device that does not parse
-// (the caller reports that).
+// against the memory available: a *FieldError of Train.BatchSize. A CUDA
+// device is not checked (its allocator reports its own failure), nor a
+// device that does not parse (the caller reports that).
 func CheckMemory(s Spec, processes int) error {
 	dev, err := torch.ParseDevice(s.Device)
 	if err != nil || dev != gotch.CPU {
@@ -34,10 +34,11 @@ func CheckMemory(s Spec, processes int) error {
 	if have <= 0 || need <= float64(have) {
 		return nil
 	}
-	per := ""
+	batch := strconv.Itoa(s.Train.BatchSize)
 	if processes > 1 {
-		per = fmt.Sprintf(" in each of %d processes", processes)
+		batch += fmt.Sprintf(" in each of %d processes", processes)
 	}
-	return fmt.Errorf("--batch-size %d%s: training %s at %dx%d needs an estimated %s GB of activations and gradients, %.1f GB of memory is available; lower --batch-size",
-		s.Train.BatchSize, per, cfg.Arch, cfg.Width, cfg.Height, strconv.FormatFloat(need/1e9, 'g', 3, 64), float64(have)/1e9)
+	return &FieldError{Field: "Train.BatchSize", Value: batch, Machine: true, Fix: "lower {Train.BatchSize}",
+		Err: fmt.Errorf("training %s at %dx%d needs an estimated %s GB of activations and gradients, %.1f GB of memory is available",
+			cfg.Arch, cfg.Width, cfg.Height, strconv.FormatFloat(need/1e9, 'g', 3, 64), float64(have)/1e9)}
 }

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
-	"github.com/handnet/handnet/vision"
 )
 
 // StudyLRs are the four learning rates of the study's Part 1 comparison.
@@ -166,7 +166,7 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 		st.Shards = 1
 	}
 	if st.Shard < 0 || st.Shard >= st.Shards {
-		return nil, fmt.Errorf("shard %d/%d: want 0 <= I < N", st.Shard, st.Shards)
+		return nil, &FieldError{Field: "Shard", Value: fmt.Sprintf("%d/%d", st.Shard, st.Shards), Err: errors.New("want 0 <= I < N")}
 	}
 	if len(st.Slots) == 0 {
 		st.Slots = []Slot{{Device: st.Base.Device}}
@@ -195,10 +195,10 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 		lr = append(lr, &StudyRun{Name: fmt.Sprintf("lr-%g", v), Part: 1, LR: v, Dropout: LRSweepDropout, Spec: s, Prefix: fmt.Sprintf("[lr %d/%d]", i+1, len(StudyLRs))})
 	}
 	if st.Weights != "" && st.Matrix == nil {
-		for i, fr := range []string{model.FreezeFC, model.FreezeLayer4, model.FreezeNone} {
+		for i, fr := range FreezeScenarios {
 			s := st.Base
 			s.Train.LR, s.Weights = st.TransferLR, st.Weights
-			s.Model = model.Config{Arch: "resnet18", Freeze: fr, FreezeBN: fr == model.FreezeFC}
+			s.Model = TransferModel(fr)
 			s.Title = fmt.Sprintf("Part 2, ResNet-18 transfer learning, freeze %s", fr)
 			transfer = append(transfer, &StudyRun{Name: "resnet18-freeze-" + fr, Part: 2, LR: st.TransferLR, Freeze: fr, Spec: s, Prefix: fmt.Sprintf("[resnet18 %d/3]", i+1)})
 		}
@@ -333,7 +333,7 @@ func (st *Study) hooks(prefix string) Hooks {
 }
 
 // checkOut refuses a study folder that holds anything but its runs and
-// its own outputs.
+// its own outputs (a *FieldError of Out).
 func (st *Study) checkOut() error {
 	if err := CheckOut(st.Out); err != nil {
 		return err
@@ -350,12 +350,12 @@ func (st *Study) checkOut() error {
 		switch {
 		case e.IsDir():
 			if _, err := os.Stat(filepath.Join(st.Out, n, SpecFile)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") && !st.Matrix.has(n) {
-				return fmt.Errorf("--out %s holds a folder %s that is not a run: name a new or empty folder, or a previous reproduce's", st.Out, n)
+				return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds a folder %s that is not a run", n), Fix: "name a new or empty folder, or a previous reproduce's"}
 			}
 		case n == ReportFile || n == MetricsFile || strings.HasPrefix(n, "sweep-") || IsTemp(n) || n == lockFile:
 		case st.Matrix != nil && st.Matrix.Owns != nil && st.Matrix.Owns(n):
 		default:
-			return fmt.Errorf("--out %s holds other files (%s): name a new or empty folder, or a previous reproduce's", st.Out, n)
+			return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds other files (%s)", n), Fix: "name a new or empty folder, or a previous reproduce's"}
 		}
 	}
 	return nil
@@ -473,8 +473,8 @@ func (res *StudyResult) write(out string, base Spec) error {
 	if err != nil {
 		return err
 	}
-	if err := vision.WriteFileAtomic(filepath.Join(out, MetricsFile), append(jb, '\n')); err != nil {
+	if err := fileio.WriteAtomic(filepath.Join(out, MetricsFile), append(jb, '\n')); err != nil {
 		return err
 	}
-	return vision.WriteFileAtomic(filepath.Join(out, ReportFile), []byte(b.String()))
+	return fileio.WriteAtomic(filepath.Join(out, ReportFile), []byte(b.String()))
 }

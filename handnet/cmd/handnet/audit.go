@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 	log "github.com/sirupsen/logrus"
@@ -30,43 +30,33 @@ func init() {
 			"and the last to finish writes the tables.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
 			var f specFlags
+			var w sweepFlags
 			f.register(fs, false)
 			fs.MarkHidden("split") // the audit runs both: --protocols
-			out := fs.String("out", "", "output folder (required)")
+			w.register(fs)
 			models := fs.String("models", "cnn", "comma-separated: cnn (the study's final CNN), resnet18 (three freeze scenarios; needs --weights)")
-			w := fs.String("weights", "", "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
+			w.registerWeights(fs, "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
 			repeats := fs.Int("repeats", 5, "repeats per configuration and protocol, each with a new split and seed (--seed, --seed+1, …)")
 			protocols := fs.String("protocols", "random,subject", "comma-separated: random (the study's split of the images), subject (no person in two parts)")
 			cnnLR := fs.Float64("cnn-lr", train.DefaultConfig().LR, "learning rate of the CNN (the study's choice)")
 			tlr := fs.Float64("transfer-lr", 0.001, "learning rate of the ResNet-18 fine-tuning")
 			level := fs.Float64("level", 0.95, "confidence level of the intervals")
 			size := fs.String("image-size", fmt.Sprintf("%dx%d", vision.Width, vision.Height), "WxH the images are cached at and the models see (the study's 170x128; smaller for quick synthetic audits)")
-			devices := fs.String("devices", "", "comma-separated devices to train runs on concurrently, one run each (e.g. cuda:0,cuda:1)")
-			jobs := fs.Int("jobs", 1, "runs to train concurrently on --device (on the CPU, each gets its share of the threads)")
-			shard := fs.String("shard", "", "I/N: this worker's share of the runs (default: $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS of a Kubernetes Indexed Job, $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT of a Slurm array, else 0/1)")
+			w.registerPlaces(fs)
 			return func(args []string) error {
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
 				}
-				if *out == "" {
-					return usagef("--out is required")
+				if err := w.checkOut(); err != nil {
+					return err
 				}
 				if fs.Changed("split") {
 					return usagef("--split: the audit runs both splits; choose them with --protocols random,subject")
-				}
-				if f.scheme != "class8" && f.scheme != "gender" {
-					return usagef("--labels %s: the audit measures the study's 8 classes (with their gender, aspect and side) or the gender alone", f.scheme)
 				}
 				for name, v := range map[string]float64{"cnn-lr": *cnnLR, "transfer-lr": *tlr} {
 					if err := checkFloat(name, v, false); err != nil {
 						return err
 					}
-				}
-				if !(*level > 0 && *level < 1) {
-					return usagef("--level %v: want a number between 0 and 1, e.g. 0.95", *level)
-				}
-				if *repeats < 1 {
-					return usagef("--repeats %d: want 1 or more (2 or more for intervals)", *repeats)
 				}
 				iw, ih, err := parseSize(*size)
 				if err != nil || iw < 40 || ih < 40 || iw > 4000 || ih > 4000 {
@@ -75,23 +65,19 @@ func init() {
 				var protos []vision.SplitMethod
 				for _, p := range strings.Split(*protocols, ",") {
 					m, err := vision.ParseSplitMethod(strings.TrimSpace(p))
-					if err != nil || (m != vision.Random && m != vision.BySubject) {
+					if err != nil {
 						return usagef("--protocols: %q: want random, subject or both", p)
-					}
-					for _, q := range protos {
-						if q == m {
-							return usagef("--protocols: %s named twice", m)
-						}
 					}
 					protos = append(protos, m)
 				}
-				if *w != "" {
-					if _, err := os.Stat(*w); err != nil {
-						return fmt.Errorf("--weights: %w (fetch them with: handnet weights fetch resnet18)", err)
-					}
+				if err := w.checkWeights(); err != nil {
+					return err
 				}
-				configs, err := experiment.HeadlineConfigs(strings.Split(*models, ","), *w, *cnnLR, *tlr)
-				if err != nil {
+				configs, err := experiment.HeadlineConfigs(strings.Split(*models, ","), w.weights, *cnnLR, *tlr)
+				var fe *experiment.FieldError
+				if errors.As(err, &fe) {
+					return flagError(err)
+				} else if err != nil {
 					return usagef("--models: %v", err)
 				}
 				f.model, f.cfg.LR, f.dropout, f.split = "cnn", *cnnLR, model.FinalDropout, "random"
@@ -103,47 +89,30 @@ func init() {
 				if iw == vision.Width && ih == vision.Height {
 					base.Width, base.Height = 0, 0 // the default size: the same identities as train's and reproduce's
 				}
-				i, n, err := parseShard(*shard, os.Getenv)
-				if err != nil {
-					return usagef("--shard: %v", err)
+				a := &experiment.Audit{Base: base, Out: w.out, Configs: configs, Protocols: protos, Repeats: *repeats, Level: *level, Logf: log.Infof, Hooks: hooks}
+				if err := a.Validate(); err != nil {
+					return flagError(err)
 				}
-				slots, err := sweepSlots(*devices, *jobs, f.device, f.threads)
+				sw, err := w.start(&f)
 				if err != nil {
 					return err
 				}
-				if len(slots) > 1 {
-					// One worker process per slot, as reproduce does: each run's
-					// random numbers then do not depend on what trains beside it.
-					if err := reproduceWorkers(slots, i, n); err != nil {
-						return err
-					}
-					slots = []experiment.Slot{{Device: f.device, Threads: f.threads}} // then the tables, here
-				}
+				a.Shard, a.Shards, a.Slots = sw.shard, sw.shards, sw.slots
 				ctx, stop := interruptible()
 				defer stop()
-				a := &experiment.Audit{Base: base, Out: *out, Configs: configs, Protocols: protos, Repeats: *repeats, Level: *level,
-					Shard: i, Shards: n, Slots: slots, Logf: log.Infof,
-					Hooks: func(prefix string) experiment.Hooks {
-						if len(slots) > 1 {
-							return quietHooks(prefix)
-						}
-						return hooks(prefix)
-					}}
-				if n > 1 {
-					log.Infof("worker %d of %d: training its share of the audit's runs in %s first", i, n, *out)
-				}
+				sw.logShare("the audit's runs")
 				start := time.Now()
 				res, err := a.Run(ctx)
-				if errors.Is(err, experiment.ErrStudyElsewhere) {
-					fmt.Printf("worker %d/%d done: %v; the last to finish writes %s\n", i, n, err, filepath.Join(*out, report.AuditMarkdown))
+				if sw.elsewhere(err, rundir.AuditMarkdown) {
 					return nil
 				}
 				if err != nil {
 					return err
 				}
 				printAudit(res)
-				fmt.Printf("tables: %s, %s, %s.png (%.1f min)\n", filepath.Join(*out, report.AuditMarkdown), filepath.Join(*out, report.AuditJSON),
-					filepath.Join(*out, report.AuditPlot), time.Since(start).Minutes())
+				dir := rundir.Folder{Dir: w.out}
+				fmt.Printf("tables: %s, %s, %s.png (%.1f min)\n", dir.Path(rundir.AuditMarkdown), dir.Path(rundir.AuditJSON),
+					filepath.Join(w.out, report.AuditPlot), time.Since(start).Minutes())
 				return nil
 			}
 		},

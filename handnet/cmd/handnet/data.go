@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -127,11 +126,11 @@ func init() {
 				} else if *manifest != "" {
 					log.Infof("split saved to %s", *manifest)
 				}
-				src := splitSource{Method: string(m), Seed: *seed}
+				src := experiment.SplitSource{Method: string(m), Seed: *seed}
 				if loaded {
-					src = splitSource{Method: "manifest", Manifest: *manifest}
+					src = experiment.SplitSource{Method: "manifest", Manifest: *manifest}
 				}
-				return dataStats(ds, a, src, *asJSON)
+				return printStats(experiment.SplitStats(ds, a, src), *asJSON)
 			}
 		},
 	})
@@ -170,10 +169,11 @@ func (c *cacheFlags) register(fs *pflag.FlagSet) {
 	c.limits.register(fs)
 }
 
-// options are the cache options of the flags; ctx stops a build.
-func (c *cacheFlags) options(ctx context.Context) vision.CacheOptions {
-	return vision.CacheOptions{Dir: c.dir, SkipBad: c.skipBad, Exact: c.exact, Context: ctx,
-		Limits: vision.Limits{MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes}}
+// spec is the part of an experiment the flags describe: the dataset and
+// how its cache is built.
+func (c *cacheFlags) spec() experiment.Spec {
+	return experiment.Spec{Data: c.data, CacheDir: c.dir, SkipBad: c.skipBad, Exact: c.exact,
+		MaxPixels: c.limits.pixels, MaxBytes: c.limits.bytes}
 }
 
 // open reads the dataset and opens (building if needed; Ctrl-C stops the
@@ -191,7 +191,7 @@ func (c *cacheFlags) open() (*vision.Dataset, *vision.Cache, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	cache, err := experiment.OpenCache(ds, c.options(ctx), hooks(""))
+	cache, err := experiment.OpenCache(ds, c.spec().CacheOptions(ctx), hooks(""))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -208,64 +208,20 @@ func parseSize(s string) (int, int, error) {
 	return wi, hi, nil
 }
 
-type statsReport struct {
-	Dataset     string   `json:"dataset"`
-	Images      int      `json:"images"`
-	Subjects    int      `json:"subjects"`
-	Classes     []string `json:"classes"`
-	ClassCounts []int    `json:"class_counts"`
-	splitSource
-	SplitSizes map[string]int   `json:"split_sizes"`
-	SplitClass map[string][]int `json:"split_class_counts"`
-	SplitSubj  map[string]int   `json:"split_subjects"`
-}
-
-// splitSource says where a split came from: a method and seed, or a manifest.
-type splitSource struct {
-	Method   string `json:"split"`
-	Seed     uint64 `json:"seed,omitempty"`
-	Manifest string `json:"manifest,omitempty"`
-}
-
-func (s splitSource) String() string {
-	if s.Manifest != "" {
-		return "split read from " + s.Manifest
-	}
-	return fmt.Sprintf("split %s (seed %d)", s.Method, s.Seed)
-}
-
-func dataStats(ds *vision.Dataset, a vision.Assignment, source splitSource, asJSON bool) error {
-	classes := vision.Classes8.Classes()
-	labels := vision.Classes8.Labels(ds.Records)
-	r := statsReport{Dataset: ds.Dir, Images: len(ds.Records), Subjects: len(ds.Subjects()), Classes: classes,
-		ClassCounts: make([]int, len(classes)), splitSource: source,
-		SplitSizes: map[string]int{}, SplitClass: map[string][]int{}, SplitSubj: map[string]int{}}
-	subj := map[string]map[string]bool{}
-	for _, s := range vision.Splits {
-		r.SplitClass[s.String()] = make([]int, len(classes))
-		subj[s.String()] = map[string]bool{}
-	}
-	for i, l := range labels {
-		s := a[i].String()
-		r.ClassCounts[l]++
-		r.SplitSizes[s]++
-		r.SplitClass[s][l]++
-		subj[s][ds.Records[i].ID] = true
-	}
-	for s, ids := range subj {
-		r.SplitSubj[s] = len(ids)
-	}
+// printStats prints a dataset's statistics: a summary and a table of the
+// classes by split, or JSON.
+func printStats(r *experiment.DataStats, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
 	fmt.Printf("%s: %d images, %d subjects\n%s: train %d, val %d, test %d images; %d/%d/%d subjects\n\n",
-		ds.Dir, r.Images, r.Subjects, source, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"],
+		r.Dataset, r.Images, r.Subjects, r.SplitSource, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"],
 		r.SplitSubj["train"], r.SplitSubj["val"], r.SplitSubj["test"])
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "class\tall\ttrain\tval\ttest\t")
-	for c, name := range classes {
+	for c, name := range r.Classes {
 		fmt.Fprintf(tw, "%d %s\t%d\t%d\t%d\t%d\t\n", c, name, r.ClassCounts[c], r.SplitClass["train"][c], r.SplitClass["val"][c], r.SplitClass["test"][c])
 	}
 	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%d\t\n", r.Images, r.SplitSizes["train"], r.SplitSizes["val"], r.SplitSizes["test"])

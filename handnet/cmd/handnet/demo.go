@@ -9,6 +9,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -75,8 +76,9 @@ func demo(out string, count, epochs int, device string, threads int) error {
 		return err
 	}
 	fmt.Printf("\ndemo done in %.1f min: test accuracy %.2f %% on %d synthetic images (chance 12.5 %%)\n", time.Since(start).Minutes(), 100*r.Test.Accuracy, r.Test.Images)
-	fmt.Printf("report:  %s\nplots:   %s, %s, %s\n", filepath.Join(run, "report.md"),
-		filepath.Join(run, "loss.png"), filepath.Join(run, "accuracy.png"), filepath.Join(run, "confusion.png"))
+	f := rundir.Folder{Dir: run}
+	fmt.Printf("report:  %s\nplots:   %s, %s, %s\n", f.Path(rundir.Report),
+		f.Path(rundir.Plot(rundir.LossPlot, ".png")), f.Path(rundir.Plot(rundir.AccuracyPlot, ".png")), f.Path(rundir.Plot(rundir.ConfusionPlot, ".png")))
 	return nil
 }
 
@@ -87,8 +89,9 @@ func demo(out string, count, epochs int, device string, threads int) error {
 // metrics and plots. The run folder goes from about 41 MB to 15 MB.
 func dropResumeState(run string) error {
 	var freed int64
-	for _, name := range []string{train.LastCheckpoint, train.EpochCheckpoint} {
-		p := filepath.Join(run, name)
+	f := rundir.Folder{Dir: run}
+	for _, name := range []string{rundir.LastCheckpoint, rundir.EpochCheckpoint} {
+		p := f.Path(name)
 		fi, err := os.Stat(p)
 		if os.IsNotExist(err) {
 			continue
@@ -99,11 +102,11 @@ func dropResumeState(run string) error {
 		if err := os.Remove(p); err != nil {
 			return err
 		}
-		if name == train.LastCheckpoint { // epoch is a hard link to it
+		if name == rundir.LastCheckpoint { // epoch is a hard link to it
 			freed += fi.Size()
 		}
 	}
 	log.Infof("dropped the resume state (%s, %s: %.0f MB; a demo is redone from scratch); %s is what predict and serve take",
-		train.LastCheckpoint, train.EpochCheckpoint, float64(freed)/1e6, filepath.Join(run, train.BestCheckpoint))
+		rundir.LastCheckpoint, rundir.EpochCheckpoint, float64(freed)/1e6, f.Path(rundir.BestCheckpoint))
 	return nil
 }

@@ -96,11 +96,11 @@ func run(args []string) int {
 	}
 	if err := runFn(fs.Args()); err != nil {
 		var ue usageError
+		msg := flagMessage(err) // the library's fields named by their flags
 		if errors.As(err, &ue) || errors.Is(err, torch.ErrDeviceName) {
-			fmt.Fprintf(os.Stderr, "handnet %s: %v\nRun 'handnet %s --help' for its flags.\n", c.name, err, c.name)
+			fmt.Fprintf(os.Stderr, "handnet %s: %s\nRun 'handnet %s --help' for its flags.\n", c.name, msg, c.name)
 			return 2
 		}
-		msg := err.Error()
 		if !*verbose {
 			msg = torch.Clean(msg) // no C++ backtraces unless -v
 		}

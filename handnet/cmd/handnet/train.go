@@ -17,9 +17,9 @@ import (
 	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
-	"github.com/handnet/handnet/vision"
 	"github.com/schollz/progressbar/v3"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -80,82 +80,20 @@ func (f *specFlags) register(fs *pflag.FlagSet, withModel bool) {
 	fs.StringVar(&f.dataOnDevice, "data-on-device", "auto", "upload the image cache to the GPU once and build batches there: auto (when it fits in 40% of the GPU's memory and --augment is at most hflip), on or off")
 }
 
+// spec is the experiment the flags describe, resolved by the library
+// (experiment.Spec.Resolve), whose refusals name the flags.
 func (f *specFlags) spec() (experiment.Spec, error) {
-	s := experiment.Spec{Data: f.cache.data, CacheDir: f.cache.dir, SkipBad: f.cache.skipBad, Exact: f.cache.exact,
-		MaxPixels: f.cache.limits.pixels, MaxBytes: f.cache.limits.bytes,
-		Split: f.split, Scheme: f.scheme, Augment: f.augment, Device: f.device, Train: f.cfg,
-		Precision: f.precision, ChannelsLast: f.channelsLast, DataOnDevice: f.dataOnDevice,
-		Model: model.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn}, Weights: f.weights}
-	if s.Data == "" {
-		return s, usagef("--data is required")
-	}
-	if _, err := torch.ParseDevice(f.device); errors.Is(err, torch.ErrDeviceName) {
-		return s, usagef("--device: %v", err)
-	} else if err != nil {
-		return s, fmt.Errorf("--device: %w", err) // not on this machine: refused before the image cache is built
+	s := f.cache.spec()
+	s.Split, s.Scheme, s.Augment, s.Device, s.Train = f.split, f.scheme, f.augment, f.device, f.cfg
+	s.Precision, s.ChannelsLast, s.DataOnDevice = f.precision, f.channelsLast, f.dataOnDevice
+	s.Model = model.Config{Arch: f.model, Dropout: f.dropout, BatchNorm: f.bn, Freeze: f.freeze}
+	s.FreezeBN, s.Weights = f.freezeBN, f.weights
+	s, err := s.Resolve()
+	if err != nil {
+		return s, flagError(err)
 	}
 	if err := f.cache.limits.validate(); err != nil {
 		return s, err
-	}
-	if err := s.Train.Validate(); err != nil {
-		return s, usagef("%v", err)
-	}
-	aug, err := vision.ParseAugment(f.augment)
-	if err != nil {
-		return s, usagef("--augment: %v", err)
-	}
-	p, err := model.ParsePrecision(f.precision)
-	if err != nil {
-		return s, usagef("--precision: %v", err)
-	}
-	if dev, err := torch.ParseDevice(f.device); err == nil {
-		if err := p.Check(dev); err != nil {
-			return s, usagef("--precision %s: %v", p, err)
-		}
-	}
-	s.Precision = string(p)
-	if err := experiment.CheckDeviceData(f.dataOnDevice, aug); err != nil {
-		return s, usagef("%v", err)
-	}
-	if _, err := vision.ParseSplitMethod(f.split); err != nil {
-		return s, usagef("--split: %v", err)
-	}
-	if _, err := vision.ParseScheme(f.scheme); err != nil {
-		return s, usagef("--labels: %v", err)
-	}
-	switch f.model {
-	case "cnn":
-		if _, err := model.ParseDropout(f.dropout); err != nil {
-			return s, usagef("--dropout: %v", err)
-		}
-		if f.weights != "" {
-			return s, usagef("--weights is for --model resnet18")
-		}
-		s.Model.Dropout = f.dropout
-	case "resnet18":
-		switch f.freeze {
-		case model.FreezeFC, model.FreezeLayer4, model.FreezeNone:
-		default:
-			return s, usagef("--freeze %q: want fc, layer4 or none", f.freeze)
-		}
-		s.Model.Dropout, s.Model.BatchNorm, s.Model.Freeze = "", false, f.freeze
-		switch f.freezeBN {
-		case "auto":
-			s.Model.FreezeBN = f.freeze == model.FreezeFC
-		case "true", "false":
-			s.Model.FreezeBN = f.freezeBN == "true"
-		case "all":
-			s.Model.FreezeBN, s.Model.AllBNFrozen = true, true
-		default:
-			return s, usagef("--freeze-bn %q: want true, false, auto or all", f.freezeBN)
-		}
-		if f.weights != "" {
-			if _, err := os.Stat(f.weights); err != nil {
-				return s, fmt.Errorf("--weights: %w (fetch them with: handnet weights fetch resnet18)", err)
-			}
-		}
-	default:
-		return s, usagef("--model %q: want cnn or resnet18", f.model)
 	}
 	return s, nil
 }
@@ -351,7 +289,7 @@ type rankContext struct {
 }
 
 // joinRun reads the launch environment and, for a distributed run, joins
-// the group: rank r uses cuda:LOCAL_RANK on CUDA, and its share of the CPUs.
+// the group in the rank's place (experiment.RankSlot).
 func joinRun(device string, threads int, d distFlags, config map[string]string) (*rankContext, error) {
 	env, ok, err := dist.FromEnv(os.Getenv)
 	if err != nil {
@@ -364,19 +302,11 @@ func joinRun(device string, threads int, d distFlags, config map[string]string) 
 	if env.Launcher == "torchrun" {
 		dieWithLauncher() // handnet's own launcher sets it when it starts the ranks
 	}
-	dev, err := torch.ParseDevice(device)
+	slot, dev, err := experiment.RankSlot(env, device, threads)
 	if err != nil {
-		return nil, usagef("--device: %v", err)
+		return nil, flagError(err)
 	}
-	if lower := strings.ToLower(device); dev.IsCuda() && (lower == "auto" || lower == "cuda") {
-		if dev, err = torch.ParseDevice(fmt.Sprintf("cuda:%d", env.LocalRank)); err != nil {
-			return nil, fmt.Errorf("rank %d (local rank %d): %w", env.Rank, env.LocalRank, err)
-		}
-	}
-	rc.device = torch.DeviceName(dev)
-	if rc.threads == 0 {
-		rc.threads = max(1, torch.UsableCPUs()/env.LocalWorldSize)
-	}
+	rc.device, rc.threads = slot.Device, slot.Threads
 	if env.Rank != 0 {
 		prefix := ""
 		if env.Launcher != "handnet" { // handnet's launcher prefixes the lines itself
@@ -521,5 +451,5 @@ func printResult(r *report.Run, dir string) {
 	if r.Test != nil {
 		fmt.Printf("test accuracy %.2f %% (%d images, best epoch %d)\n", 100*r.Test.Accuracy, r.Test.Images, r.BestEpoch)
 	}
-	fmt.Printf("report: %s\n", filepath.Join(dir, "report.md"))
+	fmt.Printf("report: %s\n", rundir.Folder{Dir: dir}.Path(rundir.Report))
 }
