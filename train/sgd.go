@@ -23,8 +23,10 @@ import (
 // optimizer keeps its state inside libtorch where it cannot be saved, and
 // steps every variable created trainable; this one does neither.
 type SGD struct {
-	params      []model.NamedTensor
-	buf         []*ts.Tensor // momentum buffers, nil until the first step
+	params []model.NamedTensor
+	// buf are the momentum buffers, nil until the first step. The SGD owns
+	// them: setBuf, the one place that replaces one, frees the old.
+	buf         []*ts.Tensor
 	lr          float64
 	momentum    float64
 	weightDecay float64
@@ -48,21 +50,16 @@ func (o *SGD) LR() float64 { return o.lr }
 // Step updates the parameters from their gradients, then zeroes the
 // gradients. Parameters without a gradient are left alone.
 func (o *SGD) Step() error {
+	s := torch.NewScope() // the gradient handles
+	defer s.Close()
 	params := make([]*ts.Tensor, len(o.params))
 	grads := make([]*ts.Tensor, len(o.params))
-	defer func() {
-		for _, g := range grads {
-			if g != nil {
-				g.MustDrop()
-			}
-		}
-	}()
 	for i, p := range o.params {
 		g, err := p.Tensor.Grad(false)
 		if err != nil {
 			return fmt.Errorf("grad of %s: %w", p.Name, err)
 		}
-		params[i], grads[i] = p.Tensor, g
+		params[i], grads[i] = p.Tensor, s.T(g)
 	}
 	return torch.NoGrad(func() error {
 		return native.SGDStep(params, grads, o.buf, o.lr, o.momentum, o.weightDecay, o.Fused)
@@ -88,19 +85,13 @@ func (o *SGD) Restore(tensors map[string]*ts.Tensor) error {
 	for i, p := range o.params {
 		t, ok := tensors[model.OptimizerPrefix+"momentum."+p.Name]
 		if !ok {
-			if o.buf[i] != nil {
-				o.buf[i].MustDrop()
-				o.buf[i] = nil
-			}
+			o.setBuf(i, nil)
 			continue
 		}
 		if a, b := t.MustSize(), p.Tensor.MustSize(); !slices.Equal(a, b) {
 			return fmt.Errorf("momentum buffer of %s has shape %v, parameter %v", p.Name, a, b)
 		}
-		if o.buf[i] != nil {
-			o.buf[i].MustDrop()
-		}
-		o.buf[i] = t.MustTo(p.Tensor.MustDevice(), false)
+		o.setBuf(i, t.MustTo(p.Tensor.MustDevice(), false))
 	}
 	return nil
 }
@@ -115,13 +106,11 @@ func (o *SGD) ZeroBuffers(names []string) error {
 	}
 	for i, p := range o.params {
 		name := model.OptimizerPrefix + "momentum." + p.Name
-		if o.buf[i] != nil {
-			o.buf[i].MustDrop()
-			o.buf[i] = nil
-		}
 		if want[name] {
-			o.buf[i] = p.Tensor.MustZerosLike(false)
+			o.setBuf(i, p.Tensor.MustZerosLike(false))
 			delete(want, name)
+		} else {
+			o.setBuf(i, nil)
 		}
 	}
 	if len(want) > 0 {
@@ -132,4 +121,13 @@ func (o *SGD) ZeroBuffers(names []string) error {
 		return fmt.Errorf("momentum buffers for parameters this model does not train: %v", extra)
 	}
 	return nil
+}
+
+// setBuf makes t (nil: none) parameter i's momentum buffer, freeing the
+// buffer it replaces.
+func (o *SGD) setBuf(i int, t *ts.Tensor) {
+	if o.buf[i] != nil && o.buf[i] != t {
+		o.buf[i].MustDrop()
+	}
+	o.buf[i] = t
 }
