@@ -324,8 +324,11 @@ func (c *Claim) Clean() {
 		os.RemoveAll(f.Dir)
 		return
 	}
-	for _, name := range []string{SpecFile, SplitFile, rundir.EpochCheckpoint, lockFile} {
+	for _, name := range []string{SpecFile, SplitFile, rundir.EpochCheckpoint} {
 		os.Remove(f.Path(name))
 	}
 	f.Sweep()
+	// The lock file goes last: once it is gone another process may claim
+	// the folder (a new .lock), and this one must not sweep its files.
+	os.Remove(f.Path(lockFile))
 }
