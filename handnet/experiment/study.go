@@ -400,11 +400,11 @@ func (res *StudyResult) write(out string, base Spec) error {
 		for _, r := range runs {
 			var y []float64
 			for _, e := range r.Result.History {
-				y = append(y, e.ValAcc)
+				y = append(y, 100*e.ValAcc) // in %, as the tables and the run's own plot
 			}
 			series = append(series, report.Series{Name: label(r), Y: y})
 		}
-		return report.Curves("Validation accuracy", "accuracy", series, filepath.Join(out, file))
+		return report.Curves("Validation accuracy", "accuracy (%)", series, filepath.Join(out, file))
 	}
 	if err := curves(res.LR, func(r *StudyRun) string { return fmt.Sprintf("lr %g", r.LR) }, "sweep-lr"); err != nil {
 		return err
