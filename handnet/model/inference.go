@@ -179,15 +179,15 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 		w2 := wt.MustMul(col, true)
 		col.MustDrop()
 		shift := bn.RunningMean.MustMul(scale, false)
-		b2 := bn.Bs.MustSub(shift, false)
+		foldedBias := bn.Bs.MustSub(shift, false)
 		shift.MustDrop()
 		if bt != nil {
 			bs := bt.MustMul(scale, true)
-			b2 = b2.MustAdd(bs, true)
+			foldedBias = foldedBias.MustAdd(bs, true)
 			bs.MustDrop()
 		}
 		scale.MustDrop()
-		wt, bt = w2, b2
+		wt, bt = w2, foldedBias
 	}
 	if inf.dtype != gotch.Float {
 		wt = wt.MustTotype(inf.dtype, true)
