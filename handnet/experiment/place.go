@@ -59,9 +59,9 @@ func ParseShard(spec string, getenv func(string) string) (shard, shards int, err
 		}
 	}
 	a, b, ok := strings.Cut(s, "/")
-	i, err1 := strconv.Atoi(strings.TrimSpace(a))
-	n, err2 := strconv.Atoi(strings.TrimSpace(b))
-	if !ok || err1 != nil || err2 != nil || n < 1 || i < 0 || i >= n {
+	i, indexErr := strconv.Atoi(strings.TrimSpace(a))
+	n, countErr := strconv.Atoi(strings.TrimSpace(b))
+	if !ok || indexErr != nil || countErr != nil || n < 1 || i < 0 || i >= n {
 		return 0, 0, &FieldError{Field: "Shard", Err: fmt.Errorf("%q: want I/N with 0 <= I < N, e.g. 0/2", s)}
 	}
 	return i, n, nil

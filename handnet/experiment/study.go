@@ -222,8 +222,8 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 	defer cancel()
 	var firstErr error
 	for {
-		all, d2 := st.plan(lr, transfer, drop)
-		drop = d2
+		var all []*StudyRun
+		all, drop = st.plan(lr, transfer, drop)
 		// Runs others finished meanwhile.
 		for _, r := range all {
 			if r.Result == nil && !inFlight[r] {
