@@ -298,22 +298,18 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 // on its device; fn's tensors go in s. After Close it fails.
 func (c *Classifier) onModel(imgs [][]byte, fn func(s *torch.Scope, in *ts.Tensor) error) error {
 	cfg := c.net.Config
-	n := len(imgs[0])
-	x := make([]float32, len(imgs)*n)
-	for i, img := range imgs {
-		c.norm.Apply(x[i*n:(i+1)*n], img)
-	}
+	x := c.norm.Batch(imgs)
 	err := c.th.Do(func() error {
 		if c.net.VS == nil {
 			return torch.ErrClosed
 		}
 		s := torch.NewScope()
 		defer s.Close()
-		t, err := ts.OfSlice(x)
+		in, err := vision.Input(s, x, cfg.Width, cfg.Height, c.device)
 		if err != nil {
 			return err
 		}
-		return fn(s, s.T(s.T(s.T(t).MustView([]int64{int64(len(imgs)), 3, int64(cfg.Height), int64(cfg.Width)}, false)).MustTo(c.device, false)))
+		return fn(s, in)
 	})
 	if errors.Is(err, torch.ErrClosed) {
 		return errors.New("classifier closed")

@@ -44,14 +44,6 @@ func (t *Trainer) size() int {
 	return t.Comm.Size()
 }
 
-func tensors(named []model.NamedTensor) []*ts.Tensor {
-	out := make([]*ts.Tensor, len(named))
-	for i, nt := range named {
-		out[i] = nt.Tensor
-	}
-	return out
-}
-
 // grads returns the gradients of the parameters that have one, as handles
 // of their own that s owns.
 func (t *Trainer) grads(s *torch.Scope) ([]*ts.Tensor, error) {
@@ -73,7 +65,7 @@ func (t *Trainer) broadcastInitial() error {
 	if t.Comm == nil {
 		return nil
 	}
-	return t.Comm.Broadcast(tensors(t.Model.Named()), "the broadcast of the initial weights")
+	return t.Comm.Broadcast(model.Tensors(t.Model.Named()), "the broadcast of the initial weights")
 }
 
 // allReduceGrads averages the gradients of batch b of epoch e (0-based)
@@ -151,6 +143,6 @@ func (t *Trainer) shareResume(momentum []string) error {
 			return fmt.Errorf("resume: %w", err)
 		}
 	}
-	all := append(tensors(t.Model.Named()), tensors(t.opt.State())...)
+	all := append(model.Tensors(t.Model.Named()), model.Tensors(t.opt.State())...)
 	return t.Comm.Broadcast(all, "the broadcast of the resumed weights")
 }

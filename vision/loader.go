@@ -162,6 +162,21 @@ type Batch struct {
 	Labels  []int      // labels as in Y (after any mirroring)
 }
 
+// Input makes a model's input from normalised w×h images (as
+// Normalizer.Batch makes them): an N×3×h×w float32 tensor on device. s owns
+// it and every tensor made on the way.
+func Input(s *torch.Scope, x []float32, w, h int, device gotch.Device) (*ts.Tensor, error) {
+	size := 3 * w * h
+	if size <= 0 || len(x)%size != 0 {
+		return nil, fmt.Errorf("input: %d floats are not whole 3×%d×%d images", len(x), h, w)
+	}
+	t, err := ts.OfSlice(x)
+	if err != nil {
+		return nil, err
+	}
+	return s.T(s.T(s.T(t).MustView([]int64{int64(len(x) / size), 3, int64(h), int64(w)}, false)).MustTo(device, false)), nil
+}
+
 // Drop frees the batch's tensors.
 func (b *Batch) Drop() {
 	if b.X != nil {

@@ -56,6 +56,21 @@ func (n *Normalizer) Apply(dst []float32, src []byte) {
 	}
 }
 
+// Batch normalises images of one size (uint8 CHW, as Apply reads them) into
+// one slice, image after image: the host half of a model's input (Input
+// makes the tensor).
+func (n *Normalizer) Batch(imgs [][]byte) []float32 {
+	if len(imgs) == 0 {
+		return nil
+	}
+	size := len(imgs[0])
+	x := make([]float32, len(imgs)*size)
+	for i, img := range imgs {
+		n.Apply(x[i*size:(i+1)*size], img)
+	}
+	return x
+}
+
 // PipelineVersion changes whenever preprocessing output changes; it is part
 // of the cache key.
 const PipelineVersion = 1

@@ -29,7 +29,6 @@ import (
 	"github.com/handnet/handnet/vision"
 	"github.com/handnet/handnet/weights"
 	"github.com/sugarme/gotch"
-	"github.com/sugarme/gotch/ts"
 	xdraw "golang.org/x/image/draw"
 )
 
@@ -518,7 +517,7 @@ func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *visi
 	defer m.Close()
 	what := "the " + split + " evaluation"
 	if g != nil {
-		if err := g.Broadcast(ts2(m.Named()), "the broadcast of the best weights for "+what); err != nil {
+		if err := g.Broadcast(model.Tensors(m.Named()), "the broadcast of the best weights for "+what); err != nil {
 			return nil, err
 		}
 	}
@@ -556,17 +555,15 @@ func mistakeMaps(m *model.Model, p *eval.Predictions, d *Data, classes []string,
 	w, h := d.Cache.W, d.Cache.H
 	for _, mk := range p.ConfidentMistakes(8) {
 		pix := d.Cache.Image(mk.Index)
-		x := make([]float32, len(pix))
-		norm.Apply(x, pix)
-		s := torch.NewScope()
-		t, err := ts.OfSlice(x)
-		if err != nil {
-			s.Close()
-			return err
-		}
-		in := s.T(s.T(s.T(t).MustView([]int64{1, 3, int64(h), int64(w)}, false)).MustTo(m.VS.Device(), false))
-		cam, err := model.GradCAM(m, in, mk.Pred, model.AutoCAM)
-		s.Close()
+		cam, err := func() (*model.CAM, error) {
+			s := torch.NewScope()
+			defer s.Close()
+			in, err := vision.Input(s, norm.Batch([][]byte{pix}), w, h, m.VS.Device())
+			if err != nil {
+				return nil, err
+			}
+			return model.GradCAM(m, in, mk.Pred, model.AutoCAM)
+		}()
 		if err != nil {
 			return err
 		}
@@ -583,14 +580,6 @@ func mistakeMaps(m *model.Model, p *eval.Predictions, d *Data, classes []string,
 		}})
 	}
 	return report.Grid(path, tiles, 4)
-}
-
-func ts2(named []model.NamedTensor) []*ts.Tensor {
-	out := make([]*ts.Tensor, len(named))
-	for i, nt := range named {
-		out[i] = nt.Tensor
-	}
-	return out
 }
 
 // Evaluate measures a run's checkpoint ("best" or "last") on a split.

@@ -384,6 +384,16 @@ type NamedTensor struct {
 	Tensor *ts.Tensor
 }
 
+// Tensors returns the tensors of named, in order (the same handles, not
+// copies).
+func Tensors(named []NamedTensor) []*ts.Tensor {
+	out := make([]*ts.Tensor, len(named))
+	for i, nt := range named {
+		out[i] = nt.Tensor
+	}
+	return out
+}
+
 // Load copies weights into the model's variables. Every variable must be
 // given with its exact shape, except those optional says may be missing
 // (they keep their values); ignore says which weights of the map to skip
