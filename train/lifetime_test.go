@@ -37,7 +37,8 @@ func (c *failComm) Share(_, _ string, val []byte) ([]byte, error) {
 // gradient all-reduce returns an error) frees the batch, logits, loss and
 // gradient handles it made: the live tensors when Run returns are those
 // after the batch before it, which left only what the trainer keeps
-// (weights, momentum buffers).
+// (weights, momentum buffers), less the momentum buffers, which Run frees
+// as it returns.
 func TestFailedBatchFreesItsTensors(t *testing.T) {
 	th := torch.NewThread(0)
 	defer th.Close()
@@ -54,10 +55,10 @@ func TestFailedBatchFreesItsTensors(t *testing.T) {
 					tn.Scaler = &Scaler{Scale: 1024}
 				}
 				tn.Comm = &failComm{failAt: 3}
-				before := -1
+				before, momentum := -1, 0
 				tn.OnBatch = func(p Progress) {
 					if p.Batch == 2 {
-						before = torch.LiveTensors()
+						before, momentum = torch.LiveTensors(), len(tn.opt.State())
 					}
 				}
 				_, err := tn.Run(context.Background(), false)
@@ -68,9 +69,12 @@ func TestFailedBatchFreesItsTensors(t *testing.T) {
 				if before < 0 {
 					return errors.New("OnBatch was not called after batch 2")
 				}
-				t.Logf("live tensors after batch 2: %d; after batch 3 failed: %d", before, after)
-				if after != before {
-					t.Errorf("%d live tensors after the failed batch, %d before it: it leaked %d", after, before, after-before)
+				t.Logf("live tensors after batch 2: %d (%d momentum buffers); after batch 3 failed: %d", before, momentum, after)
+				if momentum == 0 {
+					t.Errorf("no momentum buffers after batch 2")
+				}
+				if want := before - momentum; after != want {
+					t.Errorf("%d live tensors after the failed batch, %d before it less %d momentum buffers: it leaked %d", after, before, momentum, after-want)
 				}
 				return nil
 			})
@@ -78,5 +82,106 @@ func TestFailedBatchFreesItsTensors(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestLiveTensorsAfterRuns: Run frees what it made, its optimizer's
+// momentum buffers too, on every return: one Trainer run twice (a run,
+// then its resume for one more epoch) leaves the live tensors as they were
+// before the first run, and so does a run that fails half-way.
+func TestLiveTensorsAfterRuns(t *testing.T) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	cfg := DefaultConfig()
+	cfg.Epochs, cfg.BatchSize, cfg.Seed = 1, 8, 4
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	err := th.Do(func() error {
+		tn, _ := smallRun(t, 16, cfg, nil)
+		momentum := 0
+		tn.OnEpoch = func(EpochStats) { momentum = len(tn.opt.State()) }
+		start := torch.LiveTensors()
+		if _, err := tn.Run(context.Background(), false); err != nil {
+			return err
+		}
+		if momentum == 0 {
+			t.Errorf("no momentum buffers at the end of the epoch")
+		}
+		if live := torch.LiveTensors(); live != start {
+			t.Errorf("after the first run: %d live tensors, %d before it: it leaked %d (%d momentum buffers)", live, start, live-start, momentum)
+		}
+		tn.Config.Epochs = 2
+		if _, err := tn.Run(context.Background(), true); err != nil {
+			return err
+		}
+		if live := torch.LiveTensors(); live != start {
+			t.Errorf("after the resumed run on the same Trainer: %d live tensors, %d before the first: it leaked %d", live, start, live-start)
+		}
+		tn.Config.Epochs = 3
+		tn.Comm = &failComm{failAt: 2}
+		if _, err := tn.Run(context.Background(), true); !errors.Is(err, errInjected) {
+			return fmt.Errorf("third run: err = %v, want the injected failure", err)
+		}
+		if live := torch.LiveTensors(); live != start {
+			t.Errorf("after a run that failed: %d live tensors, %d before the first: it leaked %d", live, start, live-start)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSGDClose: Close frees the momentum buffers the steps made, and a
+// second Close does nothing.
+func TestSGDClose(t *testing.T) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	cfg := DefaultConfig()
+	cfg.BatchSize, cfg.Seed = 8, 4
+	err := th.Do(func() error {
+		tn, _ := smallRun(t, 16, cfg, nil)
+		m := tn.Model
+		start := torch.LiveTensors()
+		opt := NewSGD(m.Trainable(), 0.01, 0.9, 0)
+		ep := tn.Train.Epoch(0, 0)
+		defer ep.Close()
+		b, err := ep.Next()
+		if err != nil {
+			return err
+		}
+		s := torch.NewScope()
+		loss := s.T(torch.CrossEntropy(s.T(m.Forward(b.X, true)), b.Y))
+		err = loss.Backward()
+		if err == nil {
+			err = opt.Step()
+		}
+		s.Close()
+		b.Drop()
+		if err != nil {
+			return err
+		}
+		n := len(opt.State())
+		if n == 0 {
+			t.Fatal("no momentum buffers after a step")
+		}
+		if live := torch.LiveTensors(); live != start+n {
+			t.Errorf("after a step: %d live tensors, want %d (%d before, %d momentum buffers)", live, start+n, start, n)
+		}
+		opt.Close()
+		if live := torch.LiveTensors(); live != start {
+			t.Errorf("after Close: %d live tensors, %d before the SGD: %d not freed", live, start, live-start)
+		}
+		if st := opt.State(); len(st) != 0 {
+			t.Errorf("after Close: %d momentum buffers in State", len(st))
+		}
+		opt.Close()
+		if live := torch.LiveTensors(); live != start {
+			t.Errorf("after a second Close: %d live tensors, want %d", live, start)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,7 +19,8 @@ import (
 //
 // It is built once per run and steps only the parameters it was given; the
 // learning rate changes through SetLR, keeping the momentum buffers, which
-// checkpoints save (State) and resumed runs restore (Restore). gotch's
+// checkpoints save (State) and resumed runs restore (Restore). It owns
+// the buffers until Close. gotch's
 // optimizer keeps its state inside libtorch where it cannot be saved, and
 // steps every variable created trainable; this one does neither.
 type SGD struct {
@@ -121,6 +122,16 @@ func (o *SGD) ZeroBuffers(names []string) error {
 		return fmt.Errorf("momentum buffers for parameters this model does not train: %v", extra)
 	}
 	return nil
+}
+
+// Close frees the momentum buffers: whoever made the SGD closes it when
+// done with it (Trainer.Run closes its own as it returns; checkpoints keep
+// the momentum). A closed SGD steps on without momentum, as a new one
+// would; Close is safe to call twice.
+func (o *SGD) Close() {
+	for i := range o.buf {
+		o.setBuf(i, nil)
+	}
 }
 
 // setBuf makes t (nil: none) parameter i's momentum buffer, freeing the

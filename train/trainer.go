@@ -193,7 +193,11 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 	if t.Params == nil {
 		t.Params = t.Model.Trainable()
 	}
-	t.opt = NewSGD(t.Params, t.Config.LR, t.Config.Momentum, t.Config.WeightDecay)
+	// The run owns its optimizer: the momentum buffers live until Run
+	// returns (the last checkpoint keeps them for a resume).
+	opt := NewSGD(t.Params, t.Config.LR, t.Config.Momentum, t.Config.WeightDecay)
+	defer opt.Close()
+	t.opt = opt
 	t.state = State{Config: t.Config, BestValAcc: -1, WorldSize: t.size(), Scaler: t.Scaler}
 	if t.Scaler == nil && t.Model.Precision() == model.FP16 {
 		t.state.Scaler = NewScaler()
