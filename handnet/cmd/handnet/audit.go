@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -29,11 +30,8 @@ func init() {
 			"--out, reused when finished; workers sharing --out (--shard, --jobs, --devices) never train the same run\n" +
 			"and the last to finish writes the tables.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
-			var f specFlags
-			var w sweepFlags
-			f.register(fs, false)
+			f, w := registerSweep(fs)
 			fs.MarkHidden("split") // the audit runs both: --protocols
-			w.register(fs)
 			models := fs.String("models", "cnn", "comma-separated: cnn (the study's final CNN), resnet18 (three freeze scenarios; needs --weights)")
 			w.registerWeights(fs, "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18), for --models resnet18")
 			repeats := fs.Int("repeats", 5, "repeats per configuration and protocol, each with a new split and seed (--seed, --seed+1, …)")
@@ -44,10 +42,7 @@ func init() {
 			size := fs.String("image-size", fmt.Sprintf("%dx%d", vision.Width, vision.Height), "WxH the images are cached at and the models see (the study's 170x128; smaller for quick synthetic audits)")
 			w.registerPlaces(fs)
 			return func(args []string) error {
-				if len(args) > 0 {
-					return usagef("unexpected arguments %q", args)
-				}
-				if err := w.checkOut(); err != nil {
+				if err := w.check(args); err != nil {
 					return err
 				}
 				if fs.Changed("split") {
@@ -93,20 +88,14 @@ func init() {
 				if err := a.Validate(); err != nil {
 					return flagError(err)
 				}
-				sw, err := w.start(&f)
+				sw, err := w.start(f)
 				if err != nil {
 					return err
 				}
 				a.Shard, a.Shards, a.Slots = sw.shard, sw.shards, sw.slots
-				ctx, stop := interruptible()
-				defer stop()
-				sw.logShare("the audit's runs")
 				start := time.Now()
-				res, err := a.Run(ctx)
-				if sw.elsewhere(err, rundir.AuditMarkdown) {
-					return nil
-				}
-				if err != nil {
+				var res *report.Audit
+				if ok, err := sw.run("the audit's runs", rundir.AuditMarkdown, func(ctx context.Context) (err error) { res, err = a.Run(ctx); return err }); !ok {
 					return err
 				}
 				printAudit(res)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -22,10 +23,16 @@ type sweepFlags struct {
 	jobs                         int
 }
 
-// register defines --out, then (where each command shows them) --weights
-// and the flags of where runs train.
-func (w *sweepFlags) register(fs *pflag.FlagSet) {
+// registerSweep defines the flags of a command that trains many runs:
+// the spec's (without the model's), then --out. The command defines
+// --weights and the flags of where runs train (registerWeights,
+// registerPlaces) where it shows them.
+func registerSweep(fs *pflag.FlagSet) (*specFlags, *sweepFlags) {
+	var f specFlags
+	var w sweepFlags
+	f.register(fs, false)
 	fs.StringVar(&w.out, "out", "", "output folder (required)")
+	return &f, &w
 }
 
 func (w *sweepFlags) registerWeights(fs *pflag.FlagSet, usage string) {
@@ -38,8 +45,11 @@ func (w *sweepFlags) registerPlaces(fs *pflag.FlagSet) {
 	fs.StringVar(&w.shard, "shard", "", "I/N: this worker's share of the runs (default: $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS of a Kubernetes Indexed Job, $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT of a Slurm array, else 0/1)")
 }
 
-// checkOut refuses a command line without --out.
-func (w *sweepFlags) checkOut() error {
+// check refuses positional arguments and a command line without --out.
+func (w *sweepFlags) check(args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected arguments %q", args)
+	}
 	if w.out == "" {
 		return usagef("--out is required")
 	}
@@ -87,22 +97,22 @@ func (w *sweepFlags) start(f *specFlags) (*sweep, error) {
 	return &sweep{out: w.out, shard: i, shards: n, slots: slots}, nil
 }
 
-// logShare says, for one of several workers, that it trains its share
-// (of what) first.
-func (sw *sweep) logShare(what string) {
+// run trains this worker's share of the runs (what they are, for the
+// log) with train under Ctrl-C. ok is false when there is nothing more to
+// say: an error, or other workers still train the last runs (said here,
+// with the tables the last of them writes).
+func (sw *sweep) run(what, tables string, train func(context.Context) error) (ok bool, err error) {
+	ctx, stop := interruptible()
+	defer stop()
 	if sw.shards > 1 {
 		log.Infof("worker %d of %d: training its share of %s in %s first", sw.shard, sw.shards, what, sw.out)
 	}
-}
-
-// elsewhere reports a worker whose remaining runs other workers train
-// (experiment.ErrStudyElsewhere): the last of them writes tables.
-func (sw *sweep) elsewhere(err error, tables string) bool {
-	if !errors.Is(err, experiment.ErrStudyElsewhere) {
-		return false
+	err = train(ctx)
+	if errors.Is(err, experiment.ErrStudyElsewhere) {
+		fmt.Printf("worker %d/%d done: %v; the last to finish writes %s\n", sw.shard, sw.shards, err, filepath.Join(sw.out, tables))
+		return false, nil
 	}
-	fmt.Printf("worker %d/%d done: %v; the last to finish writes %s\n", sw.shard, sw.shards, err, filepath.Join(sw.out, tables))
-	return true
+	return err == nil, err
 }
 
 // sweepSlots turns --devices or --jobs into the places runs train.

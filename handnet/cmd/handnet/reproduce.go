@@ -27,18 +27,12 @@ func init() {
 			"Runs train concurrently with --devices (GPUs) or --jobs (CPU), and over machines with --shard:\n" +
 			"workers sharing --out never train the same run; the last to finish writes the tables.",
 		setup: func(fs *pflag.FlagSet) func([]string) error {
-			var f specFlags
-			var w sweepFlags
-			f.register(fs, false)
-			w.register(fs)
+			f, w := registerSweep(fs)
 			w.registerWeights(fs, "torchvision's ResNet-18 ImageNet weights (handnet weights fetch resnet18): adds Part 2, the three freeze scenarios")
 			tlr := fs.Float64("transfer-lr", 0.001, "learning rate of the Part 2 fine-tuning")
 			w.registerPlaces(fs)
 			return func(args []string) error {
-				if len(args) > 0 {
-					return usagef("unexpected arguments %q", args)
-				}
-				if err := w.checkOut(); err != nil {
+				if err := w.check(args); err != nil {
 					return err
 				}
 				if err := checkFloat("transfer-lr", *tlr, false); err != nil {
@@ -52,21 +46,15 @@ func init() {
 				if err := w.checkWeights(); err != nil {
 					return err
 				}
-				sw, err := w.start(&f)
+				sw, err := w.start(f)
 				if err != nil {
 					return err
 				}
-				ctx, stop := interruptible()
-				defer stop()
 				st := &experiment.Study{Base: base, Out: w.out, Weights: w.weights, TransferLR: *tlr, Shard: sw.shard, Shards: sw.shards, Slots: sw.slots,
 					Logf: log.Infof, Hooks: hooks}
-				sw.logShare("the runs")
 				start := time.Now()
-				res, err := st.Run(ctx)
-				if sw.elsewhere(err, rundir.Report) {
-					return nil
-				}
-				if err != nil {
+				var res *experiment.StudyResult
+				if ok, err := sw.run("the runs", rundir.Report, func(ctx context.Context) (err error) { res, err = st.Run(ctx); return err }); !ok {
 					return err
 				}
 				fmt.Printf("final model: dropout %s, lr %g: test accuracy %.2f %%\nreport: %s (%.1f min)\n",
