@@ -206,24 +206,24 @@ func Measure(c Case, o Options) (Row, error) {
 
 	if c.Phase == "train" {
 		opt := train.NewSGD(m.Trainable(), 0.0025, 0.9, 0)
+		defer opt.Close()
 		step = func() (*ts.Tensor, error) {
 			x, y, free, err := next()
 			if err != nil {
 				return nil, err
 			}
 			defer free()
-			logits := m.Forward(x, true)
-			loss := torch.CrossEntropy(logits, y)
-			logits.MustDrop()
+			s := torch.NewScope()
+			defer s.Close()
+			logits := s.T(m.Forward(x, true))
+			loss := s.T(torch.CrossEntropy(logits, y))
 			if err := loss.Backward(); err != nil {
-				loss.MustDrop()
 				return nil, err
 			}
 			if err := opt.Step(); err != nil {
-				loss.MustDrop()
 				return nil, err
 			}
-			return loss, nil
+			return s.Keep(loss), nil
 		}
 	} else if c.Mode.Eager {
 		step = func() (*ts.Tensor, error) {
@@ -256,40 +256,42 @@ func Measure(c Case, o Options) (Row, error) {
 }
 
 // timeSteps runs warm-up steps, then timed steps until both o.Steps and
-// o.MinTime are reached, and returns the row.
+// o.MinTime are reached, and returns the row. It owns what each step
+// returns: the newest step's result (which wait reads) frees the one
+// before it, and the last is freed on return.
 func timeSteps(c Case, o Options, step func() (*ts.Tensor, error)) (Row, error) {
+	held := torch.NewScope()
+	defer held.Close()
 	var last *ts.Tensor
-	keep := func(t *ts.Tensor) {
-		if last != nil {
-			last.MustDrop()
+	run := func() error {
+		t, err := step()
+		if err != nil {
+			return err
 		}
-		last = t
+		held.Free(last)
+		last = held.T(t)
+		return nil
 	}
-	defer func() { keep(nil) }()
 	wait := func() { // make the CPU wait for the device
 		if last != nil {
-			sum := last.MustSum(gotch.Double, false)
-			torch.Float64s(sum)
-			sum.MustDrop()
+			s := torch.NewScope()
+			defer s.Close()
+			torch.Float64s(s.T(last.MustSum(gotch.Double, false)))
 		}
 	}
 	for range o.Warmup {
-		t, err := step()
-		if err != nil {
+		if err := run(); err != nil {
 			return Row{}, err
 		}
-		keep(t)
 	}
 	wait()
 	start := time.Now()
 	n := 0
 	var el time.Duration
 	for {
-		t, err := step()
-		if err != nil {
+		if err := run(); err != nil {
 			return Row{}, err
 		}
-		keep(t)
 		if n++; n >= o.Steps {
 			wait()
 			if el = time.Since(start); el >= o.MinTime {
@@ -305,18 +307,19 @@ func timeSteps(c Case, o Options, step func() (*ts.Tensor, error)) (Row, error) 
 // a loader over synthetic cached images (4 batches' worth, at least 64).
 func batches(c Case, device gotch.Device) (next func() (x, y *ts.Tensor, free func(), err error), done func(), err error) {
 	if c.Mode.Data == "" {
-		x := ts.MustRandn([]int64{int64(c.Batch), 3, H, W}, gotch.Float, device)
+		s := torch.NewScope() // the resident batch, until done
+		x := s.T(ts.MustRandn([]int64{int64(c.Batch), 3, H, W}, gotch.Float, device))
 		if c.Mode.ChannelsLast { // laid out once, as PyTorch's side makes its batch
 			cl, err := native.ChannelsLast(x)
-			x.MustDrop()
+			s.Free(x)
 			if err != nil {
+				s.Close()
 				return nil, nil, err
 			}
-			x = cl
+			x = s.T(cl)
 		}
-		y := ts.MustRandint(int64(len(vision.Classes8.Classes())), []int64{int64(c.Batch)}, gotch.Int64, device)
-		return func() (*ts.Tensor, *ts.Tensor, func(), error) { return x, y, func() {}, nil },
-			func() { x.MustDrop(); y.MustDrop() }, nil
+		y := s.T(ts.MustRandint(int64(len(vision.Classes8.Classes())), []int64{int64(c.Batch)}, gotch.Int64, device))
+		return func() (*ts.Tensor, *ts.Tensor, func(), error) { return x, y, func() {}, nil }, s.Close, nil
 	}
 	n := max(4*c.Batch, 64)
 	img := make([]byte, n*3*W*H)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"testing"
 
 	"github.com/handnet/handnet/handnet/model"
@@ -58,6 +59,50 @@ func TestMeasure(t *testing.T) {
 	}
 	if err := th.Do(func() error { _, err := Measure(Case{"cnn", 4, Mode{}, "eval"}, o); return err }); err == nil {
 		t.Error("phase eval accepted")
+	}
+}
+
+// Measure frees what it makes: the model, the optimizer's momentum, the
+// resident batch, every step's result. The live tensors after it are those
+// before it, plus what making and closing its model alone leaves: gotch's
+// NewConv2D makes a placeholder bias handle it never frees (one per
+// convolution: only a finalizer frees it), which no caller can reach.
+func TestMeasureFreesItsTensors(t *testing.T) {
+	th := torch.NewThread(0)
+	defer th.Close()
+	// With the collector off only explicit frees release tensors: gotch's
+	// finalizers cannot hide a leak, and the counts are exact.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	o := Options{Device: gotch.CPU, Warmup: 1, Steps: 2, MinTime: 1}
+	for _, c := range []Case{
+		{"cnn", 4, Mode{Precision: model.FP32}, "train"},
+		{"cnn", 4, Mode{Precision: model.FP32, ChannelsLast: true}, "train"},
+		{"cnn", 4, Mode{Precision: model.FP32, Data: "loader"}, "train"},
+		{"cnn", 4, Mode{Precision: model.FP32, Data: "device"}, "infer"},
+		{"cnn", 4, Mode{Precision: model.FP32, Eager: true}, "infer"},
+		{"cnn", 4, Mode{Precision: model.BF16, ChannelsLast: true}, "infer"},
+	} {
+		err := th.Do(func() error {
+			before := torch.LiveTensors()
+			m, err := model.New(c.config(), o.Device)
+			if err != nil {
+				return err
+			}
+			m.Close()
+			gotchLeak := torch.LiveTensors() - before
+			before = torch.LiveTensors()
+			if _, err := Measure(c, o); err != nil {
+				return err
+			}
+			if after := torch.LiveTensors(); after != before+gotchLeak {
+				t.Errorf("%s: %d live tensors after Measure, %d before (and %d left by a bare model.New and Close): it leaked %d",
+					c, after, before, gotchLeak, after-before-gotchLeak)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
 	}
 }
 
