@@ -68,6 +68,30 @@ func ParseAugment(s string) (*Augment, error) {
 	return &a, nil
 }
 
+// Canonical is the one spelling of a that ParseAugment reads back to the
+// same amounts: "none" for nil (no augmentation), "default" for
+// DefaultAugment, else the key=value pairs of the amounts that differ from
+// the default, in ParseAugment's key order, each number in its shortest
+// form: "hflip=0.5", "rotate=15,hflip=0.5". Spellings of the same
+// augmentation ("off", "on", "hflip=0.50,rotate=15") have the same
+// canonical one.
+func (a *Augment) Canonical() string {
+	if a == nil {
+		return "none"
+	}
+	def := DefaultAugment()
+	var pairs []string
+	for i, v := range a.amounts() {
+		if *v != *def.amounts()[i] {
+			pairs = append(pairs, augmentKeys[i]+"="+strconv.FormatFloat(*v+0, 'g', -1, 64)) // +0: no "-0"
+		}
+	}
+	if len(pairs) == 0 {
+		return "default"
+	}
+	return strings.Join(pairs, ",")
+}
+
 func uniform(rng *rand.Rand, m float64) float64 { return (rng.Float64()*2 - 1) * m }
 
 // draws are one image's random choices, drawn in a fixed order so that the

@@ -122,8 +122,11 @@ func (s Spec) Validate() error {
 }
 
 // Resolve checks every rule of the spec, before any work, and returns it
-// with what follows from them filled in: the precision's canonical name,
-// the model fields of the other architecture cleared (a CNN has no freeze
+// with what follows from them filled in: the canonical spelling of the
+// augmentation, precision, split method and label scheme (so that the
+// spellings their parsers accept for one value — "off" and "none", "8"
+// and "class8", "Random" and "random" — give one Identify key; an empty
+// Augment or Precision stays empty), the model fields of the other architecture cleared (a CNN has no freeze
 // scenario, a ResNet-18 no dropout or added BatchNorm), and a ResNet-18's
 // frozen BatchNorm by FreezeBN. The first rule broken is returned as a
 // *FieldError, in this order: Data, Device, Train, Augment, Precision,
@@ -156,15 +159,22 @@ func (s Spec) Resolve() (Spec, error) {
 	if s.Precision != "" {
 		s.Precision = string(p)
 	}
+	if s.Augment != "" {
+		s.Augment = aug.Canonical()
+	}
 	if err := checkDeviceData(s.DataOnDevice, aug); err != nil {
 		return s, err
 	}
-	if _, err := vision.ParseSplitMethod(s.Split); err != nil {
+	split, err := vision.ParseSplitMethod(s.Split)
+	if err != nil {
 		return s, &FieldError{Field: "Split", Err: err}
 	}
-	if _, err := vision.ParseScheme(s.Scheme); err != nil {
+	s.Split = string(split)
+	scheme, err := vision.ParseScheme(s.Scheme)
+	if err != nil {
 		return s, &FieldError{Field: "Scheme", Err: err}
 	}
+	s.Scheme = string(scheme)
 	switch s.Model.Arch {
 	case "cnn":
 		if _, err := model.ParseDropout(s.Model.Dropout); err != nil {
