@@ -24,6 +24,7 @@ import (
 	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -325,12 +326,12 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		}
 		o.Resume = c.Resume
 		defer func() {
-			if _, statErr := os.Stat(f.Path(train.LastCheckpoint)); err != nil && statErr != nil {
+			if _, statErr := os.Stat(f.Path(rundir.LastCheckpoint)); err != nil && statErr != nil {
 				c.Clean() // failed before its first checkpoint
 			}
 		}()
 		method, _ := vision.ParseSplitMethod(s.Split)
-		if d.Split, _, err = vision.SplitWithManifest(d.Set.Records, method, s.Train.Seed, f.Path(SplitFile)); err != nil {
+		if d.Split, _, err = vision.SplitWithManifest(d.Set.Records, method, s.Train.Seed, f.Path(rundir.Split)); err != nil {
 			return nil, err
 		}
 		if g != nil {
@@ -425,7 +426,7 @@ func Run(ctx context.Context, th *torch.Thread, s Spec, dir string, o Options) (
 		if rank != 0 {
 			mapsDir = ""
 		}
-		r.Test, err = evaluateCheckpoint(f.Path(train.BestCheckpoint), s.Model, dev, testL, d, "test", g, mapsDir)
+		r.Test, err = evaluateCheckpoint(f.Path(rundir.BestCheckpoint), s.Model, dev, testL, d, "test", g, mapsDir)
 		return err
 	})
 	if err != nil {
@@ -493,7 +494,7 @@ func (sh *shared) apply(rank int, id Identity, d *Data) error {
 // evaluateCheckpoint evaluates a checkpoint of a model of config cfg on l.
 // In a data-parallel run rank 0 reads it and broadcasts the weights, and
 // every rank evaluates its shard. With mapsDir, the class-activation maps
-// of the most confident mistakes are drawn there (report.MistakeMaps).
+// of the most confident mistakes are drawn there (rundir.MistakeMaps).
 // Call it on a torch thread.
 func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *vision.Loader, d *Data, split string, g *dist.Group, mapsDir string) (*report.Evaluation, error) {
 	var m *model.Model
@@ -537,11 +538,11 @@ func evaluateCheckpoint(path string, cfg model.Config, dev gotch.Device, l *visi
 	}
 	ev := report.Evaluate(p, classes, d.Set.Records, split)
 	if mapsDir != "" {
-		if err := mistakeMaps(m, p, d, classes, filepath.Join(mapsDir, report.MistakeMaps)); err != nil {
+		if err := mistakeMaps(m, p, d, classes, rundir.Folder{Dir: mapsDir}.Path(rundir.MistakeMaps)); err != nil {
 			return nil, fmt.Errorf("mistake maps: %w", err)
 		}
 		if len(ev.Mistakes) > 0 {
-			ev.MistakeMaps = report.MistakeMaps
+			ev.MistakeMaps = rundir.MistakeMaps
 		}
 	}
 	return ev, nil
@@ -582,8 +583,13 @@ func mistakeMaps(m *model.Model, p *eval.Predictions, d *Data, classes []string,
 	return report.Grid(path, tiles, 4)
 }
 
-// Evaluate measures a run's checkpoint ("best" or "last") on a split.
+// Evaluate measures a run's checkpoint ("best" or "last"; another is a
+// *FieldError of Checkpoint) on a split.
 func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) (*report.Evaluation, error) {
+	name := map[string]string{"best": rundir.BestCheckpoint, "last": rundir.LastCheckpoint}[checkpoint]
+	if name == "" {
+		return nil, &FieldError{Field: "Checkpoint", Err: errors.New("want best or last")}
+	}
 	f := Folder{dir}
 	s, err := f.ReadSpec()
 	if err != nil {
@@ -593,14 +599,10 @@ func Evaluate(th *torch.Thread, dir, checkpoint, split, device string, h Hooks) 
 	if err != nil {
 		return nil, err
 	}
-	name := map[string]string{"best": train.BestCheckpoint, "last": train.LastCheckpoint}[checkpoint]
-	if name == "" {
-		return nil, errors.New("checkpoint: want best or last")
-	}
 	if device != "" {
 		s.Device = device
 	}
-	manifest := f.Path(SplitFile)
+	manifest := f.Path(rundir.Split)
 	if _, err := os.Stat(manifest); err != nil {
 		return nil, fmt.Errorf("%s is missing: the run's split cannot be reproduced safely", manifest)
 	}

@@ -40,6 +40,7 @@ var fieldFlags = map[string]string{
 	"Level":           "level",
 	"Protocols":       "protocols",
 	"Configs":         "models",
+	"Checkpoint":      "checkpoint",
 }
 
 // flagOf is the command line's name of a library field: its flag, "" for

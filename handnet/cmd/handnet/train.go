@@ -426,14 +426,11 @@ func init() {
 				if *run == "" {
 					return usagef("--run is required")
 				}
-				if *ckpt != "best" && *ckpt != "last" {
-					return usagef("--checkpoint: want best or last")
-				}
 				th := torch.NewThread(*threads)
 				defer th.Close()
 				ev, err := experiment.Evaluate(th, *run, *ckpt, *split, *device, hooks(""))
 				if err != nil {
-					return err
+					return flagError(err)
 				}
 				if *asJSON {
 					enc := json.NewEncoder(os.Stdout)
