@@ -52,7 +52,7 @@ func Identify(s Spec, d *Data) (Identity, error) {
 	if s.Weights != "" {
 		h, err := fileio.SHA256(s.Weights)
 		if err != nil {
-			return Identity{}, fmt.Errorf("--weights: %w", err)
+			return Identity{}, &FieldError{Field: "Weights", Err: err, Machine: true}
 		}
 		w = h
 	}
@@ -260,7 +260,7 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 			if len(other) > 5 {
 				other = append(other[:5], "…")
 			}
-			return fmt.Errorf("--out %s holds other files (%s): name a new or empty folder", f.Dir, strings.Join(other, ", "))
+			return &FieldError{Field: "Out", Value: f.Dir, Err: fmt.Errorf("holds other files (%s)", strings.Join(other, ", ")), Fix: "name a new or empty folder"}
 		}
 		return nil // an empty folder: a resume starts from the beginning
 	}
@@ -269,8 +269,8 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 		return err
 	}
 	if saved.Identity.Key != id.Key {
-		return fmt.Errorf("%s holds a run of another experiment (%s): resume with the same settings (only --epochs may grow), or choose another --out",
-			f.Dir, strings.Join(saved.Identity.Diff(id), "; "))
+		return &FieldError{Field: "Out", Value: f.Dir, Err: fmt.Errorf("holds a run of another experiment (%s)", strings.Join(saved.Identity.Diff(id), "; ")),
+			Fix: "resume with the same settings (only {Train.Epochs} may grow), or choose another {Out}"}
 	}
 	_, statErr := os.Stat(f.Path(rundir.LastCheckpoint))
 	started := statErr == nil
@@ -284,7 +284,7 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 		// from the beginning.
 		c.Resume = started
 	case started:
-		return fmt.Errorf("%s already holds this run; add --resume to continue it, or choose another --out", f.Dir)
+		return &FieldError{Field: "Out", Value: f.Dir, Err: errors.New("already holds this run"), Fix: "add {Resume} to continue it, or choose another {Out}"}
 	}
 	return nil
 }
@@ -305,13 +305,13 @@ func CheckOut(dir string) error {
 		return err
 	}
 	if abs == "/" {
-		return fmt.Errorf("--out %s: the file system root is no run folder; name a new folder", dir)
+		return &FieldError{Field: "Out", Value: dir, Err: errors.New("the file system root is no run folder"), Fix: "name a new folder"}
 	}
 	if home, err := os.UserHomeDir(); err == nil && abs == filepath.Clean(home) {
-		return fmt.Errorf("--out %s is your home folder; name a new folder inside it", dir)
+		return &FieldError{Field: "Out", Value: dir, Err: errors.New("is your home folder"), Fix: "name a new folder inside it"}
 	}
 	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
-		return fmt.Errorf("--out %s is a file, not a folder", dir)
+		return &FieldError{Field: "Out", Value: dir, Err: errors.New("is a file, not a folder")}
 	}
 	return nil
 }

@@ -39,8 +39,16 @@ type FieldError struct {
 var ErrRequired = errors.New("is required")
 
 // readsOn tells whether an error's words read on from the field's name
-// ("is required", "is for resnet18") instead of following a colon.
-func readsOn(err error) bool { return strings.HasPrefix(err.Error(), "is ") }
+// ("is required", "is for resnet18", "holds other files") instead of
+// following a colon.
+func readsOn(err error) bool {
+	for _, w := range []string{"is ", "holds ", "already "} {
+		if strings.HasPrefix(err.Error(), w) {
+			return true
+		}
+	}
+	return false
+}
 
 func (e *FieldError) Error() string { return e.Message(func(field string) string { return field }) }
 

@@ -35,6 +35,7 @@ var fieldFlags = map[string]string{
 	"Train.BatchSize": "batch-size",
 	"Train.Epochs":    "epochs",
 	"Out":             "out",
+	"Resume":          "resume",
 	"Shard":           "shard",
 	"Repeats":         "repeats",
 	"Level":           "level",

@@ -370,7 +370,7 @@ func init() {
 					return usagef("--out is required")
 				}
 				if err := experiment.CheckOut(*out); err != nil {
-					return usagef("%v", err)
+					return flagError(err)
 				}
 				if err := d.validate(); err != nil {
 					return err
