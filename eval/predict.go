@@ -1,6 +1,9 @@
 // Package eval measures trained models: predictions over a loader, the
 // confusion matrix, per-class accuracy, the study's error decomposition
 // (gender, dorsal/palmar, left/right) and the most confident mistakes.
+//
+// Floor 3 (evaluation) of handnet's layering: it imports packages of floors 0–3 only
+// (README, "Packages"; tools/floors checks it).
 package eval
 
 import (

@@ -2,6 +2,9 @@
 // Load a checkpoint into a Classifier, then Predict images (safe for
 // concurrent use) or serve them over HTTP with Handler. The networks and the
 // checkpoint format live in handnet/model; training in train.
+//
+// Floor 6 (study and library) of handnet's layering: it imports packages of floors 0–6 only
+// (README, "Packages"; tools/floors checks it).
 package handnet
 
 import (

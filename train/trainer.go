@@ -7,6 +7,9 @@
 // loop does: the checkpoints and resume (checkpoint.go), the history files
 // (history.go) and the progress report are hooks the Trainer installs.
 // Loss scaling is in scaler.go, the data-parallel rules in sync.go.
+//
+// Floor 4 (training) of handnet's layering: it imports packages of floors 0–4 only
+// (README, "Packages"; tools/floors checks it).
 package train
 
 import (

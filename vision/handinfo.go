@@ -5,6 +5,9 @@
 //
 // Data flows one way: Dataset (metadata + files) → Preprocess → Cache →
 // Loader (batches of tensors). Nothing here knows about models.
+//
+// Floor 1 (data) of handnet's layering: it imports packages of floors 0–1 only
+// (README, "Packages"; tools/floors checks it).
 package vision
 
 import (

@@ -1,6 +1,9 @@
 // Package weights fetches, verifies, inspects and loads published model
 // weights: torchvision's ResNet-18 ImageNet file (PyTorch's zip/pickle
 // format, or the legacy one) into handnet's ResNet-18 with a new head.
+//
+// Floor 2 (model) of handnet's layering: it imports packages of floors 0–2 only
+// (README, "Packages"; tools/floors checks it).
 package weights
 
 import (

@@ -1,5 +1,8 @@
 // Package report turns a run's history and evaluation into plots (PNG and
 // SVG, drawn with gonum/plot), a Markdown report and metrics.json.
+//
+// Floor 5 (reporting) of handnet's layering: it imports packages of floors 0–5 only
+// (README, "Packages"; tools/floors checks it).
 package report
 
 import (

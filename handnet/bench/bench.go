@@ -8,6 +8,9 @@
 // step is a forward pass in eval mode without gradients. Timing: warm-up
 // steps, then steps until both Options.Steps and Options.MinTime are
 // reached; on CUDA the clock is read after the device has finished.
+//
+// Floor 6 (study and library) of handnet's layering: it imports packages of floors 0–6 only
+// (README, "Packages"; tools/floors checks it).
 package bench
 
 import (

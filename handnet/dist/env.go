@@ -8,6 +8,9 @@
 // FromEnv reads what they set; Join rendezvouses and returns the Group the
 // trainer uses. A rank that dies, hangs or never arrives makes the others
 // fail within the timeout with an error naming it and what they waited in.
+//
+// Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
+// (README, "Packages"; tools/floors checks it).
 package dist
 
 import (

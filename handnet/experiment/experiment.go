@@ -6,6 +6,9 @@
 // split manifest), best.safetensors, last.safetensors and
 // epoch.safetensors, history.json/.csv, report.md, metrics.json and the
 // plots.
+//
+// Floor 6 (study and library) of handnet's layering: it imports packages of floors 0–6 only
+// (README, "Packages"; tools/floors checks it).
 package experiment
 
 import (

@@ -4,6 +4,9 @@
 // would give it, under a temporary name the sweeps of run folders and
 // caches recognise. It sits at the bottom of handnet: it imports nothing of
 // handnet's.
+//
+// Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
+// (README, "Packages"; tools/floors checks it).
 package fileio
 
 import (

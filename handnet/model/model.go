@@ -3,6 +3,9 @@
 // freeze scenarios of transfer learning, and the checkpoint format
 // (checkpoint.go). It imports only the torch runtime: data loading, training
 // and serving build on it.
+//
+// Floor 2 (model) of handnet's layering: it imports packages of floors 0–2 only
+// (README, "Packages"; tools/floors checks it).
 package model
 
 import (

@@ -4,6 +4,9 @@
 // Every package that reads or writes a run folder names files through it;
 // none spells a run file's name itself. It sits at the bottom of handnet,
 // beside fileio.
+//
+// Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
+// (README, "Packages"; tools/floors checks it).
 package rundir
 
 import (

@@ -6,6 +6,9 @@
 // goroutines move between OS threads between cgo calls. A Thread is a
 // goroutine locked to its OS thread; all torch work of a model goes through
 // its Do method, from any number of goroutines.
+//
+// Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
+// (README, "Packages"; tools/floors checks it).
 package torch
 
 import (

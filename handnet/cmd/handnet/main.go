@@ -2,6 +2,9 @@
 //
 // Run `handnet help` for the list of commands and `handnet CMD --help` for
 // the flags of one. Exit codes: 0 success, 1 failure, 2 bad usage.
+//
+// Floor 7 (commands) of handnet's layering: it imports packages of floors 0–7 only
+// (README, "Packages"; tools/floors checks it).
 package main
 
 import (
