@@ -21,10 +21,15 @@ import (
 //     (W·γ/√(σ²+ε) and β − μ·γ/√(σ²+ε)): one kernel instead of two;
 //   - dropout is gone (it does nothing in evaluation anyway);
 //   - on the CPU each convolution's weights are prepacked once for oneDNN
-//     (libtorch's mkldnn_prepacked ops), with the ReLU that follows fused
-//     into it; on CUDA the folded weights are laid out channels last once;
-//   - inputs run channels last, and in bf16 the weights are cast once
-//     instead of at every call as autocast does;
+//     (libtorch's mkldnn_prepacked ops) in the layout its kernels want for
+//     channels-last inputs, with the ReLU that follows fused into it; on
+//     CUDA the folded weights are laid out channels last once;
+//   - on the CPU in fp32 the CNN's fc1 runs as one more such convolution
+//     (the BLAS libtorch may be built with is far slower), and max-pooling
+//     skips the indices libtorch's kernel computes (native.MaxPool2d);
+//   - inputs run channels last (cast and laid out in one copy), in bf16
+//     the weights are cast once instead of at every call as autocast does,
+//     and each activation is freed as soon as it is used;
 //   - Forward runs under c10::InferenceMode.
 //
 // The logits equal Forward's within float rounding (tests: 1e-5 in fp32).
@@ -37,8 +42,35 @@ type Inference struct {
 	net       inferenceNet
 	owned     []*ts.Tensor
 	packed    []*native.Conv
-	prepack   bool   // prepack CPU convolutions (until libtorch says it cannot)
-	why       string // why not, when it could not
+	opts      inferenceOptions
+	why       string // why the convolutions are not prepacked, when libtorch could not
+}
+
+// inferenceOptions says how CPU convolutions run (the tests compare the
+// choices).
+type inferenceOptions struct {
+	prepack bool // prepack CPU convolutions (until libtorch says it cannot)
+	// packCL prepacks for channels-last inputs, which Forward makes; else
+	// the packed layout is the one for NCHW inputs, and every call
+	// reorders the weights into the channels-last one (≈ 25 % of a
+	// ResNet-18's time at batch 16).
+	packCL bool
+	fcConv bool // the CNN's fc1 as a convolution on the CPU
+	pool   bool // max-pool with native.MaxPool2d (no indices)
+}
+
+var defaultInferenceOptions = inferenceOptions{prepack: true, packCL: true, fcConv: true, pool: true}
+
+// maxPool is max_pool2d (k×k, stride st, padding pad) of x.
+func maxPool(s *torch.Scope, x *ts.Tensor, fast bool, k, st, pad int64) *ts.Tensor {
+	if fast {
+		y, err := native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})
+		if err != nil {
+			panic(err)
+		}
+		return s.T(y)
+	}
+	return s.T(x.MustMaxPool2d([]int64{k, k}, []int64{st, st}, []int64{pad, pad}, []int64{1, 1}, false, false))
 }
 
 type inferenceNet interface {
@@ -52,7 +84,11 @@ const bnEps = 1e-5
 // NewInference makes the inference form of m in m's precision. Call it on
 // the torch thread of m.
 func NewInference(m *Model) (inf *Inference, err error) {
-	inf = &Inference{Config: m.Config, device: m.VS.Device(), precision: m.Precision(), dtype: gotch.Float, prepack: true}
+	return newInference(m, defaultInferenceOptions)
+}
+
+func newInference(m *Model, o inferenceOptions) (inf *Inference, err error) {
+	inf = &Inference{Config: m.Config, device: m.VS.Device(), precision: m.Precision(), dtype: gotch.Float, opts: o}
 	if inf.precision != FP32 {
 		inf.dtype = inf.precision.dtype()
 	}
@@ -93,15 +129,15 @@ func (inf *Inference) Forward(x *ts.Tensor) (out *ts.Tensor, err error) {
 		s := torch.NewScope()
 		defer s.Close()
 		h := x
-		if h.DType() != inf.dtype {
-			h = s.T(h.MustTotype(inf.dtype, false))
-		}
-		if h.Dim() == 4 && !native.IsChannelsLast(h) {
-			cl, err := native.ChannelsLast(h)
+		if h.Dim() == 4 && (h.DType() != inf.dtype || !native.IsChannelsLast(h)) {
+			// Cast and lay out in one copy.
+			cl, err := native.ChannelsLastAs(h, inf.dtype)
 			if err != nil {
 				return err
 			}
 			h = s.T(cl)
+		} else if h.DType() != inf.dtype {
+			h = s.T(h.MustTotype(inf.dtype, false))
 		}
 		logits := inf.net.forward(s, h)
 		if logits.DType() != gotch.Float {
@@ -195,13 +231,24 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 			bt = bt.MustTotype(inf.dtype, true)
 		}
 	}
+	return inf.unit(u, wt, bt, h, w)
+}
+
+// unit makes u run weight wt and bias bt (may be nil), which it takes
+// ownership of, for inputs of [1, C, h, w].
+func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUnit, error) {
+	relu := u.relu
 	wt = wt.MustContiguous(true)
 	if bt != nil {
 		bt = bt.MustContiguous(true)
 	}
-	if !inf.device.IsCuda() && inf.prepack {
+	if !inf.device.IsCuda() && inf.opts.prepack {
+		// Prepacked for a batch of 1: at larger batches oneDNN picks
+		// kernels that want the same packed layout (checked with
+		// DNNL_VERBOSE for both models, fp32 and bf16, batches 1 and 16:
+		// no reorder at run time).
 		in := wt.MustSize()[1]
-		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu)
+		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu, inf.opts.packCL)
 		if err == nil {
 			// The prepacked copy is all the unit needs: the folded weights
 			// are dropped (a ResNet-18 serves with one extra copy of its
@@ -216,7 +263,7 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 		}
 		// A libtorch without oneDNN's prepacked ops: the folded weights run
 		// through the ordinary convolution, for every unit.
-		inf.prepack, inf.why = false, err.Error()
+		inf.opts.prepack, inf.why = false, err.Error()
 	}
 	u.w = inf.keep(wt)
 	if bt != nil {
@@ -249,10 +296,12 @@ func convOut(n, k, stride, pad int64) int64 { return (n+2*pad-k)/stride + 1 }
 type cnnInference struct {
 	convs    [3]*convUnit
 	fc1, fc2 *linearUnit
+	fc1conv  *convUnit // fc1+ReLU on the CPU, instead of fc1
+	pool     bool      // native max-pool
 }
 
 func (inf *Inference) buildCNN(m *CNN) error {
-	n := &cnnInference{}
+	n := &cnnInference{pool: inf.opts.pool}
 	h, w := int64(inf.Config.Height), int64(inf.Config.Width)
 	for i, c := range []struct {
 		conv *nn.Conv2D
@@ -265,17 +314,48 @@ func (inf *Inference) buildCNN(m *CNN) error {
 		n.convs[i] = u
 		h, w = convOut(h, 5, 1, 0)/2, convOut(w, 5, 1, 0)/2
 	}
-	n.fc1, n.fc2 = inf.linear(m.fc1), inf.linear(m.fc2)
+	n.fc2 = inf.linear(m.fc2)
+	c := m.conv3.Ws.MustSize()[0]
+	if inf.device.IsCuda() || !inf.opts.fcConv || inf.dtype != gotch.Float || m.fc1.Ws.MustSize()[0] != c*h*w {
+		n.fc1 = inf.linear(m.fc1)
+		inf.net = n
+		return nil
+	}
+	// On the CPU in fp32, fc1 runs as a convolution whose kernel covers
+	// the whole last feature map [64, h, w]: the same sums over the same
+	// weights (fc1's [256, 64·h·w] is the kernel [256, 64, h, w] in NCHW
+	// order), through oneDNN with the ReLU fused, where an fp32 linear
+	// layer goes to the BLAS libtorch was built with (Debian's: the
+	// reference BLAS, one thread: 37 ms against 2.3 ms at batch 16). No
+	// flatten copy either. A bf16 linear layer already runs on oneDNN's
+	// matrix product, as fast (at batch 16, faster) as the convolution.
+	wt := m.fc1.Ws.MustT(false).MustTotype(inf.dtype, true).MustContiguous(true)
+	out := wt.MustSize()[0]
+	wt = wt.MustView([]int64{out, c, h, w}, true)
+	bt := m.fc1.Bs.MustTotype(inf.dtype, false)
+	var err error
+	if n.fc1conv, err = inf.unit(&convUnit{stride: [2]int64{1, 1}, relu: true}, wt, bt, h, w); err != nil {
+		return err
+	}
 	inf.net = n
 	return nil
 }
 
 // forward is the study's CNN without dropout: (conv+ReLU, max-pool 2) ×3,
 // flatten (in NCHW order, whatever the layout), fc1+ReLU, fc2.
+//
+// Each activation is freed as soon as the next one is made (free, see
+// below), as PyTorch's reference counting does.
 func (n *cnnInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
 	h := x
 	for _, u := range n.convs {
-		h = s.T(u.run(s, h).MaxPool2DDefault(2, false))
+		c := free(s, h, u.run(s, h))
+		h = free(s, c, maxPool(s, c, n.pool, 2, 2, 0))
+	}
+	if n.fc1conv != nil {
+		c := free(s, h, n.fc1conv.run(s, h))
+		h = free(s, c, s.T(c.MustFlatten(1, -1, false))) // [N, 256, 1, 1]: a view
+		return n.fc2.run(s, h)
 	}
 	h = s.T(h.MustFlatten(1, -1, false))
 	h = n.fc1.run(s, h)
@@ -283,10 +363,23 @@ func (n *cnnInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
 	return n.fc2.run(s, h)
 }
 
+// free frees used (unless it is not s's: the caller's input) and returns
+// next, made from it. Freeing each activation once it is used, instead of
+// all at the end of the pass, lets the allocator give its memory to the
+// next ones: at batch 16 a pass otherwise holds all of them at once (a
+// ResNet-18 in fp32: over 60 MB), which glibc hands back to the system
+// at the end and takes again, page by page, in the next pass (5,500 page
+// faults a pass, ≈ 5 % of its time).
+func free(s *torch.Scope, used, next *ts.Tensor) *ts.Tensor {
+	s.Free(used)
+	return next
+}
+
 type resnetInference struct {
 	stem   *convUnit
 	blocks []resnetBlock
 	fc     *linearUnit
+	pool   bool // native max-pool
 }
 
 type resnetBlock struct {
@@ -294,7 +387,7 @@ type resnetBlock struct {
 }
 
 func (inf *Inference) buildResNet(m *ResNet18) error {
-	n := &resnetInference{}
+	n := &resnetInference{pool: inf.opts.pool}
 	h, w := int64(inf.Config.Height), int64(inf.Config.Width)
 	var err error
 	if n.stem, err = inf.conv(m.conv1, m.bn1, true, h, w); err != nil {
@@ -329,20 +422,24 @@ func (inf *Inference) buildResNet(m *ResNet18) error {
 // forward is torchvision's ResNet-18 with every BatchNorm folded: stem
 // (conv+ReLU, max-pool), eight BasicBlocks (conv+ReLU, conv, + identity or
 // the folded downsample, ReLU), average pool, fc.
+// Each activation is freed once used (see free).
 func (n *resnetInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
-	h := n.stem.run(s, x)
-	h = s.T(h.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, false))
+	h := free(s, x, n.stem.run(s, x))
+	h = free(s, h, maxPool(s, h, n.pool, 3, 2, 1))
 	for _, b := range n.blocks {
-		out := b.conv2.run(s, b.conv1.run(s, h))
+		a := b.conv1.run(s, h)
+		out := free(s, a, b.conv2.run(s, a))
 		identity := h
 		if b.down != nil {
 			identity = b.down.run(s, h)
 		}
 		out.MustAdd_(identity)
 		out.MustRelu_()
-		h = out
+		s.Free(identity)
+		h = free(s, h, out)
 	}
-	pooled := s.T(s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false))
+	pooled := free(s, h, s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)))
+	pooled = free(s, pooled, s.T(pooled.MustFlatten(1, -1, false)))
 	return n.fc.run(s, pooled)
 }
 
@@ -352,7 +449,7 @@ func (inf *Inference) String() string {
 	var parts []string
 	switch {
 	case len(inf.packed) > 0 && inf.why == "":
-		parts = append(parts, fmt.Sprintf("%d convolutions prepacked for oneDNN (BatchNorm folded, ReLU fused)", len(inf.packed)))
+		parts = append(parts, fmt.Sprintf("%d convolutions prepacked for oneDNN (BatchNorm folded, ReLU fused, channels-last layout)", len(inf.packed)))
 	case inf.why != "":
 		parts = append(parts, "BatchNorm folded (not prepacked: "+inf.why+")")
 	default:

@@ -11,6 +11,7 @@
 #include "native.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -31,10 +32,14 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <dlfcn.h>
+#include <immintrin.h>
 #include <malloc.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -389,6 +394,12 @@ char* hn_channels_last(hn_tensor t, hn_tensor* out) {
   HN_CATCH
 }
 
+char* hn_channels_last_as(hn_tensor t, int dtype, hn_tensor* out) {
+  HN_TRY
+  *out = new at::Tensor(T(t).to(static_cast<at::ScalarType>(dtype), false, false, at::MemoryFormat::ChannelsLast));
+  HN_CATCH
+}
+
 int hn_is_channels_last(hn_tensor t) {
   try {
     return T(t).is_contiguous(at::MemoryFormat::ChannelsLast) && !T(t).is_contiguous() ? 1 : 0;
@@ -522,14 +533,28 @@ std::vector<int64_t> vec(const int64_t* p, int n) { return std::vector<int64_t>(
 }  // namespace
 
 char* hn_conv_prepack(hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding, const int64_t* dilation,
-                      int64_t groups, const int64_t* input_size, int relu, hn_conv** out) {
+                      int64_t groups, const int64_t* input_size, int relu, int channels_last, hn_conv** out) {
   HN_TRY
   static const c10::OperatorHandle op = prepackedOp("mkldnn_prepacked::conv2d_prepack");
   c10::InferenceMode guard;
   c10::optional<at::Tensor> bias;
   if (b != nullptr && T(b).defined()) bias = T(b).contiguous();
+  // libtorch chooses the packed layout for channels-last inputs when the
+  // weight it is given is laid out channels last, else for NCHW ones; a
+  // layout for the other kind is reordered at every call. A 1x1 weight is
+  // both contiguous and channels-last contiguous, and libtorch takes it for
+  // NCHW unless its strides say otherwise: it is copied into explicit
+  // channels-last strides.
+  at::Tensor weight = T(w);
+  if (channels_last) {
+    if (weight.suggest_memory_format() != at::MemoryFormat::ChannelsLast || !weight.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::ChannelsLast)).copy_(weight);
+    }
+  } else {
+    weight = weight.contiguous();
+  }
   torch::jit::Stack st;
-  st.emplace_back(T(w).contiguous());
+  st.emplace_back(weight);
   st.emplace_back(bias);
   st.emplace_back(vec(stride, 2));
   st.emplace_back(vec(padding, 2));
@@ -554,3 +579,139 @@ char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out) {
 }
 
 void hn_conv_free(hn_conv* c) { delete c; }
+
+// ---- max pooling without indices ----
+
+namespace {
+
+// maxPoolCL16 pools a channels-last [N, H, W, C] tensor, C a multiple of 16,
+// with AVX-512: for each output pixel the window's channel vectors are
+// compared 16 channels at a time. NaN wins, as in libtorch's kernel
+// (v > max || isnan(v)). T is float or bf16 (uint16_t bits, compared as
+// floats and written back unchanged).
+// It computes output rows [r0, r1) of the N·OH.
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) void maxPoolCL16(const T* in, T* out, int64_t r0, int64_t r1, int64_t H,
+                                                              int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t kh,
+                                                              int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                                              int64_t pw) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t n = r / OH, oh = r % OH;
+    int64_t h0 = oh * sh - ph, h1 = std::min(h0 + kh, H);
+    h0 = std::max<int64_t>(h0, 0);
+    for (int64_t ow = 0; ow < OW; ow++) {
+      int64_t w0 = ow * sw - pw, w1 = std::min(w0 + kw, W);
+      w0 = std::max<int64_t>(w0, 0);
+      T* o = out + (r * OW + ow) * C;
+      for (int64_t c = 0; c < C; c += 16) {
+        __m512 m = ninf;
+        for (int64_t h = h0; h < h1; h++) {
+          const T* row = in + ((n * H + h) * W) * C + c;
+          for (int64_t w = w0; w < w1; w++) {
+            __m512 v;
+            if constexpr (sizeof(T) == 4) {
+              v = _mm512_loadu_ps(reinterpret_cast<const float*>(row + w * C));
+            } else {
+              __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + w * C));
+              v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+            }
+            __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            m = _mm512_mask_mov_ps(m, take, v);
+          }
+        }
+        if constexpr (sizeof(T) == 4) {
+          _mm512_storeu_ps(reinterpret_cast<float*>(o + c), m);
+        } else {
+          __m256i b = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(m), 16));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), b);
+        }
+      }
+    }
+  }
+}
+
+bool haveAVX512BW() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+}
+
+// parallelFor runs f(begin, end) over [0, n) split among libtorch's
+// intra-op threads. at::parallel_for cannot: it is a header template whose
+// OpenMP pragma this file, compiled without -fopenmp, drops. The OpenMP
+// runtime libtorch loaded is reached by name at run time instead
+// (GOMP_parallel, what `#pragma omp parallel` compiles to; libgomp and
+// Intel's runtime both have it), with the thread count libtorch set on
+// this thread; without it, or inside a parallel region, f runs serially.
+struct Omp {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);
+  int (*num)();
+  int (*id)();
+};
+
+const Omp& omp() {
+  static const Omp o = {
+      reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(dlsym(RTLD_DEFAULT, "GOMP_parallel")),
+      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_num_threads")),
+      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"))};
+  return o;
+}
+
+template <typename F>
+void parallelFor(int64_t n, const F& f) {
+  const Omp& o = omp();
+  int threads = at::get_num_threads();
+  if (o.parallel == nullptr || o.num == nullptr || o.id == nullptr || threads < 2 || n < 2 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  struct Ctx {
+    const F* f;
+    int64_t n;
+    const Omp* o;
+  } ctx{&f, n, &o};
+  o.parallel(
+      [](void* p) {
+        auto* c = static_cast<Ctx*>(p);
+        int64_t nt = c->o->num(), id = c->o->id();
+        int64_t chunk = (c->n + nt - 1) / nt, b = id * chunk, e = std::min(c->n, b + chunk);
+        if (b < e) (*c->f)(b, e);
+      },
+      &ctx, static_cast<unsigned>(threads), 0);
+}
+
+}  // namespace
+
+extern "C" char* hn_max_pool2d(hn_tensor x, const int64_t* kernel, const int64_t* stride, const int64_t* padding,
+                               hn_tensor* out) {
+  HN_TRY
+  const at::Tensor& t = T(x);
+  auto k = vec(kernel, 2), st = vec(stride, 2), pd = vec(padding, 2);
+  bool fast = haveAVX512BW() && t.device().is_cpu() && t.dim() == 4 && t.size(1) % 16 == 0 && t.numel() > 0 &&
+              (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) &&
+              t.is_contiguous(at::MemoryFormat::ChannelsLast) && k[0] > 0 && k[1] > 0 && st[0] > 0 && st[1] > 0 &&
+              pd[0] >= 0 && pd[1] >= 0 && 2 * pd[0] <= k[0] && 2 * pd[1] <= k[1] && t.size(2) + 2 * pd[0] >= k[0] &&
+              t.size(3) + 2 * pd[1] >= k[1];
+  if (!fast) {
+    *out = new at::Tensor(at::max_pool2d(t, k, st, pd));
+    return nullptr;
+  }
+  int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
+  int64_t OH = (H + 2 * pd[0] - k[0]) / st[0] + 1, OW = (W + 2 * pd[1] - k[1]) / st[1] + 1;
+  at::Tensor y = at::empty({N, C, OH, OW}, t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (t.scalar_type() == at::kFloat) {
+    const float* src = t.data_ptr<float>();
+    float* dst = y.data_ptr<float>();
+    parallelFor(N * OH, [&](int64_t r0, int64_t r1) {
+      maxPoolCL16(src, dst, r0, r1, H, W, C, OH, OW, k[0], k[1], st[0], st[1], pd[0], pd[1]);
+    });
+  } else {
+    auto src = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+    auto dst = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+    parallelFor(N * OH, [&](int64_t r0, int64_t r1) {
+      maxPoolCL16(src, dst, r0, r1, H, W, C, OH, OW, k[0], k[1], st[0], st[1], pd[0], pd[1]);
+    });
+  }
+  *out = new at::Tensor(std::move(y));
+  HN_CATCH
+}

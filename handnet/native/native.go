@@ -412,6 +412,18 @@ func ChannelsLast(t *ts.Tensor) (*ts.Tensor, error) {
 	return ts.FromCtensor(unsafe.Pointer(out)), nil
 }
 
+// ChannelsLastAs returns t converted to dtype and laid out channels last,
+// in one copy (or none when t already is both), as a new tensor handle.
+func ChannelsLastAs(t *ts.Tensor, dtype gotch.DType) (*ts.Tensor, error) {
+	var out C.hn_tensor
+	err := cerr(C.hn_channels_last_as(C.hn_tensor(t.Ctensor()), C.int(dtype.CInt()), &out))
+	runtime.KeepAlive(t)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
+}
+
 // IsChannelsLast says whether t is laid out channels last (and not also
 // plainly contiguous).
 func IsChannelsLast(t *ts.Tensor) bool {
@@ -477,21 +489,27 @@ type Conv struct {
 }
 
 // PrepackConv prepacks weight w and bias b (nil: none) for inputs shaped
-// like inputSize ([N, C, H, W]; other shapes run too). Call it on a torch
-// thread.
-func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64, inputSize [4]int64, relu bool) (*Conv, error) {
+// like inputSize ([N, C, H, W]; other shapes run too) and laid out channels
+// last (channelsLast) or NCHW: an input of the other layout, or of a batch
+// size for which oneDNN picks other kernels, makes every call reorder the
+// weights. A channels-last w shares its storage with the prepacked form.
+// Call it on a torch thread.
+func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64, inputSize [4]int64, relu, channelsLast bool) (*Conv, error) {
 	var bc C.hn_tensor
 	if b != nil {
 		bc = C.hn_tensor(b.Ctensor())
 	}
-	r := C.int(0)
+	r, cl := C.int(0), C.int(0)
 	if relu {
 		r = 1
+	}
+	if channelsLast {
+		cl = 1
 	}
 	var out *C.hn_conv
 	err := cerr(C.hn_conv_prepack(C.hn_tensor(w.Ctensor()), bc, (*C.int64_t)(unsafe.Pointer(&stride[0])),
 		(*C.int64_t)(unsafe.Pointer(&padding[0])), (*C.int64_t)(unsafe.Pointer(&dilation[0])), C.int64_t(groups),
-		(*C.int64_t)(unsafe.Pointer(&inputSize[0])), r, &out))
+		(*C.int64_t)(unsafe.Pointer(&inputSize[0])), r, cl, &out))
 	runtime.KeepAlive(w)
 	runtime.KeepAlive(b)
 	if err != nil {
@@ -517,4 +535,19 @@ func (c *Conv) Close() {
 		C.hn_conv_free(c.c)
 		c.c = nil
 	}
+}
+
+// MaxPool2d is max_pool2d of x (no dilation, floor mode) without indices:
+// on the CPU, for a channels-last float or bf16 x whose channels are a
+// multiple of 16, one AVX-512 pass (libtorch 1.13 computes and writes the
+// indices too); otherwise libtorch's. Same values, NaN included.
+func MaxPool2d(x *ts.Tensor, kernel, stride, padding [2]int64) (*ts.Tensor, error) {
+	var out C.hn_tensor
+	err := cerr(C.hn_max_pool2d(C.hn_tensor(x.Ctensor()), (*C.int64_t)(unsafe.Pointer(&kernel[0])),
+		(*C.int64_t)(unsafe.Pointer(&stride[0])), (*C.int64_t)(unsafe.Pointer(&padding[0])), &out))
+	runtime.KeepAlive(x)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
 }

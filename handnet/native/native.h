@@ -78,6 +78,9 @@ char* hn_set_channels_last(hn_tensor t, int on);
 // hn_channels_last returns t laid out channels last (t itself, shared, when
 // it already is); *out is a new handle.
 char* hn_channels_last(hn_tensor t, hn_tensor* out);
+// hn_channels_last_as returns t in dtype (an at::ScalarType code), laid out
+// channels last, in one copy (t itself, shared, when it already is both).
+char* hn_channels_last_as(hn_tensor t, int dtype, hn_tensor* out);
 // hn_is_channels_last says whether t is laid out channels last.
 int hn_is_channels_last(hn_tensor t);
 
@@ -107,14 +110,23 @@ void hn_inference_mode_exit(void* guard);
 // CPU): hn_conv_prepack lays out weight w (and bias b, may be NULL) once in
 // the blocked format oneDNN's kernels want for inputs shaped like
 // input_size (N, C, H, W; other shapes run too), with a ReLU fused after
-// the convolution when relu is 1. hn_conv_run applies it to x (NCHW or
-// channels last; the output follows x's layout). An error names a libtorch
-// without the ops (built without oneDNN).
+// the convolution when relu is 1; the layout suits channels-last inputs
+// when channels_last is 1, NCHW ones when 0 (an input of the other kind
+// runs too, reordering the weights at every call). hn_conv_run applies it
+// to x (NCHW or channels last; the output follows x's layout). An error
+// names a libtorch without the ops (built without oneDNN).
 typedef struct hn_conv hn_conv;
 char* hn_conv_prepack(hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding, const int64_t* dilation,
-                      int64_t groups, const int64_t* input_size, int relu, hn_conv** out);
+                      int64_t groups, const int64_t* input_size, int relu, int channels_last, hn_conv** out);
 char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out);
 void hn_conv_free(hn_conv* c);
+
+// hn_max_pool2d is max_pool2d (no dilation, floor mode) of x: for a
+// channels-last float or bf16 x with channels a multiple of 16, on a CPU
+// with AVX-512, one pass without the indices that libtorch's CPU kernel
+// always computes (and writes, 8 bytes per output); otherwise libtorch's.
+// The output is channels last when x is.
+char* hn_max_pool2d(hn_tensor x, const int64_t* kernel, const int64_t* stride, const int64_t* padding, hn_tensor* out);
 
 #ifdef __cplusplus
 }

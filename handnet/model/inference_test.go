@@ -1,0 +1,109 @@
+package model
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/torch"
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Every way the inference form can run its CPU layers (prepacked for
+// channels-last or NCHW inputs, not prepacked as with a libtorch without
+// oneDNN's prepacked ops, fc1 as a linear layer or a convolution, libtorch's
+// max-pool or the native one) gives the eval-mode model's logits: within
+// 1e-5 in fp32, within bf16's rounding in bf16, NCHW or channels-last
+// input, batch 1 and 5.
+func TestInferenceOptionsEqualModel(t *testing.T) {
+	th := torch.NewThread(2)
+	defer th.Close()
+	for _, cfg := range []Config{
+		{Arch: "cnn", Dropout: FinalDropout, Classes: []string{"a", "b", "c"}, Width: 64, Height: 48, Std: [3]float32{1, 1, 1}},
+		{Arch: "cnn", Dropout: "conv0.2-fc1-0.5", BatchNorm: true, Classes: []string{"a", "b", "c"}, Width: 64, Height: 48, Std: [3]float32{1, 1, 1}},
+		{Arch: "resnet18", Classes: []string{"a", "b", "c"}, Width: 64, Height: 48, Std: [3]float32{1, 1, 1}},
+	} {
+		t.Run(fmt.Sprintf("%s-bn%v", cfg.Arch, cfg.BatchNorm), func(t *testing.T) {
+			err := th.Do(func() error {
+				torch.ManualSeed(5)
+				m, err := New(cfg, gotch.CPU)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				for _, n := range []int64{1, 5} {
+					x := ts.MustRandn([]int64{n, 3, 48, 64}, gotch.Float, gotch.CPU)
+					var want []float64
+					if err := torch.NoGrad(func() error {
+						y := m.Forward(x, false)
+						want = y.Float64Values()
+						y.MustDrop()
+						return nil
+					}); err != nil {
+						return err
+					}
+					for _, prec := range []Precision{FP32, BF16} {
+						if err := m.SetPrecision(prec); err != nil {
+							return err
+						}
+						for name, o := range map[string]inferenceOptions{
+							"default":         defaultInferenceOptions,
+							"nchw-packed":     {prepack: true},
+							"not-prepacked":   {fcConv: true},
+							"libtorch-layers": {prepack: true, packCL: true},
+						} {
+							inf, err := newInference(m, o)
+							if err != nil {
+								return err
+							}
+							y, err := inf.Forward(x)
+							if err != nil {
+								inf.Close()
+								return fmt.Errorf("%s %s: %w", name, prec, err)
+							}
+							got := y.Float64Values()
+							y.MustDrop()
+							xcl, err := native.ChannelsLast(x)
+							if err != nil {
+								inf.Close()
+								return err
+							}
+							y, err = inf.Forward(xcl)
+							xcl.MustDrop()
+							inf.Close()
+							if err != nil {
+								return fmt.Errorf("%s %s channels last: %w", name, prec, err)
+							}
+							d := max(maxAbsDiff(got, want), maxAbsDiff(y.Float64Values(), want))
+							y.MustDrop()
+							tol := 1e-5
+							if prec == BF16 {
+								tol = 0.02 * (spanOf(want) + 1e-3)
+							}
+							if !(d <= tol) {
+								return fmt.Errorf("%s %s batch %d: logits differ from the model's by %g (want <= %g)", name, prec, n, d, tol)
+							}
+						}
+					}
+					if err := m.SetPrecision(FP32); err != nil {
+						return err
+					}
+					x.MustDrop()
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func spanOf(v []float64) float64 {
+	lo, hi := v[0], v[0]
+	for _, x := range v {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return hi - lo
+}
