@@ -33,8 +33,11 @@
 #endif
 
 #include <dlfcn.h>
-#include <immintrin.h>
 #include <malloc.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HN_AVX512_POOL 1
+#endif
 
 #include <chrono>
 #include <cmath>
@@ -584,6 +587,7 @@ void hn_conv_free(hn_conv* c) { delete c; }
 
 namespace {
 
+#ifdef HN_AVX512_POOL
 // maxPoolCL16 pools a channels-last [N, H, W, C] tensor, C a multiple of 16,
 // with AVX-512: for each output pixel the window's channel vectors are
 // compared 16 channels at a time. NaN wins, as in libtorch's kernel
@@ -635,6 +639,12 @@ bool haveAVX512BW() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return ok;
 }
+#else
+bool haveAVX512BW() { return false; }
+template <typename T>
+void maxPoolCL16(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                 int64_t, int64_t, int64_t, int64_t) {}
+#endif
 
 // parallelFor runs f(begin, end) over [0, n) split among libtorch's
 // intra-op threads. at::parallel_for cannot: it is a header template whose
