@@ -10,6 +10,9 @@
 // include and library folders, C++ ABI and CUDA choice as gotch's copy, plus
 // the features whose headers were found. Every C++ exception is caught at the
 // boundary and comes back as a Go error. Features reports what this build has.
+//
+// Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
+// (README, "Packages"; tools/floors checks it).
 package native
 
 // #include <stdlib.h>

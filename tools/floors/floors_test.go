@@ -71,6 +71,8 @@ const libtorchRoot = "github.com/sugarme/gotch"
 
 type pkg struct {
 	ImportPath string
+	Dir        string
+	GoFiles    []string
 	Imports    []string
 	Deps       []string
 	Module     *struct{ Path string }
@@ -100,7 +102,7 @@ func listModule(t *testing.T) (string, []pkg) {
 	if gomod == "" || gomod == os.DevNull {
 		t.Fatal("go env GOMOD: not in a module")
 	}
-	cmd := exec.Command(goCmd, "list", "-e", "-json=ImportPath,Imports,Deps,Module,Error", "./...")
+	cmd := exec.Command(goCmd, "list", "-e", "-json=ImportPath,Dir,GoFiles,Imports,Deps,Module,Error", "./...")
 	cmd.Dir = filepath.Dir(gomod)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -172,6 +174,9 @@ func TestFloors(t *testing.T) {
 				t.Errorf("%s (floor %d) imports %s (floor %d > %d)", name, floor, dep, to, floor)
 			}
 		}
+		if floor != tools && !statesFloor(p, floor) {
+			t.Errorf("%s: its package comment does not say \"Floor %d (%s)\": a reader of the package learns its floor there", name, floor, floorNames[floor])
+		}
 		if p.Error != nil {
 			t.Logf("%s: go list: %s (its imports are checked as listed)", name, p.Error.Err)
 		}
@@ -181,6 +186,23 @@ func TestFloors(t *testing.T) {
 			t.Errorf("%s is in the floors table but not in the module: remove or rename it there", name)
 		}
 	}
+}
+
+// statesFloor tells whether p's package comment (in any of its files)
+// names its floor: "Floor N (name)".
+func statesFloor(p pkg, floor int) bool {
+	want := fmt.Sprintf("// Floor %d (%s)", floor, floorNames[floor])
+	for _, f := range p.GoFiles {
+		b, err := os.ReadFile(filepath.Join(p.Dir, f))
+		if err != nil {
+			continue
+		}
+		head, _, _ := strings.Cut(string(b), "\npackage ")
+		if strings.Contains(head, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // needsLibtorch tells whether the package path (or what it imports) uses gotch.
