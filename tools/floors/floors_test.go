@@ -73,6 +73,7 @@ type pkg struct {
 	ImportPath string
 	Dir        string
 	GoFiles    []string
+	CgoFiles   []string
 	Imports    []string
 	Deps       []string
 	Module     *struct{ Path string }
@@ -102,7 +103,7 @@ func listModule(t *testing.T) (string, []pkg) {
 	if gomod == "" || gomod == os.DevNull {
 		t.Fatal("go env GOMOD: not in a module")
 	}
-	cmd := exec.Command(goCmd, "list", "-e", "-json=ImportPath,Dir,GoFiles,Imports,Deps,Module,Error", "./...")
+	cmd := exec.Command(goCmd, "list", "-e", "-json=ImportPath,Dir,GoFiles,CgoFiles,Imports,Deps,Module,Error", "./...")
 	cmd.Dir = filepath.Dir(gomod)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -192,7 +193,7 @@ func TestFloors(t *testing.T) {
 // names its floor: "Floor N (name)".
 func statesFloor(p pkg, floor int) bool {
 	want := fmt.Sprintf("// Floor %d (%s)", floor, floorNames[floor])
-	for _, f := range p.GoFiles {
+	for _, f := range append(p.GoFiles, p.CgoFiles...) {
 		b, err := os.ReadFile(filepath.Join(p.Dir, f))
 		if err != nil {
 			continue
