@@ -114,7 +114,7 @@ func checkPageExtras(ctx context.Context, t *testing.T, c *handnet.Classifier, u
 		}
 		return s
 	}
-	if got, want := text("#curl"), "curl -F image=@hand.jpg '"+url+"/predict?top=3'"; got != want {
+	if got, want := text("#curl"), "curl -F image=@photo.jpg '"+url+"/predict?top=3'"; got != want {
 		t.Errorf("curl line %q, want %q", got, want)
 	}
 	if got := text("#trained"); !strings.Contains(got, "Trained on testdata/synthetic-hands.") || !strings.Contains(got, "synthetic hands") {
