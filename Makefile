@@ -6,7 +6,7 @@ BIN     := bin/handnet
 # Timeout for the whole test run; the cold libtch compile is not part of it.
 TESTFLAGS ?= -timeout 30m
 
-.PHONY: all setup build install test run clean fixtures fuzz browser
+.PHONY: all setup build install test run clean fixtures fuzz browser curl-jq
 
 all: build
 
@@ -32,7 +32,7 @@ install: build
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/handnet
 	@echo "installed $(DESTDIR)$(PREFIX)/bin/handnet ($$($(BIN) version --short))"
 
-test: setup fixtures browser torchrun image-base
+test: setup fixtures browser torchrun image-base curl-jq
 	CI=$${CI:-1} $(GO) test $(TESTFLAGS) ./...
 	@echo "== the library under the race detector (32 goroutines predicting at once)"
 	$(GO) test -race $(TESTFLAGS) -run 'Concurrent|Handler' ./handnet
@@ -50,6 +50,13 @@ fuzz: setup fixtures
 	  echo "$$out" | grep -v '^fuzz: elapsed'; echo "$$out" | grep '^fuzz: elapsed' | tail -n 2 | head -n 1; \
 	  [ $$st = 0 ] || exit 1; \
 	done
+
+# curl and jq, which the README's serve step uses (TestREADMECommands runs it).
+curl-jq:
+	@command -v curl >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 || { \
+	  echo "installing curl and jq (Debian) for the README's commands"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl jq >/dev/null; \
+	  else echo "run: sudo apt-get install curl jq" >&2; exit 1; fi; }
 
 # Debian's chromium, for the web page's test in a real browser (chromedp).
 browser:

@@ -2,13 +2,19 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // readmeLine is a command line shown in a README code block.
@@ -142,10 +148,13 @@ var readmeCoveredBy = map[string]string{
 
 // TestREADMECommands checks the commands the READMEs show: every handnet
 // command line parses with that command's real flags; the guide's first
-// four steps (your copy of the dataset → train → evaluate → predict) run in
-// order, on a small synthetic copy of the dataset in a home folder of
-// their own, each exiting 0 and leaving what the README says; every other
-// command line names the test that runs it, and that test exists.
+// five steps (your copy of the dataset → train → evaluate → predict →
+// serve) run in order as a user runs them — each line through bash, with
+// `handnet` and `bin/handnet` on hand, ~ expanded by the shell, curl and
+// jq talking to the served model — on a small synthetic copy of the
+// dataset in a home folder of their own, each exiting 0 and leaving what
+// the README says; every other command line names the test that runs it,
+// and that test exists.
 func TestREADMECommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the guide trains two runs")
@@ -160,7 +169,7 @@ func TestREADMECommands(t *testing.T) {
 	}
 	sources := testSources(t, root)
 
-	guide := regexp.MustCompile(`^[1-4]\. `)
+	guide := regexp.MustCompile(`^[1-5]\. `)
 	var run []readmeLine
 	for _, l := range lines {
 		if args, ok := handnetWords(l.text); ok {
@@ -173,7 +182,7 @@ func TestREADMECommands(t *testing.T) {
 			continue
 		}
 		if guide.MatchString(l.section) || l.section == "The run folder" {
-			if _, ok := handnetWords(l.text); ok {
+			if _, ok := handnetWords(l.text); ok || strings.HasPrefix(l.text, "curl ") {
 				run = append(run, l)
 				continue
 			}
@@ -192,8 +201,8 @@ func TestREADMECommands(t *testing.T) {
 			t.Errorf("%s: readmeCoveredBy names %s, which no test file defines", l, name)
 		}
 	}
-	if len(run) < 8 {
-		t.Fatalf("the guide's steps 1-4 show %d handnet commands, want at least 8 (data stats, fakedata, train, resume, ResNet-18, eval, weights info, predict, explain)", len(run))
+	if len(run) < 10 {
+		t.Fatalf("the guide's steps 1-5 show %d commands, want at least 10 (data stats, fakedata, train, resume, ResNet-18, eval, weights info, predict, explain, serve and its curl lines)", len(run))
 	}
 
 	// A home and a working folder of the guide's own; ~/11k-hands is a
@@ -229,30 +238,94 @@ func TestREADMECommands(t *testing.T) {
 		t.Fatalf("golden fixtures missing (%v): `make test` runs `make fixtures` first", err)
 	}
 
+	// handnet and bin/handnet are this test binary acting as the command.
+	bin := filepath.Join(dir, "bin")
+	shim := "#!/bin/sh\nHANDNET_TEST_MAIN=1 exec " + strconv.Quote(os.Args[0]) + " \"$@\"\n"
+	for _, p := range []string{filepath.Join(bin, "handnet"), filepath.Join(work, "bin", "handnet")} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(shim), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := append(os.Environ(), "HOME="+home, "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CACHE_HOME=")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	var served *exec.Cmd
+	servedOut := &lockedBuffer{}
+	defer func() {
+		if served != nil {
+			served.Process.Kill()
+		}
+	}()
 	for _, l := range run {
-		args, _ := handnetWords(l.text)
-		args = expandHome(args, home)
+		line := l.text
+		args, isHandnet := handnetWords(line)
 		switch {
-		case len(args) >= 2 && args[0] == "weights" && args[1] == "fetch":
+		case isHandnet && len(args) >= 2 && args[0] == "weights" && args[1] == "fetch":
 			// No internet here: the golden fixtures' torchvision-format
 			// ResNet-18 stands for the published file (TestFetchResumesAndVerifies
 			// fetches from a local server).
 			continue
-		case args[0] == "fakedata":
-			args = append(args, "--size", "340x256", "--count", "48") // the guide's 960 full-size photos: a minute of drawing
-		case args[0] == "train":
-			args = append(args, "--epochs", "1", "--batch-size", "8")
-			for i, a := range args {
-				if strings.HasSuffix(a, "resnet18-f37072fd.pth") {
-					args[i] = resnet
+		case isHandnet && args[0] == "fakedata":
+			line += " --size 340x256 --count 48" // the guide's 960 full-size photos: a minute of drawing
+		case isHandnet && args[0] == "train":
+			line = strings.ReplaceAll(line, "~/.cache/handnet/weights/resnet18-f37072fd.pth", strconv.Quote(resnet))
+			line += " --epochs 1 --batch-size 8"
+		}
+		line = strings.ReplaceAll(line, ":8080", ":"+port)
+		t.Logf("%s\n  → %s", l, line)
+		cmd := exec.Command("bash", "-o", "pipefail", "-c", line)
+		cmd.Dir, cmd.Env = work, env
+		if isHandnet && args[0] == "serve" {
+			// The server runs until the guide's curl lines are done.
+			cmd.Stdout, cmd.Stderr = servedOut, servedOut
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			served = cmd
+			waitReady(t, "http://127.0.0.1:"+port+"/readyz", servedOut)
+			continue
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s%s", l, err, out, stderr.String())
+		}
+		if strings.HasPrefix(line, "curl ") {
+			got := strings.TrimSpace(string(out))
+			switch {
+			case strings.Contains(line, "/predict"):
+				var r struct {
+					Results []struct {
+						Class string
+						Top   []struct{ Class string }
+					}
+				}
+				if json.Unmarshal(out, &r) != nil || len(r.Results) != 1 || r.Results[0].Class == "" || len(r.Results[0].Top) != 3 {
+					t.Errorf("%s: want one result with the top 3 classes, got %s", l, got)
+				}
+			case strings.Contains(line, ".overlay"):
+				if !strings.HasPrefix(got, "data:image/png;base64,") {
+					t.Errorf("%s: want a data: URL of a PNG, got %.80s", l, got)
 				}
 			}
 		}
-		t.Logf("%s\n  → handnet %s", l, strings.Join(args, " "))
-		if code := run1(t, args...); code != 0 {
-			t.Fatalf("%s: exit %d", l, code)
-		}
 	}
+	if served == nil {
+		t.Fatal("the guide's serve step ran no server")
+	}
+	served.Process.Signal(syscall.SIGTERM)
+	if err := served.Wait(); err != nil {
+		t.Errorf("serve after SIGTERM: %v (want exit 0)\n%s", err, servedOut.String())
+	}
+	served = nil
 	for _, f := range []string{"runs/cnn/report.md", "runs/cnn/best.safetensors", "runs/cnn/confusion.png", "runs/r18/report.md", "maps/photo.cam.png"} {
 		if _, err := os.Stat(filepath.Join(work, f)); err != nil {
 			t.Errorf("after the guide's commands: %v", err)
@@ -288,6 +361,20 @@ func checkReadmeCommand(t *testing.T, where string, args []string) {
 	if fs.NArg() > 0 && !positional[name] {
 		t.Errorf("%s: handnet %s: stray arguments %q", where, name, fs.Args())
 	}
+}
+
+// waitReady polls url until it answers 200, for at most a minute.
+func waitReady(t *testing.T, url string, log fmt.Stringer) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if r, err := http.Get(url); err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s not ready within a minute\n%s", url, log)
 }
 
 // run1 runs handnet in this process with args.
