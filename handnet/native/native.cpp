@@ -391,15 +391,12 @@ char* hn_set_channels_last(hn_tensor t, int on) {
   HN_CATCH
 }
 
-char* hn_channels_last(hn_tensor t, hn_tensor* out) {
+char* hn_channels_last(hn_tensor t, int dtype, hn_tensor* out) {
   HN_TRY
-  *out = new at::Tensor(T(t).contiguous(at::MemoryFormat::ChannelsLast));
-  HN_CATCH
-}
-
-char* hn_channels_last_as(hn_tensor t, int dtype, hn_tensor* out) {
-  HN_TRY
-  *out = new at::Tensor(T(t).to(static_cast<at::ScalarType>(dtype), false, false, at::MemoryFormat::ChannelsLast));
+  const at::Tensor& x = T(t);
+  auto st = static_cast<at::ScalarType>(dtype);
+  *out = new at::Tensor(st == x.scalar_type() ? x.contiguous(at::MemoryFormat::ChannelsLast)
+                                              : x.to(st, false, false, at::MemoryFormat::ChannelsLast));
   HN_CATCH
 }
 

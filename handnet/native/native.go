@@ -405,21 +405,13 @@ func SetChannelsLast(t *ts.Tensor, on bool) error {
 }
 
 // ChannelsLast returns t laid out channels last, as a new tensor handle.
-func ChannelsLast(t *ts.Tensor) (*ts.Tensor, error) {
-	var out C.hn_tensor
-	err := cerr(C.hn_channels_last(C.hn_tensor(t.Ctensor()), &out))
-	runtime.KeepAlive(t)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
-}
+func ChannelsLast(t *ts.Tensor) (*ts.Tensor, error) { return ChannelsLastAs(t, t.DType()) }
 
 // ChannelsLastAs returns t converted to dtype and laid out channels last,
 // in one copy (or none when t already is both), as a new tensor handle.
 func ChannelsLastAs(t *ts.Tensor, dtype gotch.DType) (*ts.Tensor, error) {
 	var out C.hn_tensor
-	err := cerr(C.hn_channels_last_as(C.hn_tensor(t.Ctensor()), C.int(dtype.CInt()), &out))
+	err := cerr(C.hn_channels_last(C.hn_tensor(t.Ctensor()), C.int(dtype.CInt()), &out))
 	runtime.KeepAlive(t)
 	if err != nil {
 		return nil, err

@@ -75,12 +75,10 @@ char* hn_autocast_exit(int cuda, int prev_enabled, int prev_dtype);
 // last (NHWC in memory) when on, else contiguous. For 4-D parameters, whose
 // handles (the model's, the optimizer's) all see the new layout.
 char* hn_set_channels_last(hn_tensor t, int on);
-// hn_channels_last returns t laid out channels last (t itself, shared, when
-// it already is); *out is a new handle.
-char* hn_channels_last(hn_tensor t, hn_tensor* out);
-// hn_channels_last_as returns t in dtype (an at::ScalarType code), laid out
-// channels last, in one copy (t itself, shared, when it already is both).
-char* hn_channels_last_as(hn_tensor t, int dtype, hn_tensor* out);
+// hn_channels_last returns t in dtype (an at::ScalarType code), laid out
+// channels last, in one copy (t itself, shared, when it already is both);
+// *out is a new handle.
+char* hn_channels_last(hn_tensor t, int dtype, hn_tensor* out);
 // hn_is_channels_last says whether t is laid out channels last.
 int hn_is_channels_last(hn_tensor t);
 
