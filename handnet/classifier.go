@@ -20,7 +20,6 @@ import (
 
 	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -270,16 +269,12 @@ func (c *Classifier) forward(imgs [][]byte) ([]Prediction, error) {
 	}
 	var probs []float32
 	err := c.onModel(imgs, func(s *torch.Scope, in *ts.Tensor) error {
-		logits, err := c.inf.Forward(in)
+		p, err := c.inf.Probs(in)
 		if err != nil {
 			return err
 		}
-		s.T(logits)
-		return native.InferenceMode(func() error {
-			p := s.T(s.T(logits.MustSoftmax(-1, gotch.Float, false)).MustTo(gotch.CPU, false))
-			probs = p.Vals().([]float32)
-			return nil
-		})
+		probs = s.T(s.T(p).MustTo(gotch.CPU, false)).Vals().([]float32)
+		return nil
 	})
 	if err != nil {
 		return nil, err

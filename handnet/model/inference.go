@@ -116,7 +116,13 @@ func newInference(m *Model, o inferenceOptions) (inf *Inference, err error) {
 // Forward returns the logits (float32) of x, a batch [N,3,H,W] on the
 // model's device. Intermediates are freed; the returned tensor is the
 // caller's.
-func (inf *Inference) Forward(x *ts.Tensor) (out *ts.Tensor, err error) {
+func (inf *Inference) Forward(x *ts.Tensor) (*ts.Tensor, error) { return inf.run(x, false) }
+
+// Probs returns the class probabilities (float32, softmax of the logits)
+// of x, as Forward its logits, in the same pass under inference mode.
+func (inf *Inference) Probs(x *ts.Tensor) (*ts.Tensor, error) { return inf.run(x, true) }
+
+func (inf *Inference) run(x *ts.Tensor, probs bool) (out *ts.Tensor, err error) {
 	if inf.net == nil {
 		return nil, errors.New("model: inference form closed")
 	}
@@ -139,11 +145,14 @@ func (inf *Inference) Forward(x *ts.Tensor) (out *ts.Tensor, err error) {
 		} else if h.DType() != inf.dtype {
 			h = s.T(h.MustTotype(inf.dtype, false))
 		}
-		logits := inf.net.forward(s, h)
-		if logits.DType() != gotch.Float {
-			logits = s.T(logits.MustTotype(gotch.Float, false))
+		y := inf.net.forward(s, h)
+		switch {
+		case probs:
+			y = s.T(y.MustSoftmax(-1, gotch.Float, false))
+		case y.DType() != gotch.Float:
+			y = s.T(y.MustTotype(gotch.Float, false))
 		}
-		out = s.Keep(logits)
+		out = s.Keep(y)
 		return nil
 	})
 	return out, err
