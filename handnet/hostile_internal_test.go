@@ -86,7 +86,7 @@ func TestServe64ImagesAdmittedWhole(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	var out struct {
-		Results []predictResult `json:"results"`
+		Results []Result `json:"results"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		t.Fatal(err)

@@ -85,11 +85,6 @@ type ServerOptions struct {
 type Server struct {
 	c *Classifier
 	o ServerOptions
-	// direct is batching off, Classifier.Handler's server: each request
-	// is admitted whole into the gate, its images run through the model on
-	// its own goroutine, and the server has no goroutines, metrics or log
-	// of its own.
-	direct bool
 
 	log   *log.Logger
 	jobs  chan *job
@@ -187,7 +182,7 @@ func NewServer(c *Classifier, o ServerOptions) *Server {
 // images one after another, each its own forward pass), Options.MaxQueue
 // more wait.
 func (c *Classifier) Handler() http.Handler {
-	s := &Server{c: c, direct: true}
+	s := &Server{c: c}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -197,6 +192,12 @@ func (c *Classifier) Handler() http.Handler {
 		s.predict(w, r)
 	})
 }
+
+// direct tells Classifier.Handler's server (no batcher, NewServer's has
+// one): batching off, each request admitted whole into the gate, its images
+// run through the model on its own goroutine, and no goroutines, metrics or
+// log of its own.
+func (s *Server) direct() bool { return s.jobs == nil }
 
 // Ready tells whether the warm-up forward pass is done.
 func (s *Server) Ready() bool { return s.ready.Load() }
@@ -310,7 +311,7 @@ func (s *Server) meter() {
 
 // submit queues a decoded image for the next forward pass.
 func (s *Server) submit(ctx context.Context, buf []byte) (Prediction, error) {
-	if s.direct {
+	if s.direct() {
 		return first(s.c.forward([][]byte{buf}))
 	}
 	j := &job{buf: buf, done: make(chan jobResult, 1)}
@@ -496,7 +497,7 @@ func (s *Server) readUploads(ctx context.Context, w http.ResponseWriter, r *http
 func (s *Server) decode(ctx context.Context, data []byte) ([]byte, error) {
 	s.decoding.Add(1)
 	defer s.decoding.Add(-1)
-	if !s.direct {
+	if !s.direct() {
 		leave, err := s.enterLane(ctx, data)
 		if err != nil {
 			return nil, err
@@ -544,9 +545,7 @@ func decodeError(ctx context.Context, err error) error {
 }
 
 // topK parses ?top=K (default DefaultTop; at most the number of classes).
-func (s *Server) topK(r *http.Request) (int, error) { return topK(r, len(s.c.net.Config.Classes)) }
-
-func topK(r *http.Request, classes int) (int, error) {
+func (s *Server) topK(r *http.Request) (int, error) {
 	k := DefaultTop
 	if v := r.URL.Query().Get("top"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -555,7 +554,7 @@ func topK(r *http.Request, classes int) (int, error) {
 		}
 		k = n
 	}
-	return min(k, classes), nil
+	return min(k, len(s.c.net.Config.Classes)), nil
 }
 
 // Response is the JSON answer of POST /predict (Server and
@@ -574,8 +573,6 @@ type Result struct {
 	Error string `json:"error,omitempty"`
 }
 
-type predictResult = Result
-
 // predict answers POST /predict, and Classifier.Handler.
 func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.c.deadline(w, r)
@@ -591,7 +588,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 	// and one large request cannot fill the queue for everyone else.
 	// Handler's request takes one place, from its first byte.
 	workers := s.c.opts.MaxConcurrent
-	if s.direct {
+	if s.direct() {
 		leave, err := s.c.gate.enter(ctx)
 		if err != nil {
 			writeError(w, err)
@@ -605,7 +602,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	results := make([]predictResult, len(ups))
+	results := make([]Result, len(ups))
 	errs := make([]error, len(ups))
 	next := make(chan int, len(ups))
 	for i := range ups {
@@ -623,12 +620,8 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	wg.Wait()
-	if len(ups) == 1 {
-		if errs[0] != nil {
-			writeError(w, errs[0])
-			return
-		}
-		writeJSON(w, 200, Response{Model: s.c.Info(), Results: results})
+	if len(ups) == 1 && errs[0] != nil {
+		writeError(w, errs[0])
 		return
 	}
 	code := 200
@@ -642,7 +635,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) {
 
 // predictOne decodes and classifies one image of a request into res, its
 // error into *errp.
-func (s *Server) predictOne(ctx context.Context, u imagePart, k int, res *predictResult, errp *error) {
+func (s *Server) predictOne(ctx context.Context, u imagePart, k int, res *Result, errp *error) {
 	err := u.err
 	var p Prediction
 	if err == nil {
@@ -697,10 +690,6 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 	}
 	e, photo, err := s.c.explainBytes(ups[0].data, class, method)
 	leave()
-	if err == nil {
-		s.images.Inc()
-		s.served.Add(1)
-	}
 	if err != nil {
 		if !errors.Is(err, ErrNonFinite) {
 			err = decodeError(ctx, err)
@@ -708,6 +697,8 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	s.images.Inc()
+	s.served.Add(1)
 	var png64 strings.Builder
 	enc := base64.NewEncoder(base64.StdEncoding, &png64)
 	if err := png.Encode(enc, e.Overlay(photo, 640)); err != nil {
