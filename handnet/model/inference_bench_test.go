@@ -192,176 +192,125 @@ func threadCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestInferenceOpsProfile times each step of the CNN's inference form
-// (HANDNET_INFER_PROF=batch:precision:threads). Unlike Forward it keeps
-// every activation to the end of the pass.
-func TestInferenceOpsProfile(t *testing.T) {
-	spec := os.Getenv("HANDNET_INFER_PROF")
-	if spec == "" {
-		t.Skip("set HANDNET_INFER_PROF=batch:precision:threads")
-	}
-	f := strings.Split(spec, ":")
-	n, _ := strconv.Atoi(f[0])
-	threads, _ := strconv.Atoi(f[2])
-	th := torch.NewThread(threads)
-	defer th.Close()
-	err := th.Do(func() error {
-		cfg := Config{Arch: "cnn", Classes: []string{"a", "b", "c", "d", "e", "f", "g", "h"}, Width: 170, Height: 128,
-			Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225}, Dropout: FinalDropout}
-		m, err := New(cfg, gotch.CPU)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		if err := m.SetPrecision(Precision(f[1])); err != nil {
-			return err
-		}
-		inf, err := NewInference(m)
-		if err != nil {
-			return err
-		}
-		defer inf.Close()
-		net := inf.net.(*cnnInference)
-		x0 := ts.MustRandn([]int64{int64(n), 3, 128, 170}, gotch.Float, gotch.CPU)
-		x, _ := native.ChannelsLast(x0)
-		x0.MustDrop()
-		defer x.MustDrop()
-		times := map[string][]float64{}
-		var names []string
-		return native.InferenceMode(func() error {
-			for r := 0; r < 25; r++ {
-				s := torch.NewScope()
-				step := func(name string, f func()) {
-					st := time.Now()
-					f()
-					if r >= 5 {
-						if _, ok := times[name]; !ok {
-							names = append(names, name)
+// TestInferenceProfile times each step of a model's inference form: the
+// CNN's (HANDNET_INFER_PROF=batch:precision:threads) or ResNet-18's
+// (HANDNET_INFER_PROF_R18=batch:precision:threads);
+// HANDNET_INFER_PROF_FAULTS=1 adds each step's page faults in the last
+// pass. Unlike Forward it keeps every activation to the end of the pass.
+func TestInferenceProfile(t *testing.T) {
+	type stepFunc func(name string, f func())
+	for _, c := range []struct {
+		env, arch  string
+		dropout    string
+		runs, warm int // passes, of which the first warm are not timed
+		pass       func(inf *Inference, s *torch.Scope, h *ts.Tensor, step stepFunc)
+	}{
+		{"HANDNET_INFER_PROF", "cnn", FinalDropout, 25, 5, func(inf *Inference, s *torch.Scope, h *ts.Tensor, step stepFunc) {
+			net := inf.net.(*cnnInference)
+			for i, u := range net.convs {
+				step(fmt.Sprintf("conv%d", i+1), func() { h = u.run(s, h) })
+				step(fmt.Sprintf("pool%d", i+1), func() { h = maxPool(s, h, net.pool, 2, 2, 0) })
+			}
+			step("fc1", func() {
+				if net.fc1conv != nil {
+					h = s.T(net.fc1conv.run(s, h).MustFlatten(1, -1, false))
+					return
+				}
+				h = net.fc1.run(s, s.T(h.MustFlatten(1, -1, false)))
+				h.MustRelu_()
+			})
+			step("fc2", func() { h = net.fc2.run(s, h) })
+		}},
+		{"HANDNET_INFER_PROF_R18", "resnet18", "", 15, 3, func(inf *Inference, s *torch.Scope, h *ts.Tensor, step stepFunc) {
+			net := inf.net.(*resnetInference)
+			step("stem", func() { h = net.stem.run(s, h) })
+			step("pool", func() { h = maxPool(s, h, net.pool, 3, 2, 1) })
+			for i, b := range net.blocks {
+				var out *ts.Tensor
+				step(fmt.Sprintf("b%d.conv1", i), func() { out = b.conv1.run(s, h) })
+				step(fmt.Sprintf("b%d.conv2", i), func() { out = b.conv2.run(s, out) })
+				id := h
+				if b.down != nil {
+					step(fmt.Sprintf("b%d.down", i), func() { id = b.down.run(s, h) })
+				}
+				step(fmt.Sprintf("b%d.addrelu", i), func() { out.MustAdd_(id); out.MustRelu_() })
+				h = out
+			}
+			step("avgpool", func() { h = s.T(s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false)) })
+			step("fc", func() { h = net.fc.run(s, h) })
+		}},
+	} {
+		t.Run(c.arch, func(t *testing.T) {
+			spec := os.Getenv(c.env)
+			if spec == "" {
+				t.Skipf("set %s=batch:precision:threads", c.env)
+			}
+			f := strings.Split(spec, ":")
+			n, _ := strconv.Atoi(f[0])
+			threads, _ := strconv.Atoi(f[2])
+			faults := os.Getenv("HANDNET_INFER_PROF_FAULTS") != ""
+			th := torch.NewThread(threads)
+			defer th.Close()
+			err := th.Do(func() error {
+				cfg := Config{Arch: c.arch, Classes: []string{"a", "b", "c", "d", "e", "f", "g", "h"}, Width: 170, Height: 128,
+					Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225}, Dropout: c.dropout}
+				m, err := New(cfg, gotch.CPU)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				if err := m.SetPrecision(Precision(f[1])); err != nil {
+					return err
+				}
+				inf, err := NewInference(m)
+				if err != nil {
+					return err
+				}
+				defer inf.Close()
+				x0 := ts.MustRandn([]int64{int64(n), 3, 128, 170}, gotch.Float, gotch.CPU)
+				x, _ := native.ChannelsLast(x0)
+				x0.MustDrop()
+				defer x.MustDrop()
+				times := map[string][]float64{}
+				var names []string
+				return native.InferenceMode(func() error {
+					for r := 0; r < c.runs; r++ {
+						s := torch.NewScope()
+						step := func(name string, f func()) {
+							st := time.Now()
+							f0 := minorFaults()
+							f()
+							if faults && r == c.runs-1 {
+								t.Logf("%s: %d page faults", name, minorFaults()-f0)
+							}
+							if r >= c.warm {
+								if _, ok := times[name]; !ok {
+									names = append(names, name)
+								}
+								times[name] = append(times[name], float64(time.Since(st).Microseconds())/1000)
+							}
 						}
-						times[name] = append(times[name], float64(time.Since(st).Microseconds())/1000)
+						var h *ts.Tensor
+						step("cast", func() { h, _ = native.ChannelsLastAs(x, inf.dtype); s.T(h) })
+						c.pass(inf, s, h, step)
+						step("free", s.Close)
 					}
-				}
-				var h *ts.Tensor
-				step("cast", func() { h, _ = native.ChannelsLastAs(x, inf.dtype); s.T(h) })
-				for i, u := range net.convs {
-					step(fmt.Sprintf("conv%d", i+1), func() { h = u.run(s, h) })
-					step(fmt.Sprintf("pool%d", i+1), func() { h = maxPool(s, h, net.pool, 2, 2, 0) })
-				}
-				step("fc1", func() {
-					if net.fc1conv != nil {
-						h = s.T(net.fc1conv.run(s, h).MustFlatten(1, -1, false))
-						return
+					var b strings.Builder
+					tot := 0.0
+					for _, k := range names {
+						v := times[k]
+						slices.Sort(v)
+						tot += v[len(v)/2]
+						fmt.Fprintf(&b, " %s %.2f", k, v[len(v)/2])
 					}
-					h = net.fc1.run(s, s.T(h.MustFlatten(1, -1, false)))
-					h.MustRelu_()
+					t.Logf("%s batch %d %s threads %d (ms, medians):%s; total %.2f", c.arch, n, f[1], threads, b.String(), tot)
+					return nil
 				})
-				step("fc2", func() { h = net.fc2.run(s, h) })
-				step("free", s.Close)
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-			var b strings.Builder
-			tot := 0.0
-			for _, k := range names {
-				v := times[k]
-				slices.Sort(v)
-				tot += v[len(v)/2]
-				fmt.Fprintf(&b, " %s %.2f", k, v[len(v)/2])
-			}
-			t.Logf("batch %d %s threads %d (ms, medians):%s; total %.2f", n, f[1], threads, b.String(), tot)
-			return nil
 		})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestInferenceResNetProfile times each step of ResNet-18's inference form
-// (HANDNET_INFER_PROF_R18=batch:precision:threads; HANDNET_INFER_PROF_FAULTS=1
-// adds each step's page faults). Unlike Forward it keeps every activation to
-// the end of the pass.
-func TestInferenceResNetProfile(t *testing.T) {
-	spec := os.Getenv("HANDNET_INFER_PROF_R18")
-	if spec == "" {
-		t.Skip("set HANDNET_INFER_PROF_R18=batch:precision:threads")
-	}
-	f := strings.Split(spec, ":")
-	n, _ := strconv.Atoi(f[0])
-	threads, _ := strconv.Atoi(f[2])
-	th := torch.NewThread(threads)
-	defer th.Close()
-	err := th.Do(func() error {
-		cfg := Config{Arch: "resnet18", Classes: []string{"a", "b", "c", "d", "e", "f", "g", "h"}, Width: 170, Height: 128,
-			Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225}}
-		m, err := New(cfg, gotch.CPU)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		if err := m.SetPrecision(Precision(f[1])); err != nil {
-			return err
-		}
-		inf, err := NewInference(m)
-		if err != nil {
-			return err
-		}
-		defer inf.Close()
-		net := inf.net.(*resnetInference)
-		x0 := ts.MustRandn([]int64{int64(n), 3, 128, 170}, gotch.Float, gotch.CPU)
-		x, _ := native.ChannelsLast(x0)
-		x0.MustDrop()
-		defer x.MustDrop()
-		times := map[string][]float64{}
-		var names []string
-		return native.InferenceMode(func() error {
-			for r := 0; r < 15; r++ {
-				s := torch.NewScope()
-				step := func(name string, f func()) {
-					st := time.Now()
-					f0 := minorFaults()
-					f()
-					if os.Getenv("HANDNET_INFER_PROF_FAULTS") != "" && r == 14 {
-						t.Logf("%s: %d page faults", name, minorFaults()-f0)
-					}
-					if r >= 3 {
-						if _, ok := times[name]; !ok {
-							names = append(names, name)
-						}
-						times[name] = append(times[name], float64(time.Since(st).Microseconds())/1000)
-					}
-				}
-				var h *ts.Tensor
-				step("cast", func() { h, _ = native.ChannelsLastAs(x, inf.dtype); s.T(h) })
-				step("stem", func() { h = net.stem.run(s, h) })
-				step("pool", func() { h = maxPool(s, h, net.pool, 3, 2, 1) })
-				for i, b := range net.blocks {
-					var out, id *ts.Tensor
-					step(fmt.Sprintf("b%d.conv1", i), func() { out = b.conv1.run(s, h) })
-					step(fmt.Sprintf("b%d.conv2", i), func() { out = b.conv2.run(s, out) })
-					id = h
-					if b.down != nil {
-						step(fmt.Sprintf("b%d.down", i), func() { id = b.down.run(s, h) })
-					}
-					step(fmt.Sprintf("b%d.addrelu", i), func() { out.MustAdd_(id); out.MustRelu_() })
-					h = out
-				}
-				step("avgpool", func() { h = s.T(s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)).MustFlatten(1, -1, false)) })
-				step("fc", func() { h = net.fc.run(s, h) })
-				step("free", s.Close)
-			}
-			var b strings.Builder
-			tot := 0.0
-			for _, k := range names {
-				v := times[k]
-				slices.Sort(v)
-				tot += v[len(v)/2]
-				fmt.Fprintf(&b, " %s %.2f", k, v[len(v)/2])
-			}
-			t.Logf("resnet18 batch %d %s threads %d (ms, medians):%s; total %.2f", n, f[1], threads, b.String(), tot)
-			return nil
-		})
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
