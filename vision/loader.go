@@ -170,11 +170,17 @@ func Input(s *torch.Scope, x []float32, w, h int, device gotch.Device) (*ts.Tens
 	if size <= 0 || len(x)%size != 0 {
 		return nil, fmt.Errorf("input: %d floats are not whole 3×%d×%d images", len(x), h, w)
 	}
-	t, err := ts.OfSlice(x)
+	// torch.FromBytes copies once, straight into the shape (ts.OfSlice
+	// copies twice and needs a view).
+	var b []byte
+	if len(x) > 0 {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
+	}
+	t, err := torch.FromBytes(b, []int64{int64(len(x) / size), 3, int64(h), int64(w)}, gotch.Float)
 	if err != nil {
 		return nil, err
 	}
-	return s.T(s.T(s.T(t).MustView([]int64{int64(len(x) / size), 3, int64(h), int64(w)}, false)).MustTo(device, false)), nil
+	return s.T(s.T(t).MustTo(device, false)), nil
 }
 
 // Drop frees the batch's tensors.
