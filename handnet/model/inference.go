@@ -3,7 +3,6 @@ package model
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/handnet/handnet/handnet/native"
 	"github.com/handnet/handnet/handnet/torch"
@@ -43,7 +42,6 @@ type Inference struct {
 	owned     []*ts.Tensor
 	packed    []*native.Conv
 	opts      inferenceOptions
-	why       string // why the convolutions are not prepacked, when libtorch could not
 }
 
 // inferenceOptions says how CPU convolutions run (the tests compare the
@@ -272,7 +270,7 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		}
 		// A libtorch without oneDNN's prepacked ops: the folded weights run
 		// through the ordinary convolution, for every unit.
-		inf.opts.prepack, inf.why = false, err.Error()
+		inf.opts.prepack = false
 	}
 	u.w = inf.keep(wt)
 	if bt != nil {
@@ -450,20 +448,4 @@ func (n *resnetInference) forward(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
 	pooled := free(s, h, s.T(h.MustAdaptiveAvgPool2d([]int64{1, 1}, false)))
 	pooled = free(s, pooled, s.T(pooled.MustFlatten(1, -1, false)))
 	return n.fc.run(s, pooled)
-}
-
-// String describes the form, e.g. "cnn fp32: 3 convolutions prepacked for
-// oneDNN (ReLU fused), channels last".
-func (inf *Inference) String() string {
-	var parts []string
-	switch {
-	case len(inf.packed) > 0 && inf.why == "":
-		parts = append(parts, fmt.Sprintf("%d convolutions prepacked for oneDNN (BatchNorm folded, ReLU fused, channels-last layout)", len(inf.packed)))
-	case inf.why != "":
-		parts = append(parts, "BatchNorm folded (not prepacked: "+inf.why+")")
-	default:
-		parts = append(parts, "BatchNorm folded")
-	}
-	parts = append(parts, "channels last", "inference mode")
-	return fmt.Sprintf("%s %s: %s", inf.Config.Arch, inf.precision, strings.Join(parts, ", "))
 }
