@@ -94,7 +94,7 @@ func golden(t *testing.T, cfg model.Config, weightsFile, ioFile string) {
 		d := got.MustSub(want, false).MustAbs(true).MustMax(true)
 		folded := d.Float64Values()[0]
 		d.MustDrop()
-		t.Logf("%s: inference form (%s): max |logits - model's| = %.3g", filepath.Base(weightsFile), inf, folded)
+		t.Logf("%s: inference form: max |logits - model's| = %.3g", filepath.Base(weightsFile), folded)
 		if !(folded <= 1e-5) {
 			return fmt.Errorf("%s: inference form's logits differ from the model's by up to %g, want <= 1e-5", filepath.Base(weightsFile), folded)
 		}
