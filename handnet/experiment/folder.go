@@ -17,15 +17,6 @@ import (
 	"github.com/handnet/handnet/handnet/rundir"
 )
 
-// Files of a run folder: the names are rundir's.
-const (
-	SpecFile    = rundir.Spec    // the Spec, with the identity
-	SplitFile   = rundir.Split   // the split manifest
-	MetricsFile = rundir.Metrics // the finished run's report.Run
-	ReportFile  = rundir.Report
-	lockFile    = rundir.Lock
-)
-
 // Identity is the key of a run: a hash of everything that changes its
 // result — the dataset's records and images (and how they are decoded),
 // the split, seed, labels, model configuration, the starting weights' file
@@ -123,12 +114,12 @@ func (f Folder) Path(name string) string { return rundir.Folder{Dir: f.Dir}.Path
 // ReadSpec reads the folder's run.json.
 func (f Folder) ReadSpec() (Spec, error) {
 	var s Spec
-	b, err := os.ReadFile(f.Path(SpecFile))
+	b, err := os.ReadFile(f.Path(rundir.Spec))
 	if err != nil {
 		return s, fmt.Errorf("%w (is %s a run folder made by handnet train?)", err, f.Dir)
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("%s: %w", f.Path(SpecFile), err)
+		return s, fmt.Errorf("%s: %w", f.Path(rundir.Spec), err)
 	}
 	return s, nil
 }
@@ -137,16 +128,16 @@ func (f Folder) ReadSpec() (Spec, error) {
 func (f Folder) WriteSpec(s Spec) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
-		return fmt.Errorf("%s: %w", f.Path(SpecFile), err)
+		return fmt.Errorf("%s: %w", f.Path(rundir.Spec), err)
 	}
-	return fileio.WriteAtomic(f.Path(SpecFile), append(b, '\n'))
+	return fileio.WriteAtomic(f.Path(rundir.Spec), append(b, '\n'))
 }
 
 // Finished returns the folder's finished run of identity id with epochs
 // epochs (its metrics.json, written once the test evaluation is done), or
 // nil.
 func (f Folder) Finished(id Identity, epochs int) *report.Run {
-	b, err := os.ReadFile(f.Path(MetricsFile))
+	b, err := os.ReadFile(f.Path(rundir.Metrics))
 	if err != nil {
 		return nil
 	}
@@ -163,7 +154,7 @@ var ErrLocked = errors.New("run folder is being trained by another process")
 // lock takes the folder's lock (flock on .lock; the kernel drops it when
 // the process ends, however it ends), without waiting.
 func (f Folder) lock() (unlock func(), err error) {
-	fd, err := os.OpenFile(f.Path(lockFile), os.O_CREATE|os.O_RDWR, 0o644)
+	fd, err := os.OpenFile(f.Path(rundir.Lock), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +227,7 @@ func (f Folder) Claim(id Identity, epochs int, resume, reuse bool) (*Claim, erro
 }
 
 func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) error {
-	if err := f.Sweep(); err != nil {
+	if err := fileio.SweepTemps(f.Dir); err != nil {
 		return err
 	}
 	entries, err := os.ReadDir(f.Dir)
@@ -247,9 +238,9 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 	hasSpec := false
 	for _, e := range entries {
 		switch {
-		case e.Name() == SpecFile:
+		case e.Name() == rundir.Spec:
 			hasSpec = true
-		case IsTemp(e.Name()) || e.Name() == lockFile:
+		case fileio.IsTemp(e.Name()) || e.Name() == rundir.Lock:
 		default:
 			other = append(other, e.Name())
 		}
@@ -289,14 +280,6 @@ func (f Folder) check(c *Claim, id Identity, epochs int, resume, reuse bool) err
 	return nil
 }
 
-// IsTemp tells whether a file name is one of handnet's temporary files
-// (rundir.IsTemp).
-func IsTemp(name string) bool { return rundir.IsTemp(name) }
-
-// Sweep removes the temporary files a killed process left in the folder
-// (rundir.Folder.Sweep).
-func (f Folder) Sweep() error { return rundir.Folder{Dir: f.Dir}.Sweep() }
-
 // CheckOut refuses run folders that are dangerous or hold something else:
 // the file system root, the home folder, and existing non-folders.
 func CheckOut(dir string) error {
@@ -324,11 +307,11 @@ func (c *Claim) Clean() {
 		os.RemoveAll(f.Dir)
 		return
 	}
-	for _, name := range []string{SpecFile, SplitFile, rundir.EpochCheckpoint} {
+	for _, name := range []string{rundir.Spec, rundir.Split, rundir.EpochCheckpoint} {
 		os.Remove(f.Path(name))
 	}
-	f.Sweep()
+	fileio.SweepTemps(f.Dir)
 	// The lock file goes last: once it is gone another process may claim
 	// the folder (a new .lock), and this one must not sweep its files.
-	os.Remove(f.Path(lockFile))
+	os.Remove(f.Path(rundir.Lock))
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/experiment"
+	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/train"
 )
@@ -222,7 +223,7 @@ func TestClaim(t *testing.T) {
 				t.Fatal("a granted claim does not hold the lock")
 			}
 			for _, n := range names(t, dir) {
-				if rundir.IsTemp(n) {
+				if fileio.IsTemp(n) {
 					t.Errorf("temporary file %s not swept", n)
 				}
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -48,7 +49,7 @@ func TestEvaluateEqualsUnfoldedModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs.DataOnDevice = "off"
-	d, err := experiment.OpenData(context.Background(), rs, filepath.Join(run, experiment.SplitFile), experiment.Hooks{})
+	d, err := experiment.OpenData(context.Background(), rs, filepath.Join(run, rundir.Split), experiment.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestEvaluateEqualsUnfoldedModel(t *testing.T) {
 		defer trainL.Close()
 		defer valL.Close()
 		defer testL.Close()
-		ck, err := model.ReadCheckpoint(filepath.Join(run, train.BestCheckpoint))
+		ck, err := model.ReadCheckpoint(filepath.Join(run, rundir.BestCheckpoint))
 		if err != nil {
 			return err
 		}

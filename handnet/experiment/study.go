@@ -13,6 +13,7 @@ import (
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 )
@@ -349,10 +350,10 @@ func (st *Study) checkOut() error {
 		n := e.Name()
 		switch {
 		case e.IsDir():
-			if _, err := os.Stat(filepath.Join(st.Out, n, SpecFile)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") && !st.Matrix.has(n) {
+			if _, err := os.Stat(filepath.Join(st.Out, n, rundir.Spec)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") && !st.Matrix.has(n) {
 				return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds a folder %s that is not a run", n), Fix: "name a new or empty folder, or a previous reproduce's"}
 			}
-		case n == ReportFile || n == MetricsFile || strings.HasPrefix(n, "sweep-") || IsTemp(n) || n == lockFile:
+		case n == rundir.Report || n == rundir.Metrics || strings.HasPrefix(n, "sweep-") || fileio.IsTemp(n) || n == rundir.Lock:
 		case st.Matrix != nil && st.Matrix.Owns != nil && st.Matrix.Owns(n):
 		default:
 			return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds other files (%s)", n), Fix: "name a new or empty folder, or a previous reproduce's"}
@@ -415,7 +416,7 @@ func (res *StudyResult) write(out string, base Spec) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Part 1 of the study, reproduced\n\nData `%s`, %s split (seed %d), %d epochs, batch %d, SGD momentum %g; cross-entropy on logits.\n"+
 		"Selection by validation accuracy (best epoch); each row links to its run's full report.\n\n", base.Data, base.Split, base.Train.Seed, base.Train.Epochs, base.Train.BatchSize, base.Train.Momentum)
-	link := func(r *StudyRun) string { return r.Name + "/" + ReportFile }
+	link := func(r *StudyRun) string { return r.Name + "/" + rundir.Report }
 	table := func(title string, runs []*StudyRun, chosen *StudyRun, key func(*StudyRun) string) {
 		fmt.Fprintf(&b, "## %s\n\n| experiment | final train acc | final val acc | best val acc | |\n|---|---:|---:|---:|---|\n", title)
 		for _, r := range runs {
@@ -473,8 +474,8 @@ func (res *StudyResult) write(out string, base Spec) error {
 	if err != nil {
 		return err
 	}
-	if err := fileio.WriteAtomic(filepath.Join(out, MetricsFile), append(jb, '\n')); err != nil {
+	if err := fileio.WriteAtomic(filepath.Join(out, rundir.Metrics), append(jb, '\n')); err != nil {
 		return err
 	}
-	return fileio.WriteAtomic(filepath.Join(out, ReportFile), []byte(b.String()))
+	return fileio.WriteAtomic(filepath.Join(out, rundir.Report), []byte(b.String()))
 }

@@ -1,19 +1,15 @@
 // Package rundir owns the layout of a run folder: the name of every file a
-// training run, its evaluation and its report write there, and the
-// temporary-file convention (package fileio) that its sweep recognises.
-// Every package that reads or writes a run folder names files through it;
-// none spells a run file's name itself. It sits at the bottom of handnet,
+// training run, its evaluation and its report write there. (Its temporary
+// files, and their sweep, are package fileio's: IsTemp, SweepTemps.) Every
+// package that reads or writes a run folder names files through it; none
+// spells a run file's name itself. It sits at the bottom of handnet,
 // beside fileio.
 //
 // Floor 0 (runtime) of handnet's layering: it imports packages of floor 0 only
 // (README, "Packages"; tools/floors checks it).
 package rundir
 
-import (
-	"path/filepath"
-
-	"github.com/handnet/handnet/handnet/fileio"
-)
+import "path/filepath"
 
 // Files of a run folder.
 const (
@@ -52,11 +48,3 @@ type Folder struct{ Dir string }
 
 // Path names a file of the folder.
 func (f Folder) Path(name string) string { return filepath.Join(f.Dir, name) }
-
-// Sweep removes the temporary files a killed process left in the folder.
-// Call it under the folder's lock, so that no live writer's file goes.
-func (f Folder) Sweep() error { return fileio.SweepTemps(f.Dir) }
-
-// IsTemp tells whether name is a temporary file of a write in progress or
-// of a killed process.
-func IsTemp(name string) bool { return fileio.IsTemp(name) }
