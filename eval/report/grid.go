@@ -8,7 +8,6 @@ import (
 	"image/png"
 
 	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/rundir"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"
@@ -19,10 +18,6 @@ type Tile struct {
 	Image   image.Image
 	Caption []string
 }
-
-// MistakeMaps is the file name of the grid of the most confident test
-// mistakes' class-activation maps, written beside report.md.
-const MistakeMaps = rundir.MistakeMaps
 
 // Grid writes tiles (all of one size) as a PNG grid of cols columns, each
 // tile captioned, atomically.

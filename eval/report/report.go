@@ -25,7 +25,7 @@ type Evaluation struct {
 	Breakdown eval.Breakdown   `json:"errors"`
 	Mistakes  []Mistake        `json:"most_confident_mistakes"`
 	// MistakeMaps names the grid of the mistakes' class-activation maps
-	// (MistakeMaps), when one was drawn.
+	// (rundir.MistakeMaps), when one was drawn.
 	MistakeMaps string `json:"mistake_maps,omitempty"`
 }
 
