@@ -219,16 +219,11 @@ type Tensor struct {
 	DType string  `json:"dtype"`
 }
 
-// Info lists a weights file's tensors, sorted by name, and its SHA-256.
-// It reads PyTorch files and safetensors files (handnet checkpoints).
-func Info(p string) ([]Tensor, string, error) {
-	tensors, sum, _, err := Inspect(p)
-	return tensors, sum, err
-}
-
-// Inspect is Info plus a safetensors file's header metadata (nil for a
-// PyTorch file): for a handnet checkpoint, its model, training
-// configuration and metrics (see model.CheckpointFormat).
+// Inspect lists a weights file's tensors, sorted by name, its SHA-256 and
+// a safetensors file's header metadata (nil for a PyTorch file): for a
+// handnet checkpoint, its model, training configuration and metrics (see
+// model.CheckpointFormat). It reads PyTorch files and safetensors files
+// (handnet checkpoints).
 func Inspect(p string) (tensors []Tensor, sum string, meta map[string]string, err error) {
 	if sum, err = fileio.SHA256(p); err != nil {
 		return nil, "", nil, err

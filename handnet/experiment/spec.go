@@ -123,12 +123,6 @@ func deviceError(field string, err error) error {
 	return &FieldError{Field: field, Err: err, Machine: !errors.Is(err, torch.ErrDeviceName)}
 }
 
-// Validate checks every rule of the spec (see Resolve).
-func (s Spec) Validate() error {
-	_, err := s.Resolve()
-	return err
-}
-
 // Resolve checks every rule of the spec, before any work, and returns it
 // with what follows from them filled in: the canonical spelling of the
 // augmentation, precision, split method and label scheme (so that the
