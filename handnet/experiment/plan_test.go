@@ -88,6 +88,15 @@ func dropoutSpec(base experiment.Spec, lr float64, dropout string) experiment.Sp
 	return base
 }
 
+// finishLRRuns writes the study's learning-rate runs under out as
+// finished, each with the best validation accuracy val gives its rate.
+func finishLRRuns(t *testing.T, out string, base experiment.Spec, d *experiment.Data, val map[float64]float64) {
+	t.Helper()
+	for _, lr := range experiment.StudyLRs {
+		finishRun(t, filepath.Join(out, fmt.Sprintf("lr-%g", lr)), lrSpec(base, lr), d, val[lr])
+	}
+}
+
 // finishRun writes dir as a finished run of s (over d) whose best
 // validation accuracy is val.
 func finishRun(t *testing.T, dir string, s experiment.Spec, d *experiment.Data, val float64) {
@@ -129,10 +138,7 @@ func TestStudyReusesFinishedRuns(t *testing.T) {
 	base := fakeSpec(t, dir, 48)
 	d := openData(t, base)
 	out := filepath.Join(dir, "study")
-	lrVal := map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50}
-	for _, lr := range experiment.StudyLRs {
-		finishRun(t, filepath.Join(out, fmt.Sprintf("lr-%g", lr)), lrSpec(base, lr), d, lrVal[lr])
-	}
+	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50})
 	dropVal := map[string]float64{"flat0.4-fc1-0.4": 0.55, "fc1-0.5": 0.70, "conv0.2-fc1-0.5": 0.65}
 	for dropout, v := range dropVal {
 		finishRun(t, filepath.Join(out, "dropout-"+dropout+"-lr-0.0025"), dropoutSpec(base, 0.0025, dropout), d, v)
@@ -220,10 +226,7 @@ func TestStudyPlansDropoutRunsAtTheBestRate(t *testing.T) {
 	base := fakeSpec(t, dir, 48)
 	d := openData(t, base)
 	out := filepath.Join(dir, "study")
-	lrVal := map[float64]float64{0.01: 0.30, 0.005: 0.65, 0.0025: 0.60, 0.001: 0.50}
-	for _, lr := range experiment.StudyLRs {
-		finishRun(t, filepath.Join(out, fmt.Sprintf("lr-%g", lr)), lrSpec(base, lr), d, lrVal[lr])
-	}
+	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.65, 0.0025: 0.60, 0.001: 0.50})
 	hold(t, out, "dropout-flat0.4-fc1-0.4-lr-0.005", "dropout-fc1-0.5-lr-0.005", "dropout-conv0.2-fc1-0.5-lr-0.005")
 
 	ctx, cancel := context.WithCancel(context.Background())
