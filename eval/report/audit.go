@@ -17,13 +17,6 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 )
 
-// Files an audit writes into its folder (beside the run folders).
-const (
-	AuditJSON     = rundir.AuditJSON
-	AuditMarkdown = rundir.AuditMarkdown
-	AuditPlot     = "audit" // .png and .svg
-)
-
 // Published is a figure the study reported for a configuration (0: none).
 type Published struct {
 	Val  float64 `json:"val_acc,omitempty"`
@@ -334,7 +327,7 @@ func AuditMarkdownText(a *Audit) string {
 			b.WriteString("\n")
 		}
 	}
-	fmt.Fprintf(&b, "\n![test accuracy by protocol, means with %s intervals](%s.png)\n\n## Findings\n\n%s\n", lvl, AuditPlot, a.Findings)
+	fmt.Fprintf(&b, "\n![test accuracy by protocol, means with %s intervals](%s.png)\n\n## Findings\n\n%s\n", lvl, rundir.AuditPlot, a.Findings)
 	b.WriteString("\n## Runs\n\n| configuration | protocol | repeat | seed | best val | " + head("test") + " | |\n|---|---|---:|---:|---:|---:|" + align + "---|\n")
 	for _, r := range a.Runs {
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %.2f %% | %.2f %% |", r.Config, r.Protocol, r.Repeat, r.TrainSeed, 100*r.BestVal, 100*r.Test)
@@ -349,17 +342,17 @@ func AuditMarkdownText(a *Audit) string {
 
 // WriteAudit writes audit.json, audit.md and audit.png/.svg into dir.
 func WriteAudit(dir string, a *Audit) error {
-	if err := AuditChart(a, filepath.Join(dir, AuditPlot)); err != nil {
+	if err := AuditChart(a, filepath.Join(dir, rundir.AuditPlot)); err != nil {
 		return err
 	}
 	js, err := json.MarshalIndent(a, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := fileio.WriteAtomic(filepath.Join(dir, AuditJSON), append(js, '\n')); err != nil {
+	if err := fileio.WriteAtomic(filepath.Join(dir, rundir.AuditJSON), append(js, '\n')); err != nil {
 		return err
 	}
-	return fileio.WriteAtomic(filepath.Join(dir, AuditMarkdown), []byte(AuditMarkdownText(a)))
+	return fileio.WriteAtomic(filepath.Join(dir, rundir.AuditMarkdown), []byte(AuditMarkdownText(a)))
 }
 
 // meanErrs are points with vertical error bars.

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/eval"
+	"github.com/handnet/handnet/handnet/rundir"
 )
 
 // TestAuditSummarise: summaries and gaps from known per-run figures, the
@@ -57,11 +58,11 @@ func TestAuditSummarise(t *testing.T) {
 	if err := WriteAudit(dir, a); err != nil {
 		t.Fatal(err)
 	}
-	md, err := os.ReadFile(filepath.Join(dir, AuditMarkdown))
+	md, err := os.ReadFile(filepath.Join(dir, rundir.AuditMarkdown))
 	if err != nil || !strings.Contains(string(md), "| Leaky | random | 3 | 92.00 % [") || !strings.Contains(string(md), "| 99.88 % (test) |") {
 		t.Errorf("audit.md (%v):\n%s", err, md)
 	}
-	for _, f := range []string{AuditJSON, AuditPlot + ".png", AuditPlot + ".svg"} {
+	for _, f := range []string{rundir.AuditJSON, rundir.AuditPlot + ".png", rundir.AuditPlot + ".svg"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}

@@ -38,6 +38,7 @@ const (
 
 	AuditJSON     = "audit.json" // handnet audit's findings
 	AuditMarkdown = "audit.md"
+	AuditPlot     = "audit" // the audit's chart, .png and .svg (see Plot)
 )
 
 // Plot names a plot file: base (LossPlot, …) with ext (".png" or ".svg").

@@ -101,7 +101,7 @@ func init() {
 				printAudit(res)
 				dir := rundir.Folder{Dir: w.out}
 				fmt.Printf("tables: %s, %s, %s.png (%.1f min)\n", dir.Path(rundir.AuditMarkdown), dir.Path(rundir.AuditJSON),
-					filepath.Join(w.out, report.AuditPlot), time.Since(start).Minutes())
+					filepath.Join(w.out, rundir.AuditPlot), time.Since(start).Minutes())
 				return nil
 			}
 		},

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/vision"
 )
 
@@ -32,7 +33,7 @@ func auditData(t *testing.T, count, per int, identity, gender string) (data, cac
 
 func readAudit(t *testing.T, dir string) *report.Audit {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, report.AuditJSON))
+	b, err := os.ReadFile(filepath.Join(dir, rundir.AuditJSON))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,7 @@ func TestAuditLeakage(t *testing.T) {
 			if d := rnd.Test.Mean - sub.Test.Mean; d != gap.Mean {
 				t.Errorf("gap %v, means differ by %v", gap.Mean, d)
 			}
-			md, err := os.ReadFile(filepath.Join(out, report.AuditMarkdown))
+			md, err := os.ReadFile(filepath.Join(out, rundir.AuditMarkdown))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -181,7 +182,7 @@ func TestAuditShardsResume(t *testing.T) {
 	if both := w0.out.String() + w1.out.String(); !strings.Contains(both, "tables: ") || !strings.Contains(both, "the last to finish writes") {
 		t.Errorf("want one worker to write the tables and the other to leave them:\n%s", both)
 	}
-	for _, f := range []string{report.AuditJSON, report.AuditMarkdown} {
+	for _, f := range []string{rundir.AuditJSON, rundir.AuditMarkdown} {
 		a, err1 := os.ReadFile(filepath.Join(one, f))
 		b, err2 := os.ReadFile(filepath.Join(shared, f))
 		if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
@@ -263,8 +264,8 @@ func TestAuditShardsResume(t *testing.T) {
 	if code := run(auditArgs(data, cache, full, "--repeats", "2", "--epochs", "3", "--batch-size", "8")); code != 0 {
 		t.Fatalf("uninterrupted audit: exit %d", code)
 	}
-	x, _ := os.ReadFile(filepath.Join(resumed, report.AuditJSON))
-	y, _ := os.ReadFile(filepath.Join(full, report.AuditJSON))
+	x, _ := os.ReadFile(filepath.Join(resumed, rundir.AuditJSON))
+	y, _ := os.ReadFile(filepath.Join(full, rundir.AuditJSON))
 	if len(x) == 0 || strings.ReplaceAll(string(x), resumed, "") != strings.ReplaceAll(string(y), full, "") {
 		t.Errorf("resumed and uninterrupted audits differ:\n%s\n%s", x, y)
 	}
