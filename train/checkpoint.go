@@ -30,9 +30,9 @@ func (t *Trainer) folder() rundir.Folder { return rundir.Folder{Dir: t.Dir} }
 // checkpoint too, and the best one when the epoch is the best) and on
 // interruption. On a resume it completes the files of an epoch end the
 // process did not finish.
-func (t *Trainer) checkpointHook() Hook {
+func (t *Trainer) checkpointHook() hook {
 	every := t.Config.CheckpointEvery
-	return Hook{
+	return hook{
 		Start: func(resumed bool) error {
 			if !resumed {
 				return t.save(EpochCheckpoint, true)
@@ -43,7 +43,7 @@ func (t *Trainer) checkpointHook() Hook {
 			return nil
 		},
 		SyncEvery: every,
-		Batch: func(s Step) error {
+		Batch: func(s batchStep) error {
 			if every > 0 && s.Synced && s.Batch%every == 0 && s.Batch < s.Batches {
 				return t.save(LastCheckpoint, true)
 			}

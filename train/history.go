@@ -39,8 +39,8 @@ func (h History) BestValAcc() float64 {
 
 // historyHook writes the history files after every epoch, and on a resume
 // at an epoch's end that a killed process may not have written them for.
-func (t *Trainer) historyHook() Hook {
-	return Hook{
+func (t *Trainer) historyHook() hook {
+	return hook{
 		Start: func(resumed bool) error {
 			if resumed && t.resumedAtEpochEnd() {
 				return t.writeHistory()

@@ -1,13 +1,15 @@
 package train
 
-// Hook is a part of a run that the loop calls at its moments, as gomlx's
+// hook is a part of a run that the loop calls at its moments, as gomlx's
 // training loop calls the hooks attached to it: the trainer's checkpoints
 // (checkpointHook), its history files (historyHook) and its progress
 // report (OnBatch, OnEpoch) are hooks, so that the loop itself saves no
 // file. A nil func is not called. Hooks run in order on the torch thread,
 // on every rank of a data-parallel run; the first error ends the run with
-// it.
-type Hook struct {
+// it. It is the package's own seam, not API: no caller outside the
+// package adds one (they have OnBatch, OnEpoch and the run folder); a test
+// adds one through Trainer.extraHooks.
+type hook struct {
 	// Start is called once the run holds its first state, before the
 	// first batch: the initial weights (resumed false) or what a resume
 	// restored (resumed true).
@@ -19,7 +21,7 @@ type Hook struct {
 	// there. It must be the same on every rank.
 	SyncEvery int
 	// Batch is called after every batch.
-	Batch func(s Step) error
+	Batch func(s batchStep) error
 	// Epoch is called after every epoch (validated), once the run's state
 	// counts it: its history ends with st, its best epoch is up to date.
 	Epoch func(st EpochStats) error
@@ -28,20 +30,20 @@ type Hook struct {
 	Interrupted func() error
 }
 
-// Step is where a run stands after a batch.
-type Step struct {
+// batchStep is where a run stands after a batch.
+type batchStep struct {
 	Epoch, Epochs  int // 1-based epoch
 	Batch, Batches int // batches done in this epoch
 	// Synced tells that the epoch's sums were brought up to date after
-	// this batch (see Hook.SyncEvery).
+	// this batch (see hook.SyncEvery).
 	Synced bool
 }
 
 // ownHooks are the hooks the trainer installs: its checkpoints, its
 // history files, then the progress report. The order is the order of the
 // files on disk that a resume relies on: the last checkpoint first.
-func (t *Trainer) ownHooks() []Hook {
-	return []Hook{t.checkpointHook(), t.historyHook(), t.progressHook()}
+func (t *Trainer) ownHooks() []hook {
+	return []hook{t.checkpointHook(), t.historyHook(), t.progressHook()}
 }
 
 // syncDue tells whether a hook wants the sums brought up to date after
@@ -58,9 +60,9 @@ func (t *Trainer) syncDue(done, nb int) bool {
 // progressHook reports progress to OnBatch and OnEpoch. A batch is
 // reported once the epoch's sums count some image: the figures are those
 // of the last time they were brought up to date.
-func (t *Trainer) progressHook() Hook {
-	return Hook{
-		Batch: func(s Step) error {
+func (t *Trainer) progressHook() hook {
+	return hook{
+		Batch: func(s batchStep) error {
 			if t.OnBatch != nil && t.state.Seen > 0 {
 				seen := float64(t.state.Seen)
 				t.OnBatch(Progress{Epoch: s.Epoch, Epochs: s.Epochs, Batch: s.Batch, Batches: s.Batches,

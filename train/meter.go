@@ -17,17 +17,17 @@ type meter struct {
 // add adds a batch of n images: its mean loss and its logits against the
 // labels y.
 func (m *meter) add(loss, logits, y *ts.Tensor, n int) {
-	s := torch.NewScope()
-	defer s.Close()
-	l := s.T(s.T(loss.MustDetach(false)).MustTotype(gotch.Double, false))
-	l = s.T(l.MustMulScalar(ts.FloatScalar(float64(n)), false))
-	am := s.T(logits.MustArgmax([]int64{-1}, false, false))
-	c := s.T(s.T(am.MustEqTensor(y, false)).MustSum(gotch.Int64, false))
+	// Called every batch: each op frees its input (del true), so no scope
+	// is allocated for the four intermediates.
+	l := loss.MustDetach(false).MustTotype(gotch.Double, true).MustMulScalar(ts.FloatScalar(float64(n)), true)
+	c := logits.MustArgmax([]int64{-1}, false, false).MustEqTensor(y, true).MustSum(gotch.Int64, true)
 	if m.loss == nil {
-		m.loss, m.correct = s.Keep(l), s.Keep(c)
+		m.loss, m.correct = l, c
 	} else {
 		m.loss.MustAdd_(l)
 		m.correct.MustAdd_(c)
+		l.MustDrop()
+		c.MustDrop()
 	}
 	m.pending++
 }

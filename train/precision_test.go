@@ -141,7 +141,7 @@ func TestBF16ChannelsLastTrains(t *testing.T) {
 		// The dtypes are checked after every epoch, while the run holds its
 		// optimizer (it frees the momentum buffers as it returns).
 		checked := 0
-		tn.Hooks = []Hook{{Epoch: func(st EpochStats) error {
+		tn.extraHooks = []hook{{Epoch: func(st EpochStats) error {
 			momentum := tn.opt.State()
 			if len(momentum) == 0 {
 				t.Errorf("epoch %d: no momentum buffers", st.Epoch)

@@ -40,9 +40,9 @@ func (t *Trainer) backward(loss *ts.Tensor) error {
 	if sc == nil {
 		return loss.Backward()
 	}
-	s := torch.NewScope()
-	defer s.Close()
-	return s.T(loss.MustMulScalar(ts.FloatScalar(sc.Scale), false)).Backward()
+	scaled := loss.MustMulScalar(ts.FloatScalar(sc.Scale), false)
+	defer scaled.MustDrop()
+	return scaled.Backward()
 }
 
 // step updates the weights; under loss scaling it first unscales the

@@ -27,10 +27,13 @@ type SGD struct {
 	params []model.NamedTensor
 	// buf are the momentum buffers, nil until the first step. The SGD owns
 	// them: setBuf, the one place that replaces one, frees the old.
-	buf         []*ts.Tensor
-	lr          float64
-	momentum    float64
-	weightDecay float64
+	buf []*ts.Tensor
+	// tensors are the parameters' tensors and grads Step's gradient
+	// handles, both made once so that a step allocates no slice.
+	tensors, grads []*ts.Tensor
+	lr             float64
+	momentum       float64
+	weightDecay    float64
 	// Fused runs each step as a handful of multi-tensor kernels (libtorch's
 	// _foreach_ ops) instead of several kernels per parameter: the same
 	// bits on the CPU, far fewer kernel launches on a GPU. On by default.
@@ -39,7 +42,8 @@ type SGD struct {
 
 // NewSGD returns an optimizer over params (fused).
 func NewSGD(params []model.NamedTensor, lr, momentum, weightDecay float64) *SGD {
-	return &SGD{params: params, buf: make([]*ts.Tensor, len(params)), lr: lr, momentum: momentum, weightDecay: weightDecay, Fused: true}
+	return &SGD{params: params, buf: make([]*ts.Tensor, len(params)),
+		tensors: model.Tensors(params), grads: make([]*ts.Tensor, len(params)), lr: lr, momentum: momentum, weightDecay: weightDecay, Fused: true}
 }
 
 // SetLR changes the learning rate from the next step on.
@@ -51,20 +55,28 @@ func (o *SGD) LR() float64 { return o.lr }
 // Step updates the parameters from their gradients, then zeroes the
 // gradients. Parameters without a gradient are left alone.
 func (o *SGD) Step() error {
-	s := torch.NewScope() // the gradient handles
-	defer s.Close()
-	params := make([]*ts.Tensor, len(o.params))
-	grads := make([]*ts.Tensor, len(o.params))
+	defer o.dropGrads()
 	for i, p := range o.params {
 		g, err := p.Tensor.Grad(false)
 		if err != nil {
 			return fmt.Errorf("grad of %s: %w", p.Name, err)
 		}
-		params[i], grads[i] = p.Tensor, s.T(g)
+		o.grads[i] = g
 	}
 	return torch.NoGrad(func() error {
-		return native.SGDStep(params, grads, o.buf, o.lr, o.momentum, o.weightDecay, o.Fused)
+		return native.SGDStep(o.tensors, o.grads, o.buf, o.lr, o.momentum, o.weightDecay, o.Fused)
 	})
+}
+
+// dropGrads frees Step's gradient handles (not the gradients: the
+// parameters hold their own references).
+func (o *SGD) dropGrads() {
+	for i, g := range o.grads {
+		if g != nil {
+			g.MustDrop()
+			o.grads[i] = nil
+		}
+	}
 }
 
 // State returns the momentum buffers as named tensors ("optim.momentum."

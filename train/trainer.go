@@ -159,13 +159,13 @@ type Trainer struct {
 	// Scaler scales the loss (see Scaler); nil: a new one for fp16 models,
 	// none otherwise. The run's copy is saved in checkpoints.
 	Scaler *Scaler
-	// Hooks are called at the loop's moments after the trainer's own
-	// (checkpoints, history files, then OnBatch and OnEpoch).
-	Hooks []Hook
 
 	opt   *SGD
 	state State
-	hooks []Hook // the run's: the trainer's own, then Hooks
+	hooks []hook // the run's: the trainer's own, then extraHooks
+	// extraHooks are called after the trainer's own (checkpoints, history
+	// files, then OnBatch and OnEpoch); tests set them.
+	extraHooks []hook
 }
 
 func (t *Trainer) logf(format string, args ...any) {
@@ -205,7 +205,7 @@ func (t *Trainer) Run(ctx context.Context, resume bool) (History, error) {
 	if t.Scaler == nil && t.Model.Precision() == model.FP16 {
 		t.state.Scaler = NewScaler()
 	}
-	t.hooks = append(t.ownHooks(), t.Hooks...)
+	t.hooks = append(t.ownHooks(), t.extraHooks...)
 	if resume {
 		if err := t.resume(); err != nil {
 			return nil, err
@@ -350,7 +350,7 @@ func (t *Trainer) trainEpoch(ctx context.Context, e int) error {
 			}
 		}
 		t.state.Seconds = base + time.Since(start).Seconds()
-		s := Step{Epoch: e + 1, Epochs: cfg.Epochs, Batch: b + 1, Batches: nb, Synced: synced}
+		s := batchStep{Epoch: e + 1, Epochs: cfg.Epochs, Batch: b + 1, Batches: nb, Synced: synced}
 		for _, h := range t.hooks {
 			if h.Batch != nil {
 				if err := h.Batch(s); err != nil {
@@ -375,11 +375,11 @@ func (t *Trainer) trainBatch(ep *vision.Epoch, e, b int, m *meter) (int, error) 
 		return 0, fmt.Errorf("epoch %d ended before its batch %d", e+1, b+1)
 	}
 	defer batch.Drop()
-	s := torch.NewScope()
-	defer s.Close()
 	torch.ManualSeed(stepSeed(t.Config.Seed, e, b, t.rank()))
-	logits := s.T(t.Model.Forward(batch.X, true))
-	loss := s.T(torch.CrossEntropy(logits, batch.Y))
+	logits := t.Model.Forward(batch.X, true)
+	defer logits.MustDrop()
+	loss := torch.CrossEntropy(logits, batch.Y)
+	defer loss.MustDrop()
 	if err := t.backward(loss); err != nil {
 		return 0, err
 	}
