@@ -15,6 +15,7 @@ import (
 
 	"github.com/handnet/handnet/handnet"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -80,7 +81,7 @@ func TestGradCAMFindsTheMark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ckpt := filepath.Join(dir, "run", train.BestCheckpoint)
+	ckpt := filepath.Join(dir, "run", rundir.BestCheckpoint)
 	th := torch.NewThread(0)
 	err = th.Do(func() error {
 		torch.ManualSeed(3)

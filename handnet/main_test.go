@@ -9,6 +9,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -48,7 +49,7 @@ func trainExampleModel(dir string) error {
 	if _, err := experiment.Run(context.Background(), th, s, run, experiment.Options{}); err != nil {
 		return err
 	}
-	checkpoint = filepath.Join(run, train.BestCheckpoint)
+	checkpoint = filepath.Join(run, rundir.BestCheckpoint)
 	photo = filepath.Join(data, vision.ImagesDir, "Hand_0000002.jpg")
 	_, err := os.Stat(photo)
 	return err

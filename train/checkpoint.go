@@ -11,16 +11,6 @@ import (
 	"github.com/handnet/handnet/handnet/rundir"
 )
 
-// Checkpoint file names inside a run folder (package rundir's): the best
-// epoch's weights, the latest state (also mid-epoch), and the state at the
-// last epoch boundary (what a run resumed with another world size restarts
-// from).
-const (
-	BestCheckpoint  = rundir.BestCheckpoint
-	LastCheckpoint  = rundir.LastCheckpoint
-	EpochCheckpoint = rundir.EpochCheckpoint
-)
-
 // folder is the run folder.
 func (t *Trainer) folder() rundir.Folder { return rundir.Folder{Dir: t.Dir} }
 
@@ -35,7 +25,7 @@ func (t *Trainer) checkpointHook() hook {
 	return hook{
 		Start: func(resumed bool) error {
 			if !resumed {
-				return t.save(EpochCheckpoint, true)
+				return t.save(rundir.EpochCheckpoint, true)
 			}
 			if t.resumedAtEpochEnd() {
 				return t.markEpoch()
@@ -45,22 +35,22 @@ func (t *Trainer) checkpointHook() hook {
 		SyncEvery: every,
 		Batch: func(s batchStep) error {
 			if every > 0 && s.Synced && s.Batch%every == 0 && s.Batch < s.Batches {
-				return t.save(LastCheckpoint, true)
+				return t.save(rundir.LastCheckpoint, true)
 			}
 			return nil
 		},
 		Epoch: func(st EpochStats) error {
 			if t.state.BestEpoch == st.Epoch { // the loop made it the best
-				if err := t.save(BestCheckpoint, false); err != nil {
+				if err := t.save(rundir.BestCheckpoint, false); err != nil {
 					return err
 				}
 			}
-			if err := t.save(LastCheckpoint, true); err != nil {
+			if err := t.save(rundir.LastCheckpoint, true); err != nil {
 				return err
 			}
 			return t.markEpoch()
 		},
-		Interrupted: func() error { return t.save(LastCheckpoint, true) },
+		Interrupted: func() error { return t.save(rundir.LastCheckpoint, true) },
 	}
 }
 
@@ -111,7 +101,7 @@ func (t *Trainer) markEpoch() error {
 	if t.rank() != 0 {
 		return nil
 	}
-	last, epoch := t.folder().Path(LastCheckpoint), t.folder().Path(EpochCheckpoint)
+	last, epoch := t.folder().Path(rundir.LastCheckpoint), t.folder().Path(rundir.EpochCheckpoint)
 	if a, err := os.Stat(last); err == nil {
 		if b, err := os.Stat(epoch); err == nil && os.SameFile(a, b) {
 			return nil // already marked (rename between two links of one file does nothing)
@@ -156,14 +146,14 @@ func (t *Trainer) resume() error {
 func (t *Trainer) restore() error {
 	var momentum []string
 	if t.rank() == 0 {
-		st, err := t.readState(LastCheckpoint)
+		st, err := t.readState(rundir.LastCheckpoint)
 		if err != nil {
 			return err
 		}
 		if was := max(st.WorldSize, 1); was != t.size() && st.Batch > 0 {
 			t.logf("resume: the run was trained by %d process(es), this one has %d: restarting from the end of epoch %d (the %d batches done of epoch %d are trained again)",
 				was, t.size(), st.Epoch, st.Batch, st.Epoch+1)
-			if _, err := t.readState(EpochCheckpoint); err != nil {
+			if _, err := t.readState(rundir.EpochCheckpoint); err != nil {
 				return fmt.Errorf("%w (a resume with another world size needs the epoch checkpoint)", err)
 			}
 		}

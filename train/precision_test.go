@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -170,7 +171,7 @@ func TestBF16ChannelsLastTrains(t *testing.T) {
 		if checked != cfg.Epochs {
 			t.Errorf("dtypes checked after %d epochs, want %d", checked, cfg.Epochs)
 		}
-		c, err := model.ReadCheckpoint(tn.Dir + "/" + LastCheckpoint)
+		c, err := model.ReadCheckpoint(tn.Dir + "/" + rundir.LastCheckpoint)
 		if err != nil {
 			return err
 		}
@@ -234,7 +235,7 @@ func TestResumeAfterEpochEndCompletesFiles(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, f := range []string{"history.csv", "history.json", EpochCheckpoint} {
+		for _, f := range []string{rundir.HistoryCSV, rundir.History, rundir.EpochCheckpoint} {
 			if err := os.Remove(filepath.Join(tn.Dir, f)); err != nil {
 				return err
 			}
@@ -249,7 +250,7 @@ func TestResumeAfterEpochEndCompletesFiles(t *testing.T) {
 		if string(got) != string(want) {
 			t.Errorf("history after resume:\n%s\nwant\n%s", got, want)
 		}
-		if _, err := os.Stat(filepath.Join(tn.Dir, EpochCheckpoint)); err != nil {
+		if _, err := os.Stat(filepath.Join(tn.Dir, rundir.EpochCheckpoint)); err != nil {
 			t.Errorf("epoch checkpoint not restored: %v", err)
 		}
 		// A second resume finds everything in place and leaves no litter.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
@@ -121,7 +122,7 @@ func TestCNNLearnsSyntheticHands(t *testing.T) {
 	if acc < 0.35 {
 		t.Fatalf("test accuracy %.3f after %d epochs; want >= 0.35 (chance is 0.125)", acc, cfg.Epochs)
 	}
-	for _, f := range []string{BestCheckpoint, LastCheckpoint, "history.json", "history.csv"} {
+	for _, f := range []string{rundir.BestCheckpoint, rundir.LastCheckpoint, rundir.History, rundir.HistoryCSV} {
 		if _, err := os.Stat(filepath.Join(r.trainer.Dir, f)); err != nil {
 			t.Error(err)
 		}

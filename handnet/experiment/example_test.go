@@ -9,6 +9,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/rundir"
 	"github.com/handnet/handnet/handnet/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
@@ -48,7 +49,7 @@ func ExampleRun() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	_, err = os.Stat(filepath.Join(run, train.BestCheckpoint))
+	_, err = os.Stat(filepath.Join(run, rundir.BestCheckpoint))
 	fmt.Println("progress reported:", batches > 0)
 	fmt.Println("best checkpoint written:", err == nil)
 	fmt.Println("test accuracy in [0, 1]:", r.Test.Accuracy >= 0 && r.Test.Accuracy <= 1)
