@@ -198,11 +198,22 @@ func (a *Audit) Run(ctx context.Context) (*report.Audit, error) {
 			var err error
 			res, err = a.tables(plan)
 			return err
-		}}}
+		}, Key: a.tablesKey()}}
 	if _, err := st.Run(ctx); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+// tablesKey is what the tables depend on besides the runs' results: the
+// confidence level, and each configuration's title and published figures.
+func (a *Audit) tablesKey() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "level %g protocols %q", a.Level, a.Protocols)
+	for _, c := range a.Configs {
+		fmt.Fprintf(&b, "; %s %q %+v", c.Name, c.Title, c.Published)
+	}
+	return b.String()
 }
 
 // tables summarises the finished runs and writes the audit's files.

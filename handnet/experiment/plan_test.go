@@ -294,3 +294,72 @@ func TestStudyShardOrder(t *testing.T) {
 		t.Errorf("study folder holds %q, want only the %d held runs", got, len(want))
 	}
 }
+
+// TestStudyTablesOnce: of several workers finding every run done, the
+// first writes the tables and stamps the folder; a second finds the stamp
+// of these very runs and leaves the tables (ErrTablesWritten). One worker
+// alone writes them again, and so does any worker once a run's results
+// differ from the stamp's.
+func TestStudyTablesOnce(t *testing.T) {
+	dir := t.TempDir()
+	base := fakeSpec(t, dir, 48)
+	d := openData(t, base)
+	out := filepath.Join(dir, "study")
+	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50})
+	for dropout, v := range map[string]float64{"flat0.4-fc1-0.4": 0.55, "fc1-0.5": 0.70, "conv0.2-fc1-0.5": 0.65} {
+		finishRun(t, filepath.Join(out, "dropout-"+dropout+"-lr-0.0025"), dropoutSpec(base, 0.0025, dropout), d, v)
+	}
+	md := filepath.Join(out, rundir.Report)
+	const mark = "left as it was"
+	run := func(shard, shards int) error {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		log := startLog{stop: cancel}
+		_, err := (&experiment.Study{Base: base, Out: out, Shard: shard, Shards: shards, Slots: oneSlot, Hooks: log.hooks, Poll: time.Minute}).Run(ctx)
+		if n := log.trained(); n > 0 {
+			t.Fatalf("%d batches trained", n)
+		}
+		return err
+	}
+	written := func() bool {
+		t.Helper()
+		b, err := os.ReadFile(md)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !strings.Contains(string(b), mark)
+	}
+	steps := []struct {
+		name          string
+		shard, shards int
+		change        func()
+		err           error
+		written       bool
+	}{
+		{"first of two", 0, 2, nil, nil, true},
+		{"second of two, same runs", 1, 2, nil, experiment.ErrTablesWritten, false},
+		{"one worker alone", 0, 1, nil, nil, true},
+		{"a run's results changed", 1, 2, func() {
+			finishRun(t, filepath.Join(out, "lr-0.01"), lrSpec(base, 0.01), d, 0.35)
+		}, nil, true},
+		{"then the other worker", 0, 2, nil, experiment.ErrTablesWritten, false},
+	}
+	for _, s := range steps {
+		if s.change != nil {
+			s.change()
+		}
+		if err := os.WriteFile(md, []byte(mark), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := run(s.shard, s.shards); !errors.Is(err, s.err) || (err != nil) != (s.err != nil) {
+			t.Fatalf("%s: Run: %v, want %v", s.name, err, s.err)
+		}
+		if got := written(); got != s.written {
+			t.Errorf("%s: tables written %v, want %v", s.name, got, s.written)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, rundir.Tables)); err != nil {
+		t.Errorf("no stamp: %v", err)
+	}
+}

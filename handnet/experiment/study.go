@@ -2,12 +2,15 @@ package experiment
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
@@ -38,7 +41,8 @@ type Slot struct {
 // scenarios. Every run is a run folder under Out, claimed under its lock, so
 // that several workers (Shard of Shards, on other machines sharing Out) and
 // several Slots of one worker never train the same run; finished runs are
-// reused. The tables are written by whichever worker sees every run done.
+// reused. The tables are written by whichever worker sees every run done
+// (once: see ErrTablesWritten).
 type Study struct {
 	Base       Spec    // data, split, seed, epochs, batch … of every run
 	Out        string  // the study's folder
@@ -62,12 +66,16 @@ type Study struct {
 // Matrix is a set of runs a Study trains instead of its own: all known from
 // the start, each a run folder under Out named by its Name, sharded,
 // claimed and reused like the study's; Tables is called by whichever
-// worker sees every run done.
+// worker sees every run done (once per set of finished runs: see
+// ErrTablesWritten).
 type Matrix struct {
 	Runs []*StudyRun
 	// Owns says which other files in Out are the matrix's (its tables).
 	Owns   func(name string) bool
 	Tables func(runs []*StudyRun) error
+	// Key holds the tables' own settings (those that are not the runs'),
+	// so that a change of them writes the tables again.
+	Key string
 }
 
 // StudyRun is one run of the study.
@@ -109,6 +117,12 @@ type StudyResult struct {
 // left to do but other workers still train runs (the last of them writes
 // the tables).
 var ErrStudyElsewhere = errors.New("the remaining runs are being trained by other workers")
+
+// ErrTablesWritten is returned by Study.Run, for a worker of several
+// (Shards > 1) that finds every run done, when another worker has already
+// written the tables of these very runs: two workers finishing together
+// write them once. (One worker alone always writes them.)
+var ErrTablesWritten = errors.New("another worker wrote the tables of these runs")
 
 func (st *Study) logf(format string, args ...any) {
 	if st.Logf != nil {
@@ -240,10 +254,19 @@ func (st *Study) Run(ctx context.Context) (*StudyResult, error) {
 		}
 		all, drop = st.plan(lr, transfer, drop)
 		if firstErr == nil && allDone(all) && len(inFlight) == 0 {
-			if st.Matrix != nil {
-				return &StudyResult{}, st.Matrix.Tables(all)
+			var res *StudyResult
+			err := st.once(all, func() (err error) {
+				if st.Matrix != nil {
+					res = &StudyResult{}
+					return st.Matrix.Tables(all)
+				}
+				res, err = st.finish(lr, drop, transfer)
+				return err
+			})
+			if err != nil {
+				return nil, err
 			}
-			return st.finish(lr, drop, transfer)
+			return res, nil
 		}
 		// Start what can start: this worker's share first, then the rest.
 		started := false
@@ -353,7 +376,7 @@ func (st *Study) checkOut() error {
 			if _, err := os.Stat(filepath.Join(st.Out, n, rundir.Spec)); err != nil && !strings.HasPrefix(n, "lr-") && !strings.HasPrefix(n, "dropout-") && !strings.HasPrefix(n, "resnet18-") && !st.Matrix.has(n) {
 				return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds a folder %s that is not a run", n), Fix: "name a new or empty folder, or a previous reproduce's"}
 			}
-		case n == rundir.Report || n == rundir.Metrics || strings.HasPrefix(n, "sweep-") || fileio.IsTemp(n) || n == rundir.Lock:
+		case n == rundir.Report || n == rundir.Metrics || strings.HasPrefix(n, "sweep-") || fileio.IsTemp(n) || n == rundir.Lock || n == rundir.Tables:
 		case st.Matrix != nil && st.Matrix.Owns != nil && st.Matrix.Owns(n):
 		default:
 			return &FieldError{Field: "Out", Value: st.Out, Err: fmt.Errorf("holds other files (%s)", n), Fix: "name a new or empty folder, or a previous reproduce's"}
@@ -373,6 +396,44 @@ func (m *Matrix) has(name string) bool {
 		}
 	}
 	return false
+}
+
+// once runs write (the tables) under the lock of Out, and stamps Out with
+// the runs it wrote them from (rundir.Tables: a hash of every run's
+// metrics file and the matrix's Key). A worker of several that finds the
+// stamp of these very runs leaves the tables as they are and returns
+// ErrTablesWritten.
+func (st *Study) once(all []*StudyRun, write func() error) error {
+	fd, err := os.OpenFile(filepath.Join(st.Out, rundir.Lock), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX); err != nil { // waits for the worker writing them
+		return fmt.Errorf("%s: lock: %w", st.Out, err)
+	}
+	defer syscall.Flock(int(fd.Fd()), syscall.LOCK_UN)
+	h := sha256.New()
+	if st.Matrix != nil {
+		fmt.Fprintf(h, "key %q\n", st.Matrix.Key)
+	}
+	for _, r := range all {
+		sum, err := fileio.SHA256(filepath.Join(st.Out, r.Name, rundir.Metrics))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %s\n", r.Name, sum)
+	}
+	stamp := hex.EncodeToString(h.Sum(nil)) + "\n"
+	path := filepath.Join(st.Out, rundir.Tables)
+	if old, err := os.ReadFile(path); err == nil && string(old) == stamp && st.Shards > 1 {
+		return ErrTablesWritten
+	}
+	os.Remove(path) // the tables change: no stamp until they are written
+	if err := write(); err != nil {
+		return err
+	}
+	return fileio.WriteAtomic(path, []byte(stamp))
 }
 
 // finish writes the study's tables (report.md, metrics.json, the sweep

@@ -15,7 +15,8 @@ import "path/filepath"
 const (
 	Spec    = "run.json"     // the run's spec, with its identity
 	Split   = "split.csv"    // the split manifest
-	Lock    = ".lock"        // flock'ed by the process training the folder
+	Lock    = ".lock"        // flock'ed by the process training the folder (in a sweep's folder: by the worker writing its tables)
+	Tables  = ".tables"      // in a sweep's folder: the stamp of the finished runs its tables were written from
 	Metrics = "metrics.json" // the finished run's report
 	Report  = "report.md"    // the same, for people
 

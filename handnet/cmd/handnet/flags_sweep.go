@@ -99,8 +99,9 @@ func (w *sweepFlags) start(f *specFlags) (*sweep, error) {
 
 // run trains this worker's share of the runs (what they are, for the
 // log) with train under Ctrl-C. ok is false when there is nothing more to
-// say: an error, or other workers still train the last runs (said here,
-// with the tables the last of them writes).
+// say: an error, other workers still train the last runs (said here,
+// with the tables the last of them writes), or another worker finishing
+// with this one wrote the tables.
 func (sw *sweep) run(what, tables string, train func(context.Context) error) (ok bool, err error) {
 	ctx, stop := interruptible()
 	defer stop()
@@ -108,8 +109,12 @@ func (sw *sweep) run(what, tables string, train func(context.Context) error) (ok
 		log.Infof("worker %d of %d: training its share of %s in %s first", sw.shard, sw.shards, what, sw.out)
 	}
 	err = train(ctx)
-	if errors.Is(err, experiment.ErrStudyElsewhere) {
+	switch {
+	case errors.Is(err, experiment.ErrStudyElsewhere):
 		fmt.Printf("worker %d/%d done: %v; the last to finish writes %s\n", sw.shard, sw.shards, err, filepath.Join(sw.out, tables))
+		return false, nil
+	case errors.Is(err, experiment.ErrTablesWritten):
+		fmt.Printf("worker %d/%d done: %v: %s\n", sw.shard, sw.shards, err, filepath.Join(sw.out, tables))
 		return false, nil
 	}
 	return err == nil, err
