@@ -140,4 +140,4 @@ run: build
 	$(BIN) demo --out runs/demo
 
 clean:
-	rm -rf bin .build go.work go.work.sum $(FIXTURES) handnet/native/flags.go
+	rm -rf bin .build go.work go.work.sum $(FIXTURES) handnet/runtime/native/flags.go

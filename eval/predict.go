@@ -11,8 +11,8 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/handnet/handnet/handnet/native"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/native"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"

@@ -18,9 +18,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"

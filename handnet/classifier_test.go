@@ -25,7 +25,7 @@ import (
 
 	"github.com/handnet/handnet/handnet"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 )

@@ -15,8 +15,8 @@ import (
 
 	"github.com/handnet/handnet/handnet"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"

@@ -9,8 +9,8 @@ import (
 
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 )

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
-	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/prometheus/client_golang/prometheus"
 	log "github.com/sirupsen/logrus"
 )

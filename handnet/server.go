@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/handnet/handnet/vision"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"

@@ -6,8 +6,8 @@ import (
 	"runtime/debug"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/native"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/native"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 )
 
 // computeOnly is the compute-only rate of the last BenchmarkTraining run,

@@ -6,9 +6,9 @@ import (
 	"os"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 )
 
 // folder is the run folder.

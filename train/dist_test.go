@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/native"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/dist"
+	"github.com/handnet/handnet/handnet/runtime/native"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 )

@@ -9,8 +9,8 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 )
 
 // History is a run's epochs in order.

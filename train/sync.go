@@ -7,11 +7,11 @@ import (
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch/ts"
 )
 
-// Comm connects the processes of a data-parallel run (handnet/dist.Group
+// Comm connects the processes of a data-parallel run (handnet/runtime/dist.Group
 // implements it). Every rank calls its methods in the same order; what
 // names the call in errors.
 type Comm interface {

@@ -21,7 +21,7 @@ import (
 
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch/ts"
 )

@@ -18,7 +18,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 )
 
 // Cache holds every image of a dataset preprocessed to W×H uint8 CHW, in

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 )
 
 // Split names one part of a dataset.

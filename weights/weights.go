@@ -18,8 +18,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 	"github.com/sugarme/gotch/ts"
 )
 

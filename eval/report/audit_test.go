@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 )
 
 // TestAuditSummarise: summaries and gaps from known per-run figures, the

@@ -7,7 +7,7 @@ import (
 	"image/draw"
 	"image/png"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"

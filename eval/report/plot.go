@@ -14,8 +14,8 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"

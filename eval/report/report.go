@@ -7,9 +7,9 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/eval"
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 )

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/bench"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 )
 

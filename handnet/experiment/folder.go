@@ -13,8 +13,8 @@ import (
 	"syscall"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 )
 
 // Identity is the key of a run: a hash of everything that changes its

@@ -18,8 +18,8 @@ import (
 	"github.com/handnet/handnet/eval"
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/experiment"
-	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 )
 

@@ -5,7 +5,7 @@ import (
 	"strconv"
 
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 )

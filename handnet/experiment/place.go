@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/dist"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/dist"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 )
 

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/train"
 )
 

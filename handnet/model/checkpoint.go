@@ -10,8 +10,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/fileio"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/nlpodyssey/safetensors"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"

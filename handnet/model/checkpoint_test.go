@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 )
 

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/handnet/handnet/handnet/native"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/native"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
 	"github.com/sugarme/gotch/ts"

@@ -31,11 +31,11 @@ const tools = -1
 // may import packages of its own floor and of lower ones.
 var floors = map[string]int{
 	// 0 runtime: libtorch and its native layer, files, run folders, processes.
-	"handnet/torch":  0,
-	"handnet/native": 0,
-	"handnet/fileio": 0,
-	"handnet/rundir": 0,
-	"handnet/dist":   0,
+	"handnet/runtime/torch":  0,
+	"handnet/runtime/native": 0,
+	"handnet/runtime/fileio": 0,
+	"handnet/runtime/rundir": 0,
+	"handnet/runtime/dist":   0,
 	// 1 data: the dataset, its cache, splits, loaders, augmentation.
 	"vision": 1,
 	// 2 model: architectures, checkpoints, inference; PyTorch weights.
@@ -65,6 +65,11 @@ var floorNames = map[int]string{
 	tools: "tools", 0: "runtime", 1: "data", 2: "model", 3: "evaluation",
 	4: "training", 5: "reporting", 6: "study and library", 7: "commands",
 }
+
+// runtimeDir holds the runtime floor: under handnet/, the library's
+// ground is one folder, and the rest of handnet/ is model (model), study
+// and library (the facade, experiment, bench) and commands (cmd).
+const runtimeDir = "handnet/runtime"
 
 // libtorchRoot is the package whose importers need libtorch to build.
 const libtorchRoot = "github.com/sugarme/gotch"
@@ -174,6 +179,9 @@ func TestFloors(t *testing.T) {
 			case floor != tools && to > floor:
 				t.Errorf("%s (floor %d) imports %s (floor %d > %d)", name, floor, dep, to, floor)
 			}
+		}
+		if under := strings.HasPrefix(name, runtimeDir+"/"); under != (floor == 0) {
+			t.Errorf("%s (floor %d): the runtime floor, and only it, lives under %s/ (the folder shows the floor)", name, floor, runtimeDir)
 		}
 		if floor != tools && !statesFloor(p, floor) {
 			t.Errorf("%s: its package comment does not say \"Floor %d (%s)\": a reader of the package learns its floor there", name, floor, floorNames[floor])

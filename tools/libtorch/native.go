@@ -9,7 +9,7 @@ import (
 )
 
 // NativeFeature is an optional part of handnet's native layer
-// (handnet/native): compiled in only when the headers it needs are found
+// (handnet/runtime/native): compiled in only when the headers it needs are found
 // and a small probe that uses them compiles against this libtorch.
 type NativeFeature struct {
 	Name     string   // as handnet doctor reports it

@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 	"github.com/handnet/handnet/tools/libtorch"
 )
 
@@ -82,7 +82,7 @@ type Stamp struct {
 }
 
 // handnetModule is this project's module path: run from its own checkout,
-// setup writes the native layer's flags into handnet/native; run from any
+// setup writes the native layer's flags into handnet/runtime/native; run from any
 // other module it prepares a copy of the handnet module it requires.
 const handnetModule = "github.com/handnet/handnet"
 

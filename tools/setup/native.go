@@ -13,12 +13,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 	"github.com/handnet/handnet/tools/libtorch"
 )
 
 // nativeDir is handnet's native layer, whose flags.go setup writes.
-const nativeDir = "handnet/native"
+const nativeDir = "handnet/runtime/native"
 
 // glooPackages are Debian's gloo headers, which Debian's libtorch was built
 // against (its ProcessGroupGloo.hpp includes them).

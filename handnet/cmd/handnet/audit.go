@@ -11,7 +11,7 @@ import (
 	"github.com/handnet/handnet/eval/report"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 	"github.com/handnet/handnet/vision"
 	log "github.com/sirupsen/logrus"

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/vision"
 )
 

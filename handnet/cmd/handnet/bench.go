@@ -12,7 +12,7 @@ import (
 
 	"github.com/handnet/handnet/handnet/bench"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 	"github.com/sugarme/gotch"

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/dist"
-	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/runtime/dist"
+	"github.com/handnet/handnet/handnet/runtime/native"
 )
 
 var (

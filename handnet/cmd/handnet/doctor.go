@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
-	"github.com/handnet/handnet/handnet/native"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/native"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/spf13/pflag"
 	"github.com/sugarme/gotch"
 )

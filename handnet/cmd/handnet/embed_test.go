@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 )
 
 // embedMain is the program a Go user writes around handnet: Load, then

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/handnet/experiment"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 )

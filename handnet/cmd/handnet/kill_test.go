@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/fileio"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
 )
 
 // With HANDNET_TEST_KILL_AT=N, the test binary run as handnet (see

@@ -14,7 +14,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 )

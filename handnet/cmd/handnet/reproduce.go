@@ -7,10 +7,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/handnet/handnet/handnet/dist"
 	"github.com/handnet/handnet/handnet/experiment"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/rundir"
+	"github.com/handnet/handnet/handnet/runtime/dist"
+	"github.com/handnet/handnet/handnet/runtime/rundir"
 	"github.com/handnet/handnet/train"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"

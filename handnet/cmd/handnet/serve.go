@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet"
-	"github.com/handnet/handnet/handnet/fileio"
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/fileio"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 )

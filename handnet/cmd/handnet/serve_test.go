@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/handnet/handnet/handnet/model"
-	"github.com/handnet/handnet/handnet/torch"
+	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
 	"github.com/sugarme/gotch"
 )

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handnet/handnet/handnet/native"
+	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
