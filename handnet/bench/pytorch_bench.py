@@ -4,6 +4,9 @@ inference steps, written the way a user writes them by hand.
 
 Usage: pytorch_bench.py --device cpu|cuda[:N] [--threads N] [--warmup W]
                         [--steps S] [--min-seconds T] CASE...
+       pytorch_bench.py ... --stdin   (cases one per line on stdin, each
+                        answered as it comes: handnet measures its side of
+                        a row, then asks for PyTorch's, back to back)
 A CASE is MODEL:BATCH:MODE:PHASE, e.g. cnn:16:fp32:train or
 resnet18:256:bf16+cl:infer; PHASE predict classifies BATCH photo files from
 --photos DIR end to end (PIL decode, torchvision Resize/ToTensor/Normalize,
@@ -182,8 +185,11 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--photos", default="", help="folder of JPEG photos for predict cases")
-    p.add_argument("cases", nargs="+")
+    p.add_argument("--stdin", action="store_true", help="read cases from stdin, one per line")
+    p.add_argument("cases", nargs="*")
     args = p.parse_args()
+    if not args.cases and not args.stdin:
+        p.error("no cases: give CASE... or --stdin")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -191,6 +197,10 @@ def main():
         torch.backends.cudnn.benchmark = True
     for case in args.cases:
         print(json.dumps(run_case(case, device, args)), flush=True)
+    if args.stdin:
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(run_case(line.strip(), device, args)), flush=True)
 
 
 if __name__ == "__main__":

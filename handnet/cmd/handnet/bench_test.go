@@ -54,6 +54,13 @@ func TestBenchJSON(t *testing.T) {
 
 func benchRows(t *testing.T, env, args []string) []map[string]any {
 	t.Helper()
+	rows, _ := benchRun(t, env, args)
+	return rows
+}
+
+// benchRun runs handnet with args and returns its JSON rows and its log.
+func benchRun(t *testing.T, env, args []string) ([]map[string]any, string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(append(os.Environ(), "HANDNET_TEST_MAIN=1"), env...)
 	var stdout, stderr bytes.Buffer
@@ -80,7 +87,39 @@ func benchRows(t *testing.T, env, args []string) []map[string]any {
 		}
 		rows = append(rows, r)
 	}
-	return rows
+	return rows, stderr.String()
+}
+
+// With --pytorch, the two sides of a row are measured back to back, and
+// with --rounds N alternately N times, each side keeping its best.
+func TestBenchInterleaves(t *testing.T) {
+	if _, err := bench.FindPython("", false); err != nil {
+		t.Skipf("no PyTorch here (make test installs python3-torch): %v", err)
+	}
+	rows, log := benchRun(t, nil, []string{"bench", "--models", "cnn", "--batch", "2", "--modes", "fp32,bf16", "--phases", "infer",
+		"--warmup", "1", "--steps", "2", "--min-time", "0s", "--threads", "1", "--json", "--pytorch", "--rounds", "2"})
+	if len(rows) != 2 {
+		t.Fatalf("%d rows, want 2", len(rows))
+	}
+	var order []string
+	for _, line := range strings.Split(log, "\n") {
+		switch {
+		case strings.Contains(line, "msg=\"handnet "):
+			order = append(order, "handnet "+strings.Fields(line[strings.Index(line, "msg=\"handnet "):])[2])
+		case strings.Contains(line, "msg=\"pytorch: "):
+			order = append(order, "pytorch "+strings.Fields(line[strings.Index(line, "msg=\"pytorch: "):])[1])
+		}
+	}
+	want := []string{"handnet cnn:2:fp32:infer", "pytorch cnn:2:fp32:infer", "handnet cnn:2:fp32:infer", "pytorch cnn:2:fp32:infer",
+		"handnet cnn:2:bf16:infer", "pytorch cnn:2:bf16:infer", "handnet cnn:2:bf16:infer", "pytorch cnn:2:bf16:infer"}
+	if strings.Join(order, "; ") != strings.Join(want, "; ") {
+		t.Errorf("measured in the order\n  %s\nwant\n  %s\nlog:\n%s", strings.Join(order, "; "), strings.Join(want, "; "), log)
+	}
+	for _, r := range rows {
+		if p, ok := r["pytorch_images_per_sec"].(float64); !ok || p <= 0 || r["ratio"].(float64) != r["handnet_images_per_sec"].(float64)/p {
+			t.Errorf("row %v", r)
+		}
+	}
 }
 
 // The predict phase classifies JPEG files end to end on both sides: one row
