@@ -7,7 +7,6 @@ import (
 	"github.com/handnet/handnet/handnet/model"
 	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/handnet/handnet/vision"
-	"github.com/sugarme/gotch"
 )
 
 // CheckMemory refuses, before any work, a spec whose training batch cannot
@@ -19,7 +18,7 @@ import (
 // device that does not parse (the caller reports that).
 func CheckMemory(s Spec, processes int) error {
 	dev, err := torch.ParseDevice(s.Device)
-	if err != nil || dev != gotch.CPU {
+	if err != nil || dev.IsCuda() {
 		return nil
 	}
 	cfg := s.Model

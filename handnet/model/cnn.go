@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/handnet/handnet/handnet/runtime/torch"
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
 	"github.com/sugarme/gotch/ts"
 )
@@ -123,11 +124,43 @@ func (m *CNN) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
 // Head turns the last block's activations into logits: flatten, [dropout],
 // fc1, ReLU, [dropout], fc2.
 func (m *CNN) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
-	h := s.T(a.MustFlatten(1, -1, false))
-	h = dropout(s, h, m.drop.Flatten, train)
-	h = s.T(linear(s, m.fc1, h).MustRelu(false))
+	var h *ts.Tensor
+	if fc1AsConv(a) {
+		// The same numbers as below but for float rounding: the dropout
+		// mask is drawn over the same elements in the same order (a is
+		// made NCHW-contiguous, the flattened order), and fc1 is the
+		// convolution whose kernel covers the whole feature map.
+		if !a.MustIsContiguous() { // channels last: into the flattened order
+			a = s.T(a.MustContiguous(false))
+		}
+		a = dropout(s, a, m.drop.Flatten, train)
+		w := s.T(m.fc1.Ws.MustT(false)) // [out, in], contiguous
+		sz := a.MustSize()
+		w4 := s.T(w.MustView([]int64{w.MustSize()[0], sz[1], sz[2], sz[3]}, false))
+		y := s.T(ts.MustConv2d(a, w4, m.fc1.Bs, []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1))
+		h = s.T(y.MustFlatten(1, -1, false))
+	} else {
+		h = s.T(a.MustFlatten(1, -1, false))
+		h = dropout(s, h, m.drop.Flatten, train)
+		h = linear(s, m.fc1, h)
+	}
+	h = s.T(h.MustRelu(false))
 	h = dropout(s, h, m.drop.FC1, train)
 	return linear(s, m.fc2, h)
+}
+
+// fc1ConvBatch is the smallest batch whose fc1 runs as a convolution
+// (fc1AsConv).
+const fc1ConvBatch = 6
+
+// fc1AsConv says whether fc1 runs as a convolution for activations a: on
+// the CPU in fp32, from batch fc1ConvBatch up. libtorch's linear calls the
+// BLAS it is linked with — Debian's is the reference BLAS, one thread,
+// no vector kernels — while the convolution runs in oneDNN: at batch 16,
+// fc1's forward and backward take about a third of the time (at batch 1
+// the BLAS is faster, at 4 they are even; tools/README.md, "Speed").
+func fc1AsConv(a *ts.Tensor) bool {
+	return a.DType() == gotch.Float && a.MustSize()[0] >= fc1ConvBatch && !a.MustDevice().IsCuda()
 }
 
 // block is conv → [BatchNorm] → ReLU → max-pool 2 → [dropout].

@@ -72,7 +72,7 @@ func AvailableMemory() int64 {
 // (a CUDA device is not checked: its allocator reports its own failure).
 // what names the flag to lower ("--batch").
 func CheckBatchMemory(cfg Config, batch int, train bool, device gotch.Device, what string) error {
-	if device != gotch.CPU {
+	if device.IsCuda() {
 		return nil
 	}
 	need, have := ActivationBytes(cfg, batch, train), AvailableMemory()
