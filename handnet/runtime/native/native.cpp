@@ -439,6 +439,42 @@ char* hn_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
 
 void hn_release_memory(void) { malloc_trim(0); }
 
+namespace {
+
+// hn_malloc_tuned records whether tuneMalloc set glibc's thresholds.
+int hn_malloc_tuned = 0;
+
+// tuneMalloc runs when the process loads handnet's native layer, before
+// any tensor exists. glibc's malloc serves a block over its mmap threshold
+// (128 KiB at first) with a fresh mmap and unmaps it at free, and gives the
+// top of its heap back to the system past its trim threshold; it raises
+// both as it sees large blocks freed, but a step of libtorch allocates and
+// frees its activations and gradients anew, and in handnet's process each
+// step kept faulting its memory in again, page by page: a study-CNN
+// training step at batch 1, ~5,900 page faults and a fifth of its time in
+// the kernel (perf), where PyTorch's Python process running the same step
+// spends ~1 %. Blocks up to 32 MiB (glibc's largest mmap threshold) now
+// come from the heap, up to 256 MiB of freed memory stays there for the
+// next step, and every thread allocates from that one heap (M_ARENA_MAX 1,
+// as in a Python process, whose tensors are made on one thread: glibc's
+// per-thread heaps are 64 MiB pieces unmapped whole when they empty, and
+// Go runs cgo calls on many threads): no faults once warm (model's TestTrainingStepKeepsItsMemory),
+// peak memory unchanged, and ReleaseMemory still gives it all back. A
+// user's own GLIBC_TUNABLES malloc settings or MALLOC_MMAP_THRESHOLD_ /
+// MALLOC_TRIM_THRESHOLD_ are left as they are.
+__attribute__((constructor)) void tuneMalloc() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if ((tunables != nullptr && std::strstr(tunables, "glibc.malloc.") != nullptr) ||
+      std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr || std::getenv("MALLOC_TRIM_THRESHOLD_") != nullptr) {
+    return;
+  }
+  hn_malloc_tuned = mallopt(M_ARENA_MAX, 1) == 1 && mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1;
+}
+
+}  // namespace
+
+int hn_malloc_tuning(void) { return hn_malloc_tuned; }
+
 char* hn_sgd_step(hn_tensor* params, hn_tensor* grads, hn_tensor* bufs, int n, double lr, double momentum,
                   double weight_decay, int fused) {
   HN_TRY

@@ -325,6 +325,15 @@ func (g *Group) Close() {
 // and then, not per step.
 func ReleaseMemory() { C.hn_release_memory() }
 
+// MallocTuned says whether handnet set glibc malloc's thresholds when the
+// process started: blocks up to 32 MiB come from the heap instead of a
+// fresh mmap, up to 256 MiB of freed memory stays for the next step, and
+// every thread allocates from one heap,
+// so that a training or inference step does not page-fault its memory in
+// anew (native.cpp, tuneMalloc). False when the user's GLIBC_TUNABLES or
+// MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set them.
+func MallocTuned() bool { return C.hn_malloc_tuning() == 1 }
+
 // SGDStep applies torch.optim.SGD's update (dampening 0, no Nesterov) to
 // params from grads, then zeroes the gradients; grads[i] nil or undefined
 // skips params[i]. bufs holds the momentum buffers: a nil entry gets a new

@@ -96,6 +96,10 @@ char* hn_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes);
 // stay resident as the allocator's high-water mark.
 void hn_release_memory(void);
 
+// hn_malloc_tuning says whether handnet set glibc malloc's mmap and trim
+// thresholds when it loaded (1), or left them to the user's settings (0).
+int hn_malloc_tuning(void);
+
 // Inference mode (c10::InferenceMode): hn_inference_mode_enter turns it on
 // for the calling thread and returns its guard; hn_inference_mode_exit, on
 // the same thread and in reverse order, restores the mode before. Tensors
