@@ -97,6 +97,17 @@ func finishLRRuns(t *testing.T, out string, base experiment.Spec, d *experiment.
 	}
 }
 
+// finishStudy writes every run of the study (Part 1) as finished under
+// out: the best learning rate is 0.0025 (validation 0.60), the best
+// dropout placement at it fc1-0.5 (0.70).
+func finishStudy(t *testing.T, out string, base experiment.Spec, d *experiment.Data) {
+	t.Helper()
+	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50})
+	for dropout, v := range map[string]float64{"flat0.4-fc1-0.4": 0.55, "fc1-0.5": 0.70, "conv0.2-fc1-0.5": 0.65} {
+		finishRun(t, filepath.Join(out, "dropout-"+dropout+"-lr-0.0025"), dropoutSpec(base, 0.0025, dropout), d, v)
+	}
+}
+
 // finishRun writes dir as a finished run of s (over d) whose best
 // validation accuracy is val.
 func finishRun(t *testing.T, dir string, s experiment.Spec, d *experiment.Data, val float64) {
@@ -138,11 +149,7 @@ func TestStudyReusesFinishedRuns(t *testing.T) {
 	base := fakeSpec(t, dir, 48)
 	d := openData(t, base)
 	out := filepath.Join(dir, "study")
-	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50})
-	dropVal := map[string]float64{"flat0.4-fc1-0.4": 0.55, "fc1-0.5": 0.70, "conv0.2-fc1-0.5": 0.65}
-	for dropout, v := range dropVal {
-		finishRun(t, filepath.Join(out, "dropout-"+dropout+"-lr-0.0025"), dropoutSpec(base, 0.0025, dropout), d, v)
-	}
+	finishStudy(t, out, base, d)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -305,10 +312,7 @@ func TestStudyTablesOnce(t *testing.T) {
 	base := fakeSpec(t, dir, 48)
 	d := openData(t, base)
 	out := filepath.Join(dir, "study")
-	finishLRRuns(t, out, base, d, map[float64]float64{0.01: 0.30, 0.005: 0.45, 0.0025: 0.60, 0.001: 0.50})
-	for dropout, v := range map[string]float64{"flat0.4-fc1-0.4": 0.55, "fc1-0.5": 0.70, "conv0.2-fc1-0.5": 0.65} {
-		finishRun(t, filepath.Join(out, "dropout-"+dropout+"-lr-0.0025"), dropoutSpec(base, 0.0025, dropout), d, v)
-	}
+	finishStudy(t, out, base, d)
 	md := filepath.Join(out, rundir.Report)
 	const mark = "left as it was"
 	run := func(shard, shards int) error {
