@@ -158,7 +158,7 @@ const fc1ConvBatch = 6
 // BLAS it is linked with — Debian's is the reference BLAS, one thread,
 // no vector kernels — while the convolution runs in oneDNN: at batch 16,
 // fc1's forward and backward take about a third of the time (at batch 1
-// the BLAS is faster, at 4 they are even; tools/README.md, "Speed").
+// the BLAS is faster, at 4 they are even; README, "Speed").
 func fc1AsConv(a *ts.Tensor) bool {
 	return a.DType() == gotch.Float && a.MustSize()[0] >= fc1ConvBatch && !a.MustDevice().IsCuda()
 }
