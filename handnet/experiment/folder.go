@@ -153,12 +153,17 @@ var ErrLocked = errors.New("run folder is being trained by another process")
 
 // lock takes the folder's lock (flock on .lock; the kernel drops it when
 // the process ends, however it ends), without waiting.
-func (f Folder) lock() (unlock func(), err error) {
+func (f Folder) lock() (unlock func(), err error) { return f.flock(syscall.LOCK_EX | syscall.LOCK_NB) }
+
+// lockWait takes the folder's lock, waiting for the process that holds it.
+func (f Folder) lockWait() (unlock func(), err error) { return f.flock(syscall.LOCK_EX) }
+
+func (f Folder) flock(how int) (unlock func(), err error) {
 	fd, err := os.OpenFile(f.Path(rundir.Lock), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := syscall.Flock(int(fd.Fd()), how); err != nil {
 		fd.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%s: %w", f.Dir, ErrLocked)

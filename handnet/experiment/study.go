@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/handnet/handnet/eval/report"
@@ -398,21 +397,18 @@ func (m *Matrix) has(name string) bool {
 	return false
 }
 
-// once runs write (the tables) under the lock of Out, and stamps Out with
+// once runs write (the tables) under the lock of Out (the lock a run
+// folder has: Folder.lockWait), and stamps Out with
 // the runs it wrote them from (rundir.Tables: a hash of every run's
 // metrics file and the matrix's Key). A worker of several that finds the
 // stamp of these very runs leaves the tables as they are and returns
 // ErrTablesWritten.
 func (st *Study) once(all []*StudyRun, write func() error) error {
-	fd, err := os.OpenFile(filepath.Join(st.Out, rundir.Lock), os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := Folder{st.Out}.lockWait() // waits for a worker writing them
 	if err != nil {
 		return err
 	}
-	defer fd.Close()
-	if err := syscall.Flock(int(fd.Fd()), syscall.LOCK_EX); err != nil { // waits for the worker writing them
-		return fmt.Errorf("%s: lock: %w", st.Out, err)
-	}
-	defer syscall.Flock(int(fd.Fd()), syscall.LOCK_UN)
+	defer unlock()
 	h := sha256.New()
 	if st.Matrix != nil {
 		fmt.Fprintf(h, "key %q\n", st.Matrix.Key)
