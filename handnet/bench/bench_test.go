@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/handnet/handnet/handnet/model"
@@ -106,38 +108,52 @@ func TestMeasureFreesItsTensors(t *testing.T) {
 	}
 }
 
-// The PyTorch side runs in Debian's python3-torch and its rows come back
-// keyed as Compare looks them up.
-func TestRunPyTorch(t *testing.T) {
+// The PyTorch side runs in Debian's python3-torch, case by case in one
+// process; Rounds keeps each side's best figure over its rounds and sets
+// the ratio; a +data case is compared with PyTorch's plain run of it.
+func TestPyTorchRounds(t *testing.T) {
 	py, err := FindPython("", false)
 	if err != nil {
 		t.Skipf("no PyTorch here (make test installs python3-torch): %v", err)
 	}
-	cases := []Case{{"cnn", 4, Mode{Precision: model.FP32, Data: "device"}, "train"}, {"cnn", 4, Mode{Precision: model.BF16, ChannelsLast: true}, "infer"}}
-	got := map[string]PyTorchRow{}
 	o := Options{Device: gotch.CPU, Warmup: 1, Steps: 2, MinTime: 1}
-	err = RunPyTorch(context.Background(), py, []Case{PyTorchCase(cases[0]), cases[1]}, o, 1, func(r PyTorchRow) {
-		got[Case{r.Model, r.Batch, mustMode(t, r.Mode), r.Phase}.String()] = r
-	})
+	p, err := StartPyTorch(context.Background(), py, o, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 {
-		t.Fatalf("rows %v", got)
-	}
-	rows := []Row{{HandnetImagesPerSec: 10}, {HandnetImagesPerSec: 20}}
-	Compare(rows, cases, got)
-	for i, r := range rows {
-		p := got[PyTorchCase(cases[i]).String()]
-		if r.PyTorchImagesPerSec == nil || *r.PyTorchImagesPerSec != p.ImagesPerSec || p.ImagesPerSec <= 0 || p.Steps < 2 {
-			t.Fatalf("row %d: %+v from %+v", i, r, p)
+	defer p.Close()
+	for _, c := range []Case{{"cnn", 4, Mode{Precision: model.FP32, Data: "device"}, "train"}, {"cnn", 4, Mode{Precision: model.BF16, ChannelsLast: true}, "infer"}} {
+		figures := []float64{10, 30, 20} // handnet's side, round by round
+		var heard []float64
+		row, err := Rounds(c, 3, func(r int) (Row, error) {
+			return Row{Model: c.Model, Mode: c.Mode.String(), HandnetImagesPerSec: figures[r]}, nil
+		}, p, func(format string, args ...any) { heard = append(heard, args[1].(float64)) })
+		if err != nil {
+			t.Fatalf("%s: %v", c, err)
 		}
-		if *r.Ratio != r.HandnetImagesPerSec/p.ImagesPerSec {
-			t.Errorf("row %d: ratio %v", i, *r.Ratio)
+		if row.HandnetImagesPerSec != 30 || row.Mode != c.Mode.String() {
+			t.Errorf("%s: handnet's side %v (%s), want the best round, 30", c, row.HandnetImagesPerSec, row.Mode)
+		}
+		if len(heard) != 3 || row.PyTorchImagesPerSec == nil || *row.PyTorchImagesPerSec != slices.Max(heard) || slices.Min(heard) <= 0 {
+			t.Fatalf("%s: PyTorch's figures %v, row's %v: want 3 rounds and their best", c, heard, row.PyTorchImagesPerSec)
+		}
+		if *row.Ratio != row.HandnetImagesPerSec / *row.PyTorchImagesPerSec {
+			t.Errorf("%s: ratio %v", c, *row.Ratio)
+		}
+		if want := PyTorchCase(c).Mode.String() + " (torch "; !strings.HasPrefix(row.PyTorchMode, want) || strings.Contains(row.PyTorchMode, "data") {
+			t.Errorf("%s: compared with %q, want PyTorch's %s", c, row.PyTorchMode, PyTorchCase(c).Mode)
 		}
 	}
-	if err := RunPyTorch(context.Background(), py, []Case{{"vgg", 4, Mode{Precision: model.FP32}, "train"}}, o, 1, func(PyTorchRow) {}); err == nil {
-		t.Error("unknown model: no error from the script")
+	if err := p.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	bad, err := StartPyTorch(context.Background(), py, o, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if _, err := bad.Measure(Case{"vgg", 4, Mode{Precision: model.FP32}, "train"}); err == nil || !strings.Contains(err.Error(), "vgg") {
+		t.Errorf("unknown model: %v, want the script's error naming it", err)
 	}
 }
 

@@ -190,32 +190,40 @@ func (p *PyTorch) Close() error {
 	return err
 }
 
-// RunPyTorch measures cases (PyTorchCase of each) in one PyTorch process
-// (StartPyTorch), calling onRow as each finishes.
-func RunPyTorch(ctx context.Context, python string, cases []Case, o Options, threads int, onRow func(PyTorchRow)) error {
-	p, err := StartPyTorch(ctx, python, o, threads)
-	if err != nil {
-		return err
-	}
-	for _, c := range cases {
-		r, err := p.Measure(c)
+// Rounds measures case c rounds times, handnet's side (measure, told the
+// round from 0) and then PyTorch's (p; nil: none) alternately, and returns
+// the row with each side's best: a shared machine's load only ever slows
+// a measurement down, and the two sides of each round see the same load.
+// logf (nil: none) hears each PyTorch figure.
+func Rounds(c Case, rounds int, measure func(round int) (Row, error), p *PyTorch, logf func(format string, args ...any)) (Row, error) {
+	var row Row
+	var best *PyTorchRow
+	for r := range max(rounds, 1) {
+		got, err := measure(r)
 		if err != nil {
-			p.Close()
-			return err
+			return Row{}, err
 		}
-		onRow(r)
-	}
-	return p.Close()
-}
-
-// Compare fills in each row's PyTorch figure and ratio from pytorch, keyed
-// by PyTorchCase(c).String().
-func Compare(rows []Row, cases []Case, pytorch map[string]PyTorchRow) {
-	for i, c := range cases {
-		if p, ok := pytorch[PyTorchCase(c).String()]; ok {
-			rows[i].SetPyTorch(c, p)
+		if r == 0 || got.HandnetImagesPerSec > row.HandnetImagesPerSec {
+			row = got
+		}
+		if p == nil {
+			continue
+		}
+		py, err := p.Measure(c)
+		if err != nil {
+			return Row{}, err
+		}
+		if logf != nil {
+			logf("pytorch: %s %.1f images/s (handnet %.1f)", PyTorchCase(c), py.ImagesPerSec, got.HandnetImagesPerSec)
+		}
+		if best == nil || py.ImagesPerSec > best.ImagesPerSec {
+			best = &py
 		}
 	}
+	if best != nil {
+		row.SetPyTorch(c, *best)
+	}
+	return row, nil
 }
 
 // SetPyTorch sets the row's PyTorch figure (p, PyTorch's run of case c)

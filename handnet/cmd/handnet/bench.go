@@ -120,43 +120,28 @@ func init() {
 				// that both see the same load.
 				rows := make([]bench.Row, len(cases))
 				for i, c := range cases {
-					var best *bench.PyTorchRow
-					for r := range *rounds {
+					measure := func(r int) (row bench.Row, err error) {
 						if ctx.Err() != nil {
-							return ctx.Err()
+							return row, ctx.Err()
 						}
 						round := ""
 						if *rounds > 1 {
 							round = fmt.Sprintf(" (round %d/%d)", r+1, *rounds)
 						}
 						log.Infof("handnet %d/%d: %s%s", i+1, len(cases), c, round)
-						var row bench.Row
 						if err := th.Do(func() (err error) { row, err = bench.Measure(c, o); return err }); err != nil {
-							return fmt.Errorf("%s: %w", c, err)
+							return row, fmt.Errorf("%s: %w", c, err)
 						}
-						if r == 0 || row.HandnetImagesPerSec > rows[i].HandnetImagesPerSec {
-							rows[i] = row
-						}
-						if pt == nil {
-							continue
-						}
-						p, err := pt.Measure(c)
-						if err != nil {
-							return err
-						}
-						log.Infof("pytorch: %s %.1f images/s (handnet %.1f)", bench.PyTorchCase(c), p.ImagesPerSec, row.HandnetImagesPerSec)
-						if best == nil || p.ImagesPerSec > best.ImagesPerSec {
-							best = &p
-						}
+						return row, nil
 					}
-					if best != nil {
-						rows[i].SetPyTorch(c, *best)
-					} else {
-						note := "not run (--pytorch)"
+					if rows[i], err = bench.Rounds(c, *rounds, measure, pt, log.Infof); err != nil {
+						return err
+					}
+					if pt == nil {
+						rows[i].PyTorchNote = "not run (--pytorch)"
 						if pyErr != nil {
-							note = pyErr.Error()
+							rows[i].PyTorchNote = pyErr.Error()
 						}
-						rows[i].PyTorchNote = note
 					}
 				}
 				if pt != nil {

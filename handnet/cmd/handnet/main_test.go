@@ -73,6 +73,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"bench", "--batch", "0"}, 2},
 		{[]string{"bench", "--models", "vgg"}, 2},
 		{[]string{"bench", "--phases", "eval"}, 2},
+		{[]string{"bench", "--rounds", "0"}, 2},
 		{[]string{"bench", "--models", "cnn", "--batch", "2", "--modes", "fp32", "--phases", "infer", "--steps", "1", "--min-time", "0s",
 			"--pytorch", "--python", filepath.Join(dir, "no-python")}, 1},
 	}
