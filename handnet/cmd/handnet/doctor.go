@@ -48,6 +48,7 @@ type doctorReport struct {
 	Gotch           string              `json:"gotch"`
 	ReplacedOps     int                 `json:"replaced_ops"`
 	Native          native.Features     `json:"native"`
+	MallocTuned     bool                `json:"malloc_tuned"`
 	Device          string              `json:"device"`
 	Check           string              `json:"check"`
 	CheckOK         bool                `json:"check_ok"`
@@ -62,7 +63,7 @@ func doctor(deviceName string, threads int, asJSON bool) error {
 		LibtorchRoot: b.Libtorch.Root, LibtorchSource: b.Libtorch.Source, LibtorchVersion: b.Libtorch.Version,
 		CXX11ABI: b.Libtorch.CXX11ABI, CUDABuild: b.Libtorch.CUDA, CUDAVersion: b.Libtorch.CUDAVersion,
 		UsableCPUs: torch.UsableCPUs(), Threads: th.Threads(), Gotch: b.Gotch, ReplacedOps: len(b.ReplacedOps),
-		Native: native.BuildFeatures(), Version: handnet.Version(),
+		Native: native.BuildFeatures(), MallocTuned: native.MallocTuned(), Version: handnet.Version(),
 	}
 	_ = th.Do(func() error {
 		r.CUDAAvailable = gotch.CUDA.IsAvailable()
@@ -116,6 +117,11 @@ func doctor(deviceName string, threads int, asJSON bool) error {
 		fmt.Printf("CUDA devices  %d\n", r.CUDADevices)
 		fmt.Printf("cuDNN         %s\n", yes(r.CuDNN))
 		fmt.Printf("threads       %d intra-op (%d usable CPUs)\n", r.Threads, r.UsableCPUs)
+		if r.MallocTuned {
+			fmt.Printf("malloc        tuned by handnet: blocks up to 32 MiB from the heap, 256 MiB of freed memory kept, one arena\n")
+		} else {
+			fmt.Printf("malloc        glibc's own thresholds (GLIBC_TUNABLES or MALLOC_*_THRESHOLD_ is set)\n")
+		}
 		fmt.Printf("replaced ops  %d gotch wrappers (not compilable against this libtorch)\n", r.ReplacedOps)
 		fmt.Printf("device        %s\n", r.Device)
 		fmt.Printf("check         %s\n", r.Check)

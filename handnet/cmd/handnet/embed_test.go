@@ -313,8 +313,13 @@ func TestMakeInstall(t *testing.T) {
 		t.Errorf("--version --short: %q, want one word", short)
 	}
 	out = runIn(t, "/", 2*time.Minute, nil, bin, "doctor", "--device", "cpu")
-	if !strings.Contains(out, "check         ok") {
+	if !strings.Contains(out, "check         ok") || !strings.Contains(out, "malloc        tuned by handnet") {
 		t.Errorf("doctor from /:\n%s", out)
+	}
+	// The user's own malloc settings win, and doctor says so.
+	out = runIn(t, "/", 2*time.Minute, []string{"GLIBC_TUNABLES=glibc.malloc.trim_threshold=1048576"}, bin, "doctor", "--device", "cpu")
+	if !strings.Contains(out, "malloc        glibc's own thresholds") || !strings.Contains(out, "check         ok") {
+		t.Errorf("doctor with GLIBC_TUNABLES set:\n%s", out)
 	}
 }
 
