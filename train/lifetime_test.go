@@ -100,29 +100,30 @@ func TestLiveTensorsAfterRuns(t *testing.T) {
 		momentum := 0
 		tn.OnEpoch = func(EpochStats) { momentum = len(tn.opt.State()) }
 		start := torch.LiveTensors()
-		if _, err := tn.Run(context.Background(), false); err != nil {
-			return err
-		}
-		if momentum == 0 {
-			t.Errorf("no momentum buffers at the end of the epoch")
-		}
-		if live := torch.LiveTensors(); live != start {
-			t.Errorf("after the first run: %d live tensors, %d before it: it leaked %d (%d momentum buffers)", live, start, live-start, momentum)
-		}
-		tn.Config.Epochs = 2
-		if _, err := tn.Run(context.Background(), true); err != nil {
-			return err
-		}
-		if live := torch.LiveTensors(); live != start {
-			t.Errorf("after the resumed run on the same Trainer: %d live tensors, %d before the first: it leaked %d", live, start, live-start)
-		}
-		tn.Config.Epochs = 3
-		tn.Comm = &failComm{failAt: 2}
-		if _, err := tn.Run(context.Background(), true); !errors.Is(err, errInjected) {
-			return fmt.Errorf("third run: err = %v, want the injected failure", err)
-		}
-		if live := torch.LiveTensors(); live != start {
-			t.Errorf("after a run that failed: %d live tensors, %d before the first: it leaked %d", live, start, live-start)
+		for _, step := range []struct {
+			name   string
+			epochs int
+			resume bool
+			comm   Comm
+			want   error
+		}{
+			{"the first run", 1, false, nil, nil},
+			{"the resumed run on the same Trainer", 2, true, nil, nil},
+			{"a run that failed", 3, true, &failComm{failAt: 2}, errInjected},
+		} {
+			tn.Config.Epochs = step.epochs
+			if step.comm != nil {
+				tn.Comm = step.comm
+			}
+			if _, err := tn.Run(context.Background(), step.resume); !errors.Is(err, step.want) || (err == nil) != (step.want == nil) {
+				return fmt.Errorf("%s: err = %v, want %v", step.name, err, step.want)
+			}
+			if momentum == 0 {
+				t.Errorf("%s: no momentum buffers at the end of an epoch", step.name)
+			}
+			if live := torch.LiveTensors(); live != start {
+				t.Errorf("after %s: %d live tensors, %d before the first: it leaked %d (%d momentum buffers)", step.name, live, start, live-start, momentum)
+			}
 		}
 		return nil
 	})
