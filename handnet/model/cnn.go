@@ -2,9 +2,11 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/handnet/handnet/handnet/runtime/torch"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
@@ -67,7 +69,7 @@ func ParseDropout(name string) (Dropout, error) {
 type CNN struct {
 	conv1, conv2, conv3 *nn.Conv2D
 	bn1, bn2, bn3       *nn.BatchNorm // nil without BatchNorm
-	fc1, fc2            *nn.Linear
+	fc1, fc2            *dense
 	drop                Dropout
 }
 
@@ -93,8 +95,8 @@ func NewCNN(p *nn.Path, h, w, classes int, drop Dropout, batchNorm bool) *CNN {
 		m.bn2 = newBatchNorm(p.Sub("bn2"), 32)
 		m.bn3 = newBatchNorm(p.Sub("bn3"), 64)
 	}
-	m.fc1 = nn.NewLinear(p.Sub("fc1"), Features(h, w), 256, nn.DefaultLinearConfig())
-	m.fc2 = nn.NewLinear(p.Sub("fc2"), 256, int64(classes), nn.DefaultLinearConfig())
+	m.fc1 = newDense(p.Sub("fc1"), Features(h, w), 256)
+	m.fc2 = newDense(p.Sub("fc2"), 256, int64(classes))
 	return m
 }
 
@@ -134,7 +136,7 @@ func (m *CNN) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
 			a = s.T(a.MustContiguous(false))
 		}
 		a = dropout(s, a, m.drop.Flatten, train)
-		w := s.T(m.fc1.Ws.MustT(false)) // [out, in], contiguous
+		w := m.fc1.W // [out, in], contiguous
 		sz := a.MustSize()
 		w4 := s.T(w.MustView([]int64{w.MustSize()[0], sz[1], sz[2], sz[3]}, false))
 		y := s.T(ts.MustConv2d(a, w4, m.fc1.Bs, []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1))
@@ -164,14 +166,26 @@ func fc1AsConv(a *ts.Tensor) bool {
 }
 
 // block is conv → [BatchNorm] → ReLU → max-pool 2 → [dropout].
-func (m *CNN) block(s *torch.Scope, x *ts.Tensor, conv *nn.Conv2D, bn *nn.BatchNorm, train bool, p float64) *ts.Tensor {
-	h := s.T(conv.Forward(x))
+func (m *CNN) block(s *torch.Scope, x *ts.Tensor, c *nn.Conv2D, bn *nn.BatchNorm, train bool, p float64) *ts.Tensor {
+	h := convolve(s, c, x)
 	if bn != nil {
 		h = s.T(bn.ForwardT(h, train))
 	}
 	h = s.T(h.MustRelu(false))
 	h = s.T(h.MaxPool2DDefault(2, false))
 	return dropout(s, h, p, train)
+}
+
+// convolve is c's convolution of x (gotch's Conv2D.Forward) through
+// native.Conv2d: libtorch's conv2d, but in oneDNN where libtorch 1.13 would
+// use the BLAS (ResNet-18's layer4 at batch 1: ten times faster there).
+func convolve(s *torch.Scope, c *nn.Conv2D, x *ts.Tensor) *ts.Tensor {
+	cfg := c.Config
+	y, err := native.Conv2d(x, c.Ws, c.Bs, [2]int64(cfg.Stride), [2]int64(cfg.Padding), [2]int64(cfg.Dilation), cfg.Groups)
+	if err != nil {
+		panic(err)
+	}
+	return s.T(y)
 }
 
 // dropout applies dropout with probability p in training.
@@ -182,11 +196,34 @@ func dropout(s *torch.Scope, x *ts.Tensor, p float64, train bool) *ts.Tensor {
 	return s.T(ts.MustDropout(x, p, true))
 }
 
+// dense is a fully connected layer: gotch's Linear for its parameters
+// (created and initialised as gotch does), run with W, the VarStore's own
+// weight tensor [out, in]. gotch's Linear computes with Ws, a transposed
+// view of W made once when the layer is built; once SGD has updated W in
+// place, autograd can differentiate through that old view only as an
+// as_strided view (AsStridedBackward0): every backward pass then fills a
+// buffer of the weight's size with zeros and copies the gradient into it
+// — for the study CNN's fc1 (13 MB) about 5 ms a step, a tenth of a
+// batch-1 training step, which PyTorch's nn.Linear never pays.
+type dense struct {
+	*nn.Linear
+	W *ts.Tensor // the weight, a leaf of the VarStore's: not to be freed
+}
+
+func newDense(p *nn.Path, in, out int64) *dense {
+	l := nn.NewLinear(p, in, out, nn.DefaultLinearConfig())
+	name := strings.Join(append(slices.Clone(p.Paths()), "weight"), nn.SEP)
+	w, err := p.Get(name)
+	if err != nil {
+		panic(fmt.Sprintf("model: the weight of %s: %v", name, err))
+	}
+	return &dense{Linear: l, W: w}
+}
+
 // linear is x·Wᵀ + b as one op (at::linear, an addmm), as PyTorch's
 // nn.Linear computes it. gotch's Linear.Forward multiplies and then adds the
 // bias separately: more kernels, and under autocast the separate add
 // promotes the bf16 product back to float32.
-func linear(s *torch.Scope, l *nn.Linear, x *ts.Tensor) *ts.Tensor {
-	w := s.T(l.Ws.MustT(false)) // l.Ws is a transposed view of the [out,in] weight
-	return s.T(ts.MustLinear(x, w, l.Bs))
+func linear(s *torch.Scope, l *dense, x *ts.Tensor) *ts.Tensor {
+	return s.T(ts.MustLinear(x, l.W, l.Bs))
 }

@@ -286,9 +286,8 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 // inference dtype.
 type linearUnit struct{ w, b *ts.Tensor }
 
-func (inf *Inference) linear(l *nn.Linear) *linearUnit {
-	w := l.Ws.MustT(false) // l.Ws is a transposed view of the [out,in] weight
-	w = w.MustTotype(inf.dtype, true).MustContiguous(true)
+func (inf *Inference) linear(l *dense) *linearUnit {
+	w := l.W.MustTotype(inf.dtype, false).MustContiguous(true)
 	b := l.Bs.MustTotype(inf.dtype, false)
 	return &linearUnit{w: inf.keep(w), b: inf.keep(b)}
 }
@@ -323,7 +322,7 @@ func (inf *Inference) buildCNN(m *CNN) error {
 	}
 	n.fc2 = inf.linear(m.fc2)
 	c := m.conv3.Ws.MustSize()[0]
-	if inf.device.IsCuda() || !inf.opts.fcConv || inf.dtype != gotch.Float || m.fc1.Ws.MustSize()[0] != c*h*w {
+	if inf.device.IsCuda() || !inf.opts.fcConv || inf.dtype != gotch.Float || m.fc1.W.MustSize()[1] != c*h*w {
 		n.fc1 = inf.linear(m.fc1)
 		inf.net = n
 		return nil
@@ -336,7 +335,7 @@ func (inf *Inference) buildCNN(m *CNN) error {
 	// reference BLAS, one thread: 37 ms against 2.3 ms at batch 16). No
 	// flatten copy either. A bf16 linear layer already runs on oneDNN's
 	// matrix product, as fast (at batch 16, faster) as the convolution.
-	wt := m.fc1.Ws.MustT(false).MustTotype(inf.dtype, true).MustContiguous(true)
+	wt := m.fc1.W.MustTotype(inf.dtype, false).MustContiguous(true)
 	out := wt.MustSize()[0]
 	wt = wt.MustView([]int64{out, c, h, w}, true)
 	bt := m.fc1.Bs.MustTotype(inf.dtype, false)

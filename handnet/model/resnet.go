@@ -16,7 +16,7 @@ type ResNet18 struct {
 	conv1  *nn.Conv2D
 	bn1    *nn.BatchNorm
 	layers [4][2]*basicBlock
-	fc     *nn.Linear
+	fc     *dense
 	// frozenBN tells whether the BatchNorm named (e.g. "layer1.0.bn1") runs
 	// with its running statistics even in training (frozen layers);
 	// allBNFrozen makes every BatchNorm do so.
@@ -67,7 +67,7 @@ func NewResNet18(p *nn.Path, classes int) *ResNet18 {
 			in = out
 		}
 	}
-	m.fc = nn.NewLinear(p.Sub("fc"), 512, int64(classes), nn.DefaultLinearConfig())
+	m.fc = newDense(p.Sub("fc"), 512, int64(classes))
 	return m
 }
 
@@ -85,7 +85,7 @@ func (m *ResNet18) release() { m.fc.Ws.MustDrop() }
 // Features runs the stem and the four stages: layer4's activations,
 // [N,512,4,6] at 128×170, where Grad-CAM looks. Intermediates belong to s.
 func (m *ResNet18) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
-	h := m.bn(s, m.bn1, "bn1", s.T(m.conv1.Forward(x)), train)
+	h := m.bn(s, m.bn1, "bn1", convolve(s, m.conv1, x), train)
 	h = s.T(h.MustRelu(false))
 	h = s.T(h.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, false))
 	for l := range m.layers {
@@ -104,12 +104,12 @@ func (m *ResNet18) Head(s *torch.Scope, a *ts.Tensor, train bool) *ts.Tensor {
 
 // block is torchvision's BasicBlock.
 func (m *ResNet18) block(s *torch.Scope, b *basicBlock, x *ts.Tensor, train bool) *ts.Tensor {
-	h := m.bn(s, b.bn1, b.name+".bn1", s.T(b.conv1.Forward(x)), train)
+	h := m.bn(s, b.bn1, b.name+".bn1", convolve(s, b.conv1, x), train)
 	h = s.T(h.MustRelu(false))
-	h = m.bn(s, b.bn2, b.name+".bn2", s.T(b.conv2.Forward(h)), train)
+	h = m.bn(s, b.bn2, b.name+".bn2", convolve(s, b.conv2, h), train)
 	identity := x
 	if b.downConv != nil {
-		identity = m.bn(s, b.downBN, b.name+".downsample.1", s.T(b.downConv.Forward(x)), train)
+		identity = m.bn(s, b.downBN, b.name+".downsample.1", convolve(s, b.downConv, x), train)
 	}
 	h = s.T(h.MustAdd(identity, false))
 	return s.T(h.MustRelu(false))
