@@ -9,6 +9,14 @@
 // steps, then steps until both Options.Steps and Options.MinTime are
 // reached; on CUDA the clock is read after the device has finished.
 //
+// Steps run with denormal floats flushed to zero, on both sides
+// (native.FlushDenormal, torch.set_flush_denormal): training steps repeated
+// on one batch drive the model onto it within a second, into numbers below
+// fp32's normal range whose arithmetic the CPU runs far slower (the study
+// CNN at batch 1 in PyTorch: 38 images/s in the first half second, 4–20
+// after), so that a side's figure would depend on how many steps it had
+// already made — the faster side's the more.
+//
 // Floor 6 (study and library) of handnet's layering: it imports packages of floors 0–6 only
 // (README, "Packages"; tools/floors checks it).
 package bench
@@ -175,6 +183,9 @@ func Measure(c Case, o Options) (Row, error) {
 	}
 	if err := CheckMemory(c, o.Device); err != nil {
 		return Row{}, err
+	}
+	if native.FlushDenormal(true) {
+		defer native.FlushDenormal(false)
 	}
 	torch.ManualSeed(0)
 	cfg := c.config()

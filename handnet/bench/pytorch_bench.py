@@ -22,7 +22,13 @@ ResNet-18 with an 8-class head. A training step is
 forward, cross-entropy, backward and SGD (lr 0.0025, momentum 0.9); an
 inference step is a forward pass in eval mode under torch.inference_mode.
 Timing: warm-up steps, then steps until both --steps and --min-seconds are
-reached; CUDA is synchronised before the clock is read.
+reached; CUDA is synchronised before the clock is read. Both sides flush
+denormal floats to zero (torch.set_flush_denormal): a training step run
+again and again on one batch drives the model onto that batch within a
+second, into numbers below fp32's normal range, whose arithmetic the CPU
+runs far slower (this script's CNN at batch 1: 38 images/s in its first
+half second, 4-20 after) - a figure would then depend on how many steps a
+side had already made, the faster side's the more.
 """
 import argparse
 import json
@@ -192,6 +198,8 @@ def main():
         p.error("no cases: give CASE... or --stdin")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # As handnet's side: denormal floats flushed to zero (see the docstring).
+    torch.set_flush_denormal(True)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -17,6 +17,7 @@
 #include <ATen/core/stack.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -616,6 +617,84 @@ char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out) {
 
 void hn_conv_free(hn_conv* c) { delete c; }
 
+// ---- convolutions libtorch would send to the BLAS ----
+
+namespace {
+
+// slowConv says whether libtorch 1.13's ConvParams::use_mkldnn turns an
+// fp32 CPU convolution away from oneDNN to slow_conv2d (its rule, verbatim
+// in effect, for groups 1, no dilation, not transposed).
+bool slowConv(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride) {
+  bool strided = stride[0] != 1 || stride[1] != 1;
+  bool oneByOne = w.size(-1) == 1 && w.size(-2) == 1;
+  if (!(strided || x.size(0) >= 16 || !oneByOne || at::get_num_threads() > 1)) return true;
+  return !((w.size(-1) > 3 && w.size(-2) > 3) || x.size(0) > 1 || x.numel() > 20480);
+}
+
+struct OneDnnConv : public torch::autograd::Function<OneDnnConv> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                            std::vector<int64_t> dilation) {
+    auto fmt = (x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                w.suggest_memory_format() == at::MemoryFormat::ChannelsLast)
+                   ? at::MemoryFormat::ChannelsLast
+                   : at::MemoryFormat::Contiguous;
+    at::Tensor xc = x.contiguous(fmt), wc = w.contiguous(fmt);
+    c10::optional<at::Tensor> bias;
+    if (b.numel() > 0) bias = b.contiguous();  // b is empty without a bias (apply takes no undefined tensor)
+    ctx->save_for_backward({xc, wc});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["bias"] = bias.has_value();
+    return at::mkldnn_convolution(xc, wc, bias, padding, stride, dilation, 1);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    at::Tensor x = saved[0], w = saved[1], gy = grads[0];
+    auto stride = ctx->saved_data["stride"].toIntVector();
+    auto padding = ctx->saved_data["padding"].toIntVector();
+    auto dilation = ctx->saved_data["dilation"].toIntVector();
+    bool hasBias = ctx->saved_data["bias"].toBool();
+    int64_t n = x.size(0);
+    if (slowConv(x, w, stride)) {
+      // One image of zeros more: libtorch's backward then runs in oneDNN.
+      x = at::cat({x, at::zeros_like(x)}, 0);
+      gy = at::cat({gy.contiguous(x.suggest_memory_format()), at::zeros_like(gy, x.suggest_memory_format())}, 0);
+    }
+    std::vector<int64_t> biasSizes;
+    if (hasBias) biasSizes.push_back(w.size(0));
+    auto r = at::convolution_backward(gy, x, w, hasBias ? c10::OptionalIntArrayRef(biasSizes) : c10::nullopt, stride,
+                                      padding, dilation, false, std::vector<int64_t>(2, 0), 1,
+                                      {ctx->needs_input_grad(0), ctx->needs_input_grad(1), hasBias && ctx->needs_input_grad(2)});
+    at::Tensor gx = std::get<0>(r);
+    if (gx.defined() && gx.size(0) != n) gx = gx.narrow(0, 0, n);
+    return {gx, std::get<1>(r), hasBias ? std::get<2>(r) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
+                const int64_t* dilation, int64_t groups, hn_tensor* out) {
+  HN_TRY
+  const at::Tensor& t = T(x);
+  const at::Tensor& wt = T(w);
+  at::Tensor bias = b != nullptr ? T(b) : at::Tensor();
+  auto st = vec(stride, 2), pd = vec(padding, 2), dl = vec(dilation, 2);
+  bool oneDnn = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && t.device().is_cpu() && t.dim() == 4 &&
+                t.scalar_type() == at::kFloat && wt.scalar_type() == at::kFloat && !t.is_mkldnn() && groups == 1 &&
+                dl[0] == 1 && dl[1] == 1 && !at::autocast::is_cpu_enabled() && slowConv(t, wt, st);
+  if (oneDnn) {
+    *out = new at::Tensor(OneDnnConv::apply(t, wt, bias.defined() ? bias : at::empty({0}, wt.options()), st, pd, dl));
+  } else {
+    *out = new at::Tensor(at::conv2d(t, wt, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, st, pd, dl, groups));
+  }
+  HN_CATCH
+}
+
 // ---- max pooling without indices ----
 
 namespace {
@@ -724,6 +803,24 @@ void parallelFor(int64_t n, const F& f) {
 }
 
 }  // namespace
+
+extern "C" int hn_flush_denormal(int on) {
+  try {
+    if (!at::globalContext().setFlushDenormal(on != 0)) return 0;
+    // The team's threads were started before (and keep their own MXCSR):
+    // each sets its own, in one parallel region of the team's size.
+    const Omp& o = omp();
+    int threads = at::get_num_threads();
+    if (o.parallel != nullptr && threads > 1 && !at::in_parallel_region()) {
+      int flag = on;
+      o.parallel([](void* p) { at::globalContext().setFlushDenormal(*static_cast<int*>(p) != 0); }, &flag,
+                 static_cast<unsigned>(threads), 0);
+    }
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
 
 extern "C" char* hn_max_pool2d(hn_tensor x, const int64_t* kernel, const int64_t* stride, const int64_t* padding,
                                hn_tensor* out) {

@@ -469,6 +469,46 @@ func CUDAMemory(index int) (total int64, err error) {
 	return int64(t), nil
 }
 
+// Conv2d is conv2d(x, w, b, stride, padding, dilation, groups) with
+// autograd, as libtorch computes it, except where libtorch 1.13 would run
+// an fp32 CPU convolution through im2col and the BLAS (a batch of 1 with
+// at most 20,480 input elements and a kernel of at most 3 in a side, such
+// as ResNet-18's layer4 at 128×170, or a 1×1 kernel on one thread): with a
+// reference BLAS that takes ten times oneDNN's time, forward and backward.
+// There the forward runs in oneDNN and the backward too (libtorch's
+// convolution_backward over the batch plus one image of zeros, which adds
+// nothing to the gradients). b may be nil.
+func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64) (*ts.Tensor, error) {
+	var bc C.hn_tensor
+	if b != nil && b.Ctensor() != nil {
+		bc = C.hn_tensor(b.Ctensor())
+	}
+	var out C.hn_tensor
+	err := cerr(C.hn_conv2d(C.hn_tensor(x.Ctensor()), C.hn_tensor(w.Ctensor()), bc, (*C.int64_t)(unsafe.Pointer(&stride[0])),
+		(*C.int64_t)(unsafe.Pointer(&padding[0])), (*C.int64_t)(unsafe.Pointer(&dilation[0])), C.int64_t(groups), &out))
+	runtime.KeepAlive(x)
+	runtime.KeepAlive(w)
+	runtime.KeepAlive(b)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
+}
+
+// FlushDenormal turns flushing of denormal floats to zero on or off (FTZ
+// and DAZ, what torch.set_flush_denormal sets) for the calling OS thread
+// and its intra-op threads; call it on a torch thread. It reports whether
+// the CPU has the modes. With them on, a number below 1.2e-38 in fp32
+// counts as 0: arithmetic on such numbers, which the CPU otherwise runs
+// through a microcode path some hundred times slower, stays at full speed.
+func FlushDenormal(on bool) bool {
+	v := 0
+	if on {
+		v = 1
+	}
+	return C.hn_flush_denormal(C.int(v)) == 1
+}
+
 // InferenceMode runs f with c10::InferenceMode on (the calling OS thread's
 // mode; call it on a torch thread): the forward passes of predict, eval,
 // serve and validation, which need no gradient. It is faster than no-grad
@@ -500,7 +540,7 @@ type Conv struct {
 // Call it on a torch thread.
 func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64, inputSize [4]int64, relu, channelsLast bool) (*Conv, error) {
 	var bc C.hn_tensor
-	if b != nil {
+	if b != nil && b.Ctensor() != nil {
 		bc = C.hn_tensor(b.Ctensor())
 	}
 	r, cl := C.int(0), C.int(0)

@@ -100,6 +100,26 @@ void hn_release_memory(void);
 // thresholds when it loaded (1), or left them to the user's settings (0).
 int hn_malloc_tuning(void);
 
+// hn_conv2d is conv2d(x, w, b, stride, padding, dilation, groups), with
+// autograd, as at::conv2d computes it — except where libtorch 1.13's choice
+// of kernel would take the im2col + BLAS path ("slow_conv2d") on the CPU in
+// fp32 without autocast: a batch of 1 whose input has at most 20,480
+// elements and a kernel of at most 3 in a side (ResNet-18's layer4 at
+// 128x170), or a 1x1 kernel on one thread. With a reference BLAS (Debian's)
+// that path takes ~40 ms where oneDNN takes ~3 ms, and its backward as long
+// again: there the forward runs oneDNN's convolution (at::mkldnn_convolution)
+// and the backward libtorch's convolution_backward on the batch with one
+// image of zeros added, which makes libtorch pick oneDNN too (the zeros add
+// nothing to the weight's and bias's gradients). b may be NULL.
+char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
+                const int64_t* dilation, int64_t groups, hn_tensor* out);
+
+// hn_flush_denormal turns flushing of denormal floats to zero (FTZ and DAZ,
+// as torch.set_flush_denormal) on (on=1) or off for the calling thread and
+// every thread of its OpenMP team, which keep their own float modes. It
+// returns 1 when the CPU has the modes, 0 when not (nothing changed).
+int hn_flush_denormal(int on);
+
 // Inference mode (c10::InferenceMode): hn_inference_mode_enter turns it on
 // for the calling thread and returns its guard; hn_inference_mode_exit, on
 // the same thread and in reverse order, restores the mode before. Tensors
