@@ -1,6 +1,7 @@
 package native
 
 import (
+	"fmt"
 	"math"
 	"runtime"
 	"testing"
@@ -83,4 +84,129 @@ func slices4(a, b []int64) bool {
 		}
 	}
 	return true
+}
+
+// Conv2d gives libtorch's conv2d values and gradients (input, weight,
+// bias), both where it hands the convolution to oneDNN in place of
+// libtorch's im2col + BLAS path (batch 1 with a small input and a 3×3 or
+// smaller kernel; a 1×1 kernel on one thread) and where it leaves it to
+// libtorch.
+func TestConv2dEqualsLibtorch(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, c := range []struct {
+		name            string
+		x, w            []int64
+		stride, padding int64
+		bias, cl        bool
+		threads         int // intra-op threads for the case (0: as they are)
+	}{
+		{"layer4 batch 1 (oneDNN)", []int64{1, 512, 4, 6}, []int64{512, 512, 3, 3}, 1, 1, false, false, 0},
+		{"small, bias, channels last, batch 1 (oneDNN)", []int64{1, 16, 10, 12}, []int64{8, 16, 3, 3}, 1, 1, true, true, 0},
+		{"1x1 batch 1 (oneDNN on one thread)", []int64{1, 32, 8, 8}, []int64{16, 32, 1, 1}, 1, 0, true, false, 1},
+		{"strided, batch 1, large input (libtorch's)", []int64{1, 64, 64, 85}, []int64{64, 64, 3, 3}, 2, 1, false, false, 2},
+		{"batch 3 (libtorch's)", []int64{3, 16, 10, 12}, []int64{8, 16, 3, 3}, 1, 1, true, true, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.threads > 0 {
+				defer lib.AtSetNumThreads(lib.AtGetNumThreads())
+				lib.AtSetNumThreads(c.threads)
+			}
+			lib.AtManualSeed(int64(len(c.name)))
+			x0 := ts.MustRandn(c.x, gotch.Float, gotch.CPU)
+			if c.cl {
+				if err := SetChannelsLast(x0, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w0 := ts.MustRandn(c.w, gotch.Float, gotch.CPU)
+			var b0 *ts.Tensor
+			if c.bias {
+				b0 = ts.MustRandn([]int64{c.w[0]}, gotch.Float, gotch.CPU)
+			}
+			run := func(native bool) (out []*ts.Tensor) {
+				x, w := x0.MustDetach(false), w0.MustDetach(false)
+				x.MustRequiresGrad_(true)
+				w.MustRequiresGrad_(true)
+				b := ts.NewTensor() // undefined: no bias, as gotch's Conv2D without one
+				if b0 != nil {
+					b = b0.MustDetach(false)
+					b.MustRequiresGrad_(true)
+				}
+				st, pd, one := [2]int64{c.stride, c.stride}, [2]int64{c.padding, c.padding}, [2]int64{1, 1}
+				var y *ts.Tensor
+				if native {
+					var err error
+					if y, err = Conv2d(x, w, b, st, pd, one, 1); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					y = ts.MustConv2d(x, w, b, st[:], pd[:], one[:], 1)
+				}
+				// A loss whose gradient differs at every output: Σ y·y/2.
+				loss := y.MustMul(y, false).MustSum(gotch.Float, true).MustMulScalar(ts.FloatScalar(0.5), true)
+				if err := loss.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, y, x.MustGrad(false), w.MustGrad(false))
+				if b0 != nil {
+					out = append(out, b.MustGrad(false))
+				}
+				return out
+			}
+			want, got := run(false), run(true)
+			for i, name := range []string{"output", "input gradient", "weight gradient", "bias gradient"}[:len(want)] {
+				if err := close(got[i], want[i], 1e-4); err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+			}
+		})
+	}
+}
+
+// close checks |a−b| ≤ tol·max(1, max|b|) elementwise and equal shapes.
+func close(a, b *ts.Tensor, tol float64) error {
+	if fmt.Sprint(a.MustSize()) != fmt.Sprint(b.MustSize()) {
+		return fmt.Errorf("shape %v, want %v", a.MustSize(), b.MustSize())
+	}
+	diff := a.MustSub(b, false).MustAbs(true).MustMax(true).Float64Values()[0]
+	scale := math.Max(1, b.MustAbs(false).MustMax(true).Float64Values()[0])
+	if !(diff <= tol*scale) {
+		return fmt.Errorf("max difference %.3g, want ≤ %.3g (largest value %.3g)", diff, tol*scale, scale)
+	}
+	return nil
+}
+
+// FlushDenormal flushes denormal floats to zero on the calling thread and
+// on its intra-op threads (an op over a million elements runs on both
+// threads here), and off again.
+func TestFlushDenormal(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer lib.AtSetNumThreads(lib.AtGetNumThreads())
+	lib.AtSetNumThreads(2)
+	const n = 1 << 20
+	x := ts.MustFull([]int64{n}, ts.FloatScalar(1e-39), gotch.Float, gotch.CPU) // below fp32's normal range (1.18e-38)
+	defer x.MustDrop()
+	nonzero := func() int64 {
+		y := x.MustMulScalar(ts.FloatScalar(3), false)
+		defer y.MustDrop()
+		c := y.MustCountNonzero([]int64{0}, true)
+		defer c.MustDrop()
+		return c.Int64Values()[0]
+	}
+	if got := nonzero(); got != n {
+		t.Fatalf("before: %d of %d products nonzero, want all (denormals already flushed?)", got, n)
+	}
+	if !FlushDenormal(true) {
+		t.Skip("this CPU has no flush-to-zero modes")
+	}
+	got := nonzero()
+	FlushDenormal(false)
+	if got != 0 {
+		t.Errorf("flushed: %d of %d products of a denormal nonzero, want 0 (a thread of the team kept its mode?)", got, n)
+	}
+	if got := nonzero(); got != n {
+		t.Errorf("after FlushDenormal(false): %d of %d nonzero, want all", got, n)
+	}
 }
