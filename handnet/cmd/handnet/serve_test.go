@@ -21,13 +21,19 @@ import (
 )
 
 // testCheckpoint saves a freshly initialised CNN.
-func testCheckpoint(t testing.TB) string {
+func testCheckpoint(t testing.TB) string { return archCheckpoint(t, "cnn") }
+
+// archCheckpoint saves a freshly initialised model of arch (cnn, resnet18).
+func archCheckpoint(t testing.TB, arch string) string {
 	path := filepath.Join(t.TempDir(), "m.safetensors")
 	th := torch.NewThread(1)
 	defer th.Close()
 	err := th.Do(func() error {
-		m, err := model.New(model.Config{Arch: "cnn", Dropout: "none", Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height,
-			Mean: vision.Mean, Std: vision.Std}, gotch.CPU)
+		cfg := model.Config{Arch: arch, Classes: vision.Classes8.Classes(), Width: vision.Width, Height: vision.Height, Mean: vision.Mean, Std: vision.Std}
+		if arch == "cnn" {
+			cfg.Dropout = "none"
+		}
+		m, err := model.New(cfg, gotch.CPU)
 		if err != nil {
 			return err
 		}
@@ -38,6 +44,38 @@ func testCheckpoint(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// A ResNet-18 server keeps its memory flat under a stream of requests: the
+// real serve process and a real HTTP client, 150 predictions of a real
+// photo after 30 to warm up, and the resident size grows by less than
+// 40 MB. gotch's in-place ops made every ResNet-18 pass keep its residual
+// blocks' outputs until tools/setup freed the handles they replace
+// (freeReplacedHandles): against a gotch copy without it the server grew
+// by 112 MB here.
+func TestServeResNetKeepsNoMemory(t *testing.T) {
+	photo, err := os.ReadFile("../../../../shared/data/real-sample/Hand_0000033.jpg")
+	if err != nil {
+		t.Fatalf("the real photos beside the checkout: %v", err)
+	}
+	s := startServe(t, archCheckpoint(t, "resnet18"))
+	c := &http.Client{Timeout: 60 * time.Second}
+	send := func(n int) {
+		for i := range n {
+			if code := post(t.Context(), c, s.url, "image/jpeg", photo); code != http.StatusOK {
+				t.Fatalf("request %d: HTTP %d\n%s", i+1, code, s.out.String())
+			}
+		}
+	}
+	send(30)
+	before := s.status("VmRSS")
+	send(150)
+	if grew := s.status("VmRSS") - before; grew > 40<<20 {
+		t.Errorf("the server's resident size grew by %d MB over 150 requests (from %d MB): its passes keep their tensors", grew>>20, before>>20)
+	} else {
+		t.Logf("resident size %d MB after 30 requests, %+d MB after 150 more", before>>20, grew>>20)
+	}
+	s.stop(t)
 }
 
 var servingAt = regexp.MustCompile(`serving .* on (http://\S+)`)
