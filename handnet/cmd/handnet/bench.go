@@ -239,7 +239,7 @@ func printBenchTable(rows []bench.Row, threads, rounds int) {
 		if rounds > 1 {
 			fmt.Printf(" (each side's best of %d rounds, alternately)", rounds)
 		}
-		fmt.Printf(";\npredict rows classify the same JPEG files end to end on both sides (PyTorch: PIL + torchvision transforms)")
+		fmt.Printf("; both sides flush denormal floats to zero while they measure (README, Speed);\npredict rows classify the same JPEG files end to end on both sides (PyTorch: PIL + torchvision transforms)")
 		if rows[0].PyTorchNote != "" {
 			fmt.Printf(" (%s)", rows[0].PyTorchNote)
 		}

@@ -452,9 +452,8 @@ int hn_malloc_tuned = 0;
 // both as it sees large blocks freed, but a step of libtorch allocates and
 // frees its activations and gradients anew, and in handnet's process each
 // step kept faulting its memory in again, page by page: a study-CNN
-// training step at batch 1, ~5,900 page faults and a fifth of its time in
-// the kernel (perf), where PyTorch's Python process running the same step
-// spends ~1 %. Blocks up to 32 MiB (glibc's largest mmap threshold) now
+// training step at batch 16, ~11,000 page faults (model's
+// TestTrainingStepKeepsItsMemory under glibc's own thresholds). Blocks up to 32 MiB (glibc's largest mmap threshold) now
 // come from the heap, up to 256 MiB of freed memory stays there for the
 // next step, and every thread allocates from that one heap (M_ARENA_MAX 1,
 // as in a Python process, whose tensors are made on one thread: glibc's
