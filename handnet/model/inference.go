@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/handnet/handnet/handnet/runtime/torch"
@@ -26,6 +27,10 @@ import (
 //   - on the CPU in fp32 the CNN's fc1 runs as one more such convolution
 //     (the BLAS libtorch may be built with is far slower), and max-pooling
 //     skips the indices libtorch's kernel computes (native.MaxPool2d);
+//   - in bf16 on the CPU, each convolution runs on oneDNN's bf16 kernels or
+//     on its fp32 kernels with the bf16 weights (input cast up, output
+//     rounded to bf16), whichever ran it faster when the form was made
+//     (native.BF16Conv; the same numbers but for the order of fp32 sums);
 //   - inputs run channels last (cast and laid out in one copy), in bf16
 //     the weights are cast once instead of at every call as autocast does,
 //     and each activation is freed as soon as it is used;
@@ -41,6 +46,7 @@ type Inference struct {
 	net       inferenceNet
 	owned     []*ts.Tensor
 	packed    []*native.Conv
+	fp32Convs int // packed convolutions of a bf16 form that run on fp32 kernels
 	opts      inferenceOptions
 }
 
@@ -183,15 +189,20 @@ type convUnit struct {
 	stride, padding [2]int64
 	relu            bool
 	packed          *native.Conv
+	// fp32 says the packed convolution of a bf16 form is oneDNN's fp32
+	// kernel on the bf16 weights: bf16 inputs are cast up for it and its
+	// output rounded back to bf16 (see native.BF16Conv).
+	fp32 bool
 }
 
 func (u *convUnit) run(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
+	if u.packed != nil && u.fp32 {
+		xf := s.T(must(native.ChannelsLastAs(x, gotch.Float)))
+		out := s.T(must(u.packed.Run(xf)))
+		return s.T(must(native.ChannelsLastAs(out, gotch.BFloat16)))
+	}
 	if u.packed != nil {
-		out, err := u.packed.Run(x)
-		if err != nil {
-			panic(err)
-		}
-		return s.T(out)
+		return s.T(must(u.packed.Run(x)))
 	}
 	h := s.T(ts.MustConv2d(x, u.w, u.b, u.stride[:], u.padding[:], []int64{1, 1}, 1))
 	if u.relu {
@@ -256,6 +267,9 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		// no reorder at run time).
 		in := wt.MustSize()[1]
 		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu, inf.opts.packCL)
+		if err == nil && inf.dtype == gotch.BFloat16 && native.BF16ConvMode() != native.BF16ConvKernels {
+			p, u.fp32, err = inf.fasterKernel(p, u, wt, bt, [4]int64{1, in, h, w})
+		}
 		if err == nil {
 			// The prepacked copy is all the unit needs: the folded weights
 			// are dropped (a ResNet-18 serves with one extra copy of its
@@ -266,6 +280,9 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 			}
 			inf.packed = append(inf.packed, p)
 			u.packed = p
+			if u.fp32 {
+				inf.fp32Convs++
+			}
 			return u, nil
 		}
 		// A libtorch without oneDNN's prepacked ops: the folded weights run
@@ -280,6 +297,65 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		return nil, err
 	}
 	return u, nil
+}
+
+// fasterKernel prepacks the bf16 unit's weights wt and bt (not taken) for
+// oneDNN's fp32 kernels too and keeps whichever of p (the bf16 kernels) and
+// that runs the unit faster (native.BF16ConvMeasure: timed on a zero input
+// of inputSize, three times each way, the first to warm up) or the one
+// native.BF16ConvFP32Kernels fixes; the other is closed.
+func (inf *Inference) fasterKernel(p *native.Conv, u *convUnit, wt, bt *ts.Tensor, inputSize [4]int64) (*native.Conv, bool, error) {
+	wf := wt.MustTotype(gotch.Float, false)
+	defer wf.MustDrop()
+	var bf *ts.Tensor
+	if bt != nil {
+		bf = bt.MustTotype(gotch.Float, false)
+		defer bf.MustDrop()
+	}
+	pf, err := native.PrepackConv(wf, bf, u.stride, u.padding, [2]int64{1, 1}, 1, inputSize, u.relu, inf.opts.packCL)
+	if err != nil {
+		p.Close()
+		return nil, false, err
+	}
+	if native.BF16ConvMode() == native.BF16ConvFP32Kernels {
+		p.Close()
+		return pf, true, nil
+	}
+	zeros := ts.MustZeros(inputSize[:], gotch.BFloat16, inf.device)
+	x := must(native.ChannelsLastAs(zeros, gotch.BFloat16))
+	zeros.MustDrop()
+	defer x.MustDrop()
+	best := [2]time.Duration{1 << 62, 1 << 62}
+	for round := range 3 {
+		for k, fp32 := range []bool{false, true} {
+			t := &convUnit{packed: p, fp32: fp32}
+			if fp32 {
+				t.packed = pf
+			}
+			start := time.Now()
+			s := torch.NewScope()
+			t.run(s, x)
+			s.Close()
+			if d := time.Since(start); round > 0 && d < best[k] {
+				best[k] = d
+			}
+		}
+	}
+	if best[1] < best[0] {
+		p.Close()
+		return pf, true, nil
+	}
+	pf.Close()
+	return p, false, nil
+}
+
+// must returns t, or panics with err (caught where the form is built or
+// run).
+func must(t *ts.Tensor, err error) *ts.Tensor {
+	if err != nil {
+		panic(err)
+	}
+	return t
 }
 
 // linearUnit is x·Wᵀ + b with W [out,in] stored contiguous in the

@@ -15,11 +15,13 @@ import (
 // channels-last or NCHW inputs, not prepacked as with a libtorch without
 // oneDNN's prepacked ops, fc1 as a linear layer or a convolution, libtorch's
 // max-pool or the native one) gives the eval-mode model's logits: within
-// 1e-5 in fp32, within bf16's rounding in bf16, NCHW or channels-last
-// input, batch 1 and 5.
+// 1e-5 in fp32, within bf16's rounding in bf16 (on bf16 kernels, on fp32
+// kernels, or each convolution on the faster: native.BF16Conv), NCHW or
+// channels-last input, batch 1 and 5.
 func TestInferenceOptionsEqualModel(t *testing.T) {
 	th := torch.NewThread(2)
 	defer th.Close()
+	defer native.SetBF16Conv(native.BF16ConvMode())
 	for _, cfg := range []Config{
 		{Arch: "cnn", Dropout: FinalDropout, Classes: []string{"a", "b", "c"}, Width: 64, Height: 48, Std: [3]float32{1, 1, 1}},
 		{Arch: "cnn", Dropout: "conv0.2-fc1-0.5", BatchNorm: true, Classes: []string{"a", "b", "c"}, Width: 64, Height: 48, Std: [3]float32{1, 1, 1}},
@@ -44,10 +46,15 @@ func TestInferenceOptionsEqualModel(t *testing.T) {
 					}); err != nil {
 						return err
 					}
-					for _, prec := range []Precision{FP32, BF16} {
+					for _, pk := range []struct {
+						prec    Precision
+						kernels native.BF16Conv
+					}{{FP32, native.BF16ConvMeasure}, {BF16, native.BF16ConvKernels}, {BF16, native.BF16ConvFP32Kernels}, {BF16, native.BF16ConvMeasure}} {
+						prec := pk.prec
 						if err := m.SetPrecision(prec); err != nil {
 							return err
 						}
+						native.SetBF16Conv(pk.kernels)
 						for name, o := range map[string]inferenceOptions{
 							"default":         defaultInferenceOptions,
 							"nchw-packed":     {prepack: true},
@@ -57,6 +64,10 @@ func TestInferenceOptionsEqualModel(t *testing.T) {
 							inf, err := newInference(m, o)
 							if err != nil {
 								return err
+							}
+							if fixed := prec == BF16 && pk.kernels != native.BF16ConvMeasure; fixed && inf.fp32Convs != map[bool]int{true: len(inf.packed)}[pk.kernels == native.BF16ConvFP32Kernels] {
+								inf.Close()
+								return fmt.Errorf("%s %s kernels %d: %d of %d prepacked convolutions on fp32 kernels", name, prec, pk.kernels, inf.fp32Convs, len(inf.packed))
 							}
 							y, err := inf.Forward(x)
 							if err != nil {
@@ -83,7 +94,7 @@ func TestInferenceOptionsEqualModel(t *testing.T) {
 								tol = 0.02 * (spanOf(want) + 1e-3)
 							}
 							if !(d <= tol) {
-								return fmt.Errorf("%s %s batch %d: logits differ from the model's by %g (want <= %g)", name, prec, n, d, tol)
+								return fmt.Errorf("%s %s (bf16 kernels %d) batch %d: logits differ from the model's by %g (want <= %g)", name, prec, pk.kernels, n, d, tol)
 							}
 						}
 					}

@@ -210,3 +210,136 @@ func TestFlushDenormal(t *testing.T) {
 		t.Errorf("after FlushDenormal(false): %d of %d nonzero, want all", got, n)
 	}
 }
+
+// Under CPU autocast to bf16, Conv2d runs oneDNN's bf16 kernel (PyTorch's
+// way, BF16ConvKernels: libtorch's conv2d under autocast, bit for bit) or
+// fp32 kernels on the bf16-rounded operands (BF16ConvFP32Kernels: bit for
+// bit the fp32 convolution of x, w and b rounded to bf16, its output
+// rounded to bf16; the weight's gradient rounded to bf16 as autocast's
+// cast rounds it). The two agree to bf16's rounding, forward and backward;
+// BF16ConvMeasure times each shape once and then runs it one of the two
+// ways, exactly.
+func TestBF16Conv(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer SetBF16Conv(BF16ConvMode())
+	lib.AtManualSeed(7)
+	x := ts.MustRandn([]int64{2, 16, 12, 14}, gotch.Float, gotch.CPU)
+	if err := SetChannelsLast(x, true); err != nil {
+		t.Fatal(err)
+	}
+	w := ts.MustRandn([]int64{32, 16, 3, 3}, gotch.Float, gotch.CPU)
+	b := ts.MustRandn([]int64{32}, gotch.Float, gotch.CPU)
+	type result struct{ y, gw, gx []float64 }
+	run := func(x *ts.Tensor) result {
+		xl, wl, bl := x.MustDetach(false), w.MustDetach(false), b.MustDetach(false)
+		for _, l := range []*ts.Tensor{xl, wl, bl} {
+			l.MustRequiresGrad_(true)
+		}
+		var y *ts.Tensor
+		err := Autocast(gotch.CPU, gotch.BFloat16, func() (err error) {
+			y, err = Conv2d(xl, wl, bl, [2]int64{1, 1}, [2]int64{1, 1}, [2]int64{1, 1}, 1)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if y.DType() != gotch.BFloat16 {
+			t.Fatalf("mode %d: output %v, want bf16", BF16ConvMode(), y.DType())
+		}
+		y.MustTotype(gotch.Float, false).MustSum(gotch.Float, true).MustBackward()
+		r := result{y.MustTotype(gotch.Float, false).Float64Values(), wl.MustGrad(false).Float64Values(), xl.MustGrad(false).Float64Values()}
+		for _, t := range []*ts.Tensor{xl, wl, bl, y} {
+			t.MustDrop()
+		}
+		return r
+	}
+	SetBF16Conv(BF16ConvKernels)
+	bf := run(x)
+	SetBF16Conv(BF16ConvFP32Kernels)
+	up := run(x)
+
+	// PyTorch's way: libtorch's conv2d under autocast.
+	var lt *ts.Tensor
+	if err := Autocast(gotch.CPU, gotch.BFloat16, func() error {
+		lt = ts.MustConv2d(x, w, b, []int64{1, 1}, []int64{1, 1}, []int64{1, 1}, 1)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// fp32 kernels on the rounded operands, outside autocast.
+	round := func(t *ts.Tensor) *ts.Tensor {
+		return t.MustTotype(gotch.BFloat16, false).MustTotype(gotch.Float, true)
+	}
+	xr, wr, br := round(x), round(w), round(b)
+	f32, err := Conv2d(xr, wr, br, [2]int64{1, 1}, [2]int64{1, 1}, [2]int64{1, 1}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []float64
+	}{
+		{"bf16 kernels = libtorch under autocast", bf.y, lt.MustTotype(gotch.Float, false).Float64Values()},
+		{"fp32 kernels = fp32 conv of the rounded operands, rounded", up.y, round(f32).Float64Values()},
+	} {
+		for i := range c.want {
+			if c.got[i] != c.want[i] {
+				t.Fatalf("%s: element %d = %v, want %v", c.name, i, c.got[i], c.want[i])
+			}
+		}
+	}
+	for i, g := range up.gw {
+		if float64(float32(g)) != g || bf16Round(g) != g {
+			t.Fatalf("fp32 kernels: weight gradient %d = %v is not a bf16 number (autocast's cast rounds it)", i, g)
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		bf, up []float64
+	}{{"output", bf.y, up.y}, {"weight gradient", bf.gw, up.gw}, {"input gradient", bf.gx, up.gx}} {
+		scale, diff := 0.0, 0.0
+		for i := range c.bf {
+			scale = math.Max(scale, math.Abs(c.bf[i]))
+			diff = math.Max(diff, math.Abs(c.bf[i]-c.up[i]))
+		}
+		// Sums in another order, rounded to bf16 (8 bits): within a few of
+		// its steps at the largest value.
+		if diff > scale/32 {
+			t.Errorf("%s: the two kernels differ by %g (largest value %g)", c.name, diff, scale)
+		}
+		t.Logf("%s: the two kernels differ by %.3g (largest value %.3g)", c.name, diff, scale)
+	}
+
+	// Measure: one timing per shape, then one of the two results exactly.
+	SetBF16Conv(BF16ConvMeasure)
+	if n16, n32 := BF16ConvChoices(); n16+n32 != 0 {
+		t.Fatalf("SetBF16Conv left %d timed shapes", n16+n32)
+	}
+	m1 := run(x)
+	run(x)
+	n16, n32 := BF16ConvChoices()
+	if n16+n32 != 1 {
+		t.Fatalf("one shape run: %d shapes timed (bf16 %d, fp32 %d)", n16+n32, n16, n32)
+	}
+	want := bf.y
+	if n32 == 1 {
+		want = up.y
+	}
+	for i := range want {
+		if m1.y[i] != want[i] {
+			t.Fatalf("measured choice (fp32 kernels: %v): element %d = %v, want %v", n32 == 1, i, m1.y[i], want[i])
+		}
+	}
+	t.Logf("this machine runs the shape on %s kernels", map[bool]string{true: "fp32", false: "bf16"}[n32 == 1])
+	for _, t := range []*ts.Tensor{x, w, b, lt, xr, wr, br, f32} {
+		t.MustDrop()
+	}
+}
+
+// bf16Round rounds v to the nearest bf16 number (ties to even).
+func bf16Round(v float64) float64 {
+	bits := math.Float32bits(float32(v))
+	bits += 0x7fff + (bits>>16)&1
+	return float64(math.Float32frombits(bits &^ 0xffff))
+}

@@ -40,11 +40,14 @@
 #define HN_AVX512_POOL 1
 #endif
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -676,6 +679,140 @@ struct OneDnnConv : public torch::autograd::Function<OneDnnConv> {
 
 }  // namespace
 
+namespace {
+
+// conv2dAsLibtorch is hn_conv2d's convolution as libtorch would run it: libtorch's conv2d,
+// or OneDnnConv where libtorch would take the BLAS.
+at::Tensor conv2dAsLibtorch(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias,
+                            const std::vector<int64_t>& st, const std::vector<int64_t>& pd,
+                            const std::vector<int64_t>& dl, int64_t groups) {
+  bool oneDnn = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && t.device().is_cpu() && t.dim() == 4 &&
+                t.scalar_type() == at::kFloat && wt.scalar_type() == at::kFloat && !t.is_mkldnn() && groups == 1 &&
+                dl[0] == 1 && dl[1] == 1 && !at::autocast::is_cpu_enabled() && slowConv(t, wt, st);
+  if (oneDnn) {
+    return OneDnnConv::apply(t, wt, bias.defined() ? bias : at::empty({0}, wt.options()), st, pd, dl);
+  }
+  return at::conv2d(t, wt, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, st, pd, dl, groups);
+}
+
+// ---- bf16 convolutions on fp32 kernels, where those are faster ----
+//
+// Under CPU autocast to bf16, a convolution's operands are rounded to bf16
+// and oneDNN's bf16 kernel multiplies them, accumulating in fp32, into a
+// bf16 output. The same numbers come from oneDNN's fp32 kernel run on the
+// rounded operands (a product of two bf16 numbers is exact in fp32), its
+// fp32 output rounded to bf16: only the order of the fp32 additions
+// differs. Which is faster depends on the CPU: where bf16 has no matrix
+// unit (AVX-512 BF16 without AMX), oneDNN 2.6's bf16 kernels took 1.2-1.8x
+// the time of its fp32 ones for most of the CNN's and ResNet-18's shapes,
+// forward and backward, also counting the casts (README, Speed). So each
+// shape is timed both ways the first time it runs (forward, and backward
+// when it will have one, on copies) and runs the faster way from then on.
+// HANDNET_BF16_CONV=bf16 or fp32 (or native.SetBF16Conv) fixes the choice.
+
+std::mutex bfMu;
+std::map<std::vector<int64_t>, bool> bfChoice;  // shape key -> run on fp32 kernels
+std::atomic<int> bfMode{-2};                    // -2 unread, -1 measure, 0 bf16 kernels, 1 fp32 kernels
+
+int bf16ConvMode() {
+  int m = bfMode.load();
+  if (m != -2) return m;
+  const char* e = std::getenv("HANDNET_BF16_CONV");
+  m = -1;
+  if (e != nullptr && std::strcmp(e, "bf16") == 0) m = 0;
+  if (e != nullptr && std::strcmp(e, "fp32") == 0) m = 1;
+  int unread = -2;
+  bfMode.compare_exchange_strong(unread, m);
+  return bfMode.load();
+}
+
+at::Tensor toBF16Float(const at::Tensor& t) {
+  if (t.scalar_type() == at::kBFloat16) return t.to(at::kFloat);
+  return t.to(at::kBFloat16).to(at::kFloat);
+}
+
+// conv2dUpcast is a bf16 autocast convolution on fp32 kernels: operands
+// rounded to bf16 as autocast rounds them, computed in fp32, the output
+// rounded to bf16. Autograd differentiates the casts as autocast's own:
+// the weight's gradient reaches the fp32 weight rounded to bf16.
+at::Tensor conv2dUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias,
+                        const std::vector<int64_t>& st, const std::vector<int64_t>& pd,
+                        const std::vector<int64_t>& dl, int64_t groups) {
+  c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
+  at::Tensor b = bias.defined() ? toBF16Float(bias) : at::Tensor();
+  return conv2dAsLibtorch(toBF16Float(t), toBF16Float(wt), b, st, pd, dl, groups).to(at::kBFloat16);
+}
+
+// upcastFaster times a convolution both ways on copies of its operands:
+// forward, plus backward when grad says so; the better of two runs each
+// after one to warm up.
+bool upcastFaster(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias, const std::vector<int64_t>& st,
+                  const std::vector<int64_t>& pd, const std::vector<int64_t>& dl, int64_t groups, bool grad) {
+  at::Tensor x = t.detach(), w = wt.detach(), b = bias.defined() ? bias.detach() : at::Tensor();
+  if (grad) {
+    x.requires_grad_(t.requires_grad());
+    w.requires_grad_(true);
+    if (b.defined()) b.requires_grad_(true);
+  }
+  auto once = [&](bool up) {
+    at::Tensor y = up ? conv2dUpcast(x, w, b, st, pd, dl, groups)
+                      : at::conv2d(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt, st, pd, dl, groups);
+    if (grad) y.backward(at::ones_like(y));
+  };
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 3; round++) {
+    for (int up = 0; up < 2; up++) {
+      auto t0 = std::chrono::steady_clock::now();
+      once(up == 1);
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (round > 0) best[up] = std::min(best[up], s);
+    }
+  }
+  return best[1] < best[0];
+}
+
+// useUpcast says whether this bf16 autocast convolution runs on fp32
+// kernels, timing its shape the first time.
+bool useUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias, const std::vector<int64_t>& st,
+               const std::vector<int64_t>& pd, const std::vector<int64_t>& dl, int64_t groups) {
+  int mode = bf16ConvMode();
+  if (mode >= 0) return mode == 1;
+  bool grad = at::GradMode::is_enabled() && (t.requires_grad() || wt.requires_grad());
+  std::vector<int64_t> key(t.sizes().begin(), t.sizes().end());
+  key.insert(key.end(), wt.sizes().begin(), wt.sizes().end());
+  key.insert(key.end(), st.begin(), st.end());
+  key.insert(key.end(), pd.begin(), pd.end());
+  key.insert(key.end(), dl.begin(), dl.end());
+  key.push_back(groups);
+  key.push_back(bias.defined());
+  key.push_back(grad);
+  key.push_back(t.scalar_type() == at::kBFloat16);
+  key.push_back(t.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+  key.push_back(wt.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+  std::lock_guard<std::mutex> lock(bfMu);
+  auto it = bfChoice.find(key);
+  if (it != bfChoice.end()) return it->second;
+  bool up = upcastFaster(t, wt, bias, st, pd, dl, groups, grad);
+  bfChoice[key] = up;
+  return up;
+}
+
+}  // namespace
+
+void hn_set_bf16_conv(int mode) {
+  bfMode.store(mode < -1 || mode > 1 ? -1 : mode);
+  std::lock_guard<std::mutex> lock(bfMu);
+  bfChoice.clear();
+}
+
+int hn_bf16_conv_mode(void) { return bf16ConvMode(); }
+
+void hn_bf16_conv_choices(int* bf16, int* fp32) {
+  std::lock_guard<std::mutex> lock(bfMu);
+  *bf16 = *fp32 = 0;
+  for (auto& kv : bfChoice) (kv.second ? *fp32 : *bf16) += 1;
+}
+
 char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
                 const int64_t* dilation, int64_t groups, hn_tensor* out) {
   HN_TRY
@@ -683,13 +820,13 @@ char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, co
   const at::Tensor& wt = T(w);
   at::Tensor bias = b != nullptr ? T(b) : at::Tensor();
   auto st = vec(stride, 2), pd = vec(padding, 2), dl = vec(dilation, 2);
-  bool oneDnn = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && t.device().is_cpu() && t.dim() == 4 &&
-                t.scalar_type() == at::kFloat && wt.scalar_type() == at::kFloat && !t.is_mkldnn() && groups == 1 &&
-                dl[0] == 1 && dl[1] == 1 && !at::autocast::is_cpu_enabled() && slowConv(t, wt, st);
-  if (oneDnn) {
-    *out = new at::Tensor(OneDnnConv::apply(t, wt, bias.defined() ? bias : at::empty({0}, wt.options()), st, pd, dl));
+  bool bf16Autocast = at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16 &&
+                      t.device().is_cpu() && t.dim() == 4 && !t.is_mkldnn() && wt.scalar_type() == at::kFloat &&
+                      (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) && at::hasMKLDNN();
+  if (bf16Autocast && useUpcast(t, wt, bias, st, pd, dl, groups)) {
+    *out = new at::Tensor(conv2dUpcast(t, wt, bias, st, pd, dl, groups));
   } else {
-    *out = new at::Tensor(at::conv2d(t, wt, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, st, pd, dl, groups));
+    *out = new at::Tensor(conv2dAsLibtorch(t, wt, bias, st, pd, dl, groups));
   }
   HN_CATCH
 }

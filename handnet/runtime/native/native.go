@@ -495,6 +495,42 @@ func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64
 	return ts.FromCtensor(unsafe.Pointer(out)), nil
 }
 
+// BF16Conv says how a convolution under CPU autocast to bf16 runs (Conv2d,
+// hence every training step and eager forward of a bf16 model on the CPU).
+// Either way its operands are rounded to bf16 and its output is bf16; the
+// products are exact in fp32 and summed in fp32 by both kernels, so the
+// two ways differ only in the order of those sums.
+type BF16Conv int
+
+const (
+	// BF16ConvMeasure times each shape the first time it runs, both ways
+	// (forward, and backward when it will have one, on copies of the
+	// operands), and keeps the faster: on CPUs whose bf16 arithmetic has no
+	// matrix unit, oneDNN's fp32 kernels are the faster ones for most
+	// shapes. The default, unless HANDNET_BF16_CONV says bf16 or fp32.
+	BF16ConvMeasure BF16Conv = -1
+	// BF16ConvKernels always runs oneDNN's bf16 kernels, as PyTorch does.
+	BF16ConvKernels BF16Conv = 0
+	// BF16ConvFP32Kernels always runs fp32 kernels on the bf16-rounded
+	// operands and rounds the output to bf16.
+	BF16ConvFP32Kernels BF16Conv = 1
+)
+
+// SetBF16Conv sets how bf16 autocast convolutions run, for the whole
+// process, and forgets the shapes timed so far.
+func SetBF16Conv(m BF16Conv) { C.hn_set_bf16_conv(C.int(m)) }
+
+// BF16ConvMode returns the mode SetBF16Conv (or HANDNET_BF16_CONV) set.
+func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
+
+// BF16ConvChoices counts the convolution shapes timed so far (under
+// BF16ConvMeasure) that run on bf16 kernels and on fp32 kernels.
+func BF16ConvChoices() (bf16, fp32 int) {
+	var b, f C.int
+	C.hn_bf16_conv_choices(&b, &f)
+	return int(b), int(f)
+}
+
 // FlushDenormal turns flushing of denormal floats to zero on or off (FTZ
 // and DAZ, what torch.set_flush_denormal sets) for the calling OS thread
 // and its intra-op threads; call it on a torch thread. It reports whether

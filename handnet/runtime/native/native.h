@@ -110,9 +110,25 @@ int hn_malloc_tuning(void);
 // again: there the forward runs oneDNN's convolution (at::mkldnn_convolution)
 // and the backward libtorch's convolution_backward on the batch with one
 // image of zeros added, which makes libtorch pick oneDNN too (the zeros add
-// nothing to the weight's and bias's gradients). b may be NULL.
+// nothing to the weight's and bias's gradients). Under CPU autocast to
+// bf16 it may run on fp32 kernels instead (hn_set_bf16_conv). b may be NULL.
 char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
                 const int64_t* dilation, int64_t groups, hn_tensor* out);
+
+// hn_set_bf16_conv sets how hn_conv2d runs a convolution under CPU
+// autocast to bf16: -1 times each shape the first time (oneDNN's bf16 kernel
+// against its fp32 kernel on the bf16-rounded operands, output rounded to
+// bf16) and keeps the faster, 0 always the bf16 kernel (as PyTorch), 1
+// always fp32 kernels. It forgets the shapes timed. Unset, the
+// HANDNET_BF16_CONV environment variable (bf16, fp32) decides, else -1.
+void hn_set_bf16_conv(int mode);
+
+// hn_bf16_conv_mode returns the mode hn_set_bf16_conv describes.
+int hn_bf16_conv_mode(void);
+
+// hn_bf16_conv_choices counts the shapes timed so far that run on bf16
+// kernels and those that run on fp32 kernels.
+void hn_bf16_conv_choices(int* bf16, int* fp32);
 
 // hn_flush_denormal turns flushing of denormal floats to zero (FTZ and DAZ,
 // as torch.set_flush_denormal) on (on=1) or off for the calling thread and
