@@ -337,9 +337,12 @@ func MallocTuned() bool { return C.hn_malloc_tuning() == 1 }
 // SGDStep applies torch.optim.SGD's update (dampening 0, no Nesterov) to
 // params from grads, then zeroes the gradients; grads[i] nil or undefined
 // skips params[i]. bufs holds the momentum buffers: a nil entry gets a new
-// buffer (the first step of that parameter). fused runs it as multi-tensor
-// kernels (_foreach_): a handful of kernels instead of several per
-// parameter, with the same bits on the CPU.
+// buffer (the first step of that parameter). fused runs it in one pass
+// over each parameter, its gradient and its buffer where they are dense
+// fp32 CPU tensors and the CPU has AVX-512 (six reads and writes of its
+// size instead of nine; a ResNet-18's step 17 → 11-14 ms here), else as
+// multi-tensor kernels (_foreach_): either way with the same bits as the
+// per-parameter kernels on the CPU.
 func SGDStep(params, grads, bufs []*ts.Tensor, lr, momentum, weightDecay float64, fused bool) error {
 	n := len(params)
 	if len(grads) != n || len(bufs) != n {
