@@ -29,8 +29,9 @@ import (
 //     skips the indices libtorch's kernel computes (native.MaxPool2d);
 //   - in bf16 on the CPU, each convolution runs on oneDNN's bf16 kernels or
 //     on its fp32 kernels with the bf16 weights (input cast up, output
-//     rounded to bf16), whichever ran it faster when the form was made
-//     (native.BF16Conv; the same numbers but for the order of fp32 sums);
+//     rounded to bf16) as native.BF16ConvMode says (by default fp32
+//     kernels unless the CPU has AMX-BF16; the same numbers but for the
+//     order of fp32 sums);
 //   - inputs run channels last (cast and laid out in one copy), in bf16
 //     the weights are cast once instead of at every call as autocast does,
 //     and each activation is freed as soon as it is used;
@@ -268,7 +269,7 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		in := wt.MustSize()[1]
 		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu, inf.opts.packCL)
 		if err == nil && inf.dtype == gotch.BFloat16 && native.BF16ConvMode() != native.BF16ConvKernels {
-			p, u.fp32, err = inf.fasterKernel(p, u, wt, bt, [4]int64{1, in, h, w})
+			p, u.fp32, err = inf.chooseKernel(p, u, wt, bt, [4]int64{1, in, h, w})
 		}
 		if err == nil {
 			// The prepacked copy is all the unit needs: the folded weights
@@ -299,12 +300,17 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 	return u, nil
 }
 
-// fasterKernel prepacks the bf16 unit's weights wt and bt (not taken) for
-// oneDNN's fp32 kernels too and keeps whichever of p (the bf16 kernels) and
-// that runs the unit faster (native.BF16ConvMeasure: timed on a zero input
-// of inputSize, three times each way, the first to warm up) or the one
-// native.BF16ConvFP32Kernels fixes; the other is closed.
-func (inf *Inference) fasterKernel(p *native.Conv, u *convUnit, wt, bt *ts.Tensor, inputSize [4]int64) (*native.Conv, bool, error) {
+// chooseKernel prepacks the bf16 unit's weights wt and bt (not taken) for
+// oneDNN's fp32 kernels too and keeps the one of p (the bf16 kernels) and
+// that which native.BF16ConvMode says: fp32 for BF16ConvFP32Kernels, and
+// for BF16ConvAuto where the CPU has no AMX-BF16; for BF16ConvMeasure the
+// faster, timed on a zero input of inputSize, three times each way, the
+// first to warm up. The other is closed.
+func (inf *Inference) chooseKernel(p *native.Conv, u *convUnit, wt, bt *ts.Tensor, inputSize [4]int64) (*native.Conv, bool, error) {
+	mode := native.BF16ConvMode()
+	if mode == native.BF16ConvAuto && !native.BF16ConvAutoFP32() {
+		return p, false, nil
+	}
 	wf := wt.MustTotype(gotch.Float, false)
 	defer wf.MustDrop()
 	var bf *ts.Tensor
@@ -317,7 +323,7 @@ func (inf *Inference) fasterKernel(p *native.Conv, u *convUnit, wt, bt *ts.Tenso
 		p.Close()
 		return nil, false, err
 	}
-	if native.BF16ConvMode() == native.BF16ConvFP32Kernels {
+	if mode != native.BF16ConvMeasure {
 		p.Close()
 		return pf, true, nil
 	}

@@ -108,6 +108,8 @@ func TestConv2dEqualsLibtorch(t *testing.T) {
 		{"batch 3 (libtorch's)", []int64{3, 16, 10, 12}, []int64{8, 16, 3, 3}, 1, 1, true, true, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			runtime.LockOSThread() // the thread count is the OS thread's
+			defer runtime.UnlockOSThread()
 			if c.threads > 0 {
 				defer lib.AtSetNumThreads(lib.AtGetNumThreads())
 				lib.AtSetNumThreads(c.threads)
@@ -218,18 +220,37 @@ func TestFlushDenormal(t *testing.T) {
 // rounded to bf16; the weight's gradient rounded to bf16 as autocast's
 // cast rounds it). The two agree to bf16's rounding, forward and backward;
 // BF16ConvMeasure times each shape once and then runs it one of the two
-// ways, exactly.
+// ways, exactly; BF16ConvAuto times nothing and runs the way the CPU says.
 func TestBF16Conv(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer SetBF16Conv(BF16ConvMode())
+	for _, c := range []struct {
+		name string
+		x, w []int64
+	}{
+		{"batch 2, channels last", []int64{2, 16, 12, 14}, []int64{32, 16, 3, 3}},
+		// One that libtorch would give the BLAS in fp32 (layer4-like at
+		// batch 1): the fp32 kernels' way must take oneDNN, as Conv2d does
+		// outside autocast, or the bits differ (and the BLAS is 10x slower).
+		{"batch 1, layer4-like", []int64{1, 64, 4, 6}, []int64{64, 64, 3, 3}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			runtime.LockOSThread() // a subtest runs on a goroutine of its own
+			defer runtime.UnlockOSThread()
+			testBF16Conv(t, c.x, c.w)
+		})
+	}
+}
+
+func testBF16Conv(t *testing.T, xs, ws []int64) {
 	lib.AtManualSeed(7)
-	x := ts.MustRandn([]int64{2, 16, 12, 14}, gotch.Float, gotch.CPU)
+	x := ts.MustRandn(xs, gotch.Float, gotch.CPU)
 	if err := SetChannelsLast(x, true); err != nil {
 		t.Fatal(err)
 	}
-	w := ts.MustRandn([]int64{32, 16, 3, 3}, gotch.Float, gotch.CPU)
-	b := ts.MustRandn([]int64{32}, gotch.Float, gotch.CPU)
+	w := ts.MustRandn(ws, gotch.Float, gotch.CPU)
+	b := ts.MustRandn(ws[:1], gotch.Float, gotch.CPU)
 	type result struct{ y, gw, gx []float64 }
 	run := func(x *ts.Tensor) result {
 		xl, wl, bl := x.MustDetach(false), w.MustDetach(false), b.MustDetach(false)
@@ -257,7 +278,13 @@ func TestBF16Conv(t *testing.T) {
 	SetBF16Conv(BF16ConvKernels)
 	bf := run(x)
 	SetBF16Conv(BF16ConvFP32Kernels)
+	calls := oneDNNConvCalls()
 	up := run(x)
+	// Where libtorch would give the fp32 convolution to the BLAS, the fp32
+	// kernels' way goes to oneDNN as Conv2d does outside autocast.
+	if blas := xs[0] == 1 && xs[1]*xs[2]*xs[3] <= 20480; blas != (oneDNNConvCalls() > calls) {
+		t.Errorf("fp32 kernels: oneDNN in place of the BLAS %d times, want it %v", oneDNNConvCalls()-calls, blas)
+	}
 
 	// PyTorch's way: libtorch's conv2d under autocast.
 	var lt *ts.Tensor
@@ -331,7 +358,24 @@ func TestBF16Conv(t *testing.T) {
 			t.Fatalf("measured choice (fp32 kernels: %v): element %d = %v, want %v", n32 == 1, i, m1.y[i], want[i])
 		}
 	}
-	t.Logf("this machine runs the shape on %s kernels", map[bool]string{true: "fp32", false: "bf16"}[n32 == 1])
+	t.Logf("measured: this machine runs the shape on %s kernels", map[bool]string{true: "fp32", false: "bf16"}[n32 == 1])
+
+	// Auto: the CPU decides, no timing; fp32 kernels without AMX-BF16.
+	SetBF16Conv(BF16ConvAuto)
+	a := run(x)
+	if n16, n32 := BF16ConvChoices(); n16+n32 != 0 {
+		t.Errorf("auto timed %d shapes", n16+n32)
+	}
+	want = bf.y
+	if BF16ConvAutoFP32() {
+		want = up.y
+	}
+	for i := range want {
+		if a.y[i] != want[i] {
+			t.Fatalf("auto (fp32 kernels: %v): element %d = %v, want %v", BF16ConvAutoFP32(), i, a.y[i], want[i])
+		}
+	}
+	t.Logf("auto: fp32 kernels %v", BF16ConvAutoFP32())
 	for _, t := range []*ts.Tensor{x, w, b, lt, xr, wr, br, f32} {
 		t.MustDrop()
 	}

@@ -717,10 +717,13 @@ bool slowConv(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride) 
   return !((w.size(-1) > 3 && w.size(-2) > 3) || x.size(0) > 1 || x.numel() > 20480);
 }
 
+std::atomic<int64_t> oneDnnConvCalls{0};  // OneDnnConv forwards (tests: the path taken)
+
 struct OneDnnConv : public torch::autograd::Function<OneDnnConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b, std::vector<int64_t> stride, std::vector<int64_t> padding,
                             std::vector<int64_t> dilation) {
+    oneDnnConvCalls++;
     auto fmt = (x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                 w.suggest_memory_format() == at::MemoryFormat::ChannelsLast)
                    ? at::MemoryFormat::ChannelsLast
@@ -766,13 +769,15 @@ struct OneDnnConv : public torch::autograd::Function<OneDnnConv> {
 namespace {
 
 // conv2dAsLibtorch is hn_conv2d's convolution as libtorch would run it: libtorch's conv2d,
-// or OneDnnConv where libtorch would take the BLAS.
+// or OneDnnConv where libtorch would take the BLAS. autocast says whether
+// the call is under CPU autocast (then libtorch casts, and its choice of
+// kernel is its own).
 at::Tensor conv2dAsLibtorch(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias,
                             const std::vector<int64_t>& st, const std::vector<int64_t>& pd,
-                            const std::vector<int64_t>& dl, int64_t groups) {
+                            const std::vector<int64_t>& dl, int64_t groups, bool autocast) {
   bool oneDnn = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && t.device().is_cpu() && t.dim() == 4 &&
                 t.scalar_type() == at::kFloat && wt.scalar_type() == at::kFloat && !t.is_mkldnn() && groups == 1 &&
-                dl[0] == 1 && dl[1] == 1 && !at::autocast::is_cpu_enabled() && slowConv(t, wt, st);
+                dl[0] == 1 && dl[1] == 1 && !autocast && slowConv(t, wt, st);
   if (oneDnn) {
     return OneDnnConv::apply(t, wt, bias.defined() ? bias : at::empty({0}, wt.options()), st, pd, dl);
   }
@@ -786,28 +791,44 @@ at::Tensor conv2dAsLibtorch(const at::Tensor& t, const at::Tensor& wt, const at:
 // bf16 output. The same numbers come from oneDNN's fp32 kernel run on the
 // rounded operands (a product of two bf16 numbers is exact in fp32), its
 // fp32 output rounded to bf16: only the order of the fp32 additions
-// differs. Which is faster depends on the CPU: where bf16 has no matrix
-// unit (AVX-512 BF16 without AMX), oneDNN 2.6's bf16 kernels took 1.2-1.8x
-// the time of its fp32 ones for most of the CNN's and ResNet-18's shapes,
-// forward and backward, also counting the casts (README, Speed). So each
-// shape is timed both ways the first time it runs (forward, and backward
-// when it will have one, on copies) and runs the faster way from then on.
-// HANDNET_BF16_CONV=bf16 or fp32 (or native.SetBF16Conv) fixes the choice.
+// differs. Which is faster depends on the CPU: without a bf16 matrix unit
+// (AMX) — AVX-512 BF16 alone, or bf16 emulated — oneDNN 2.6's bf16 kernels
+// took 1.2-1.8x the time of its fp32 ones for most of the CNN's and
+// ResNet-18's shapes, forward and backward, also counting the casts
+// (README, "bf16 on the CPU"). The default (auto) decides by the CPU alone,
+// so that a run computes the same bits every time: fp32 kernels unless the
+// CPU has AMX-BF16. measure times each shape the first time it runs (both
+// ways: forward, and backward when it will have one, on copies) and keeps
+// the faster — like cudnn.benchmark, faster still but not reproducible.
+// HANDNET_BF16_CONV (auto, measure, bf16, fp32) or native.SetBF16Conv set
+// the mode.
 
 std::mutex bfMu;
-std::map<std::vector<int64_t>, bool> bfChoice;  // shape key -> run on fp32 kernels
-std::atomic<int> bfMode{-2};                    // -2 unread, -1 measure, 0 bf16 kernels, 1 fp32 kernels
+std::map<std::vector<int64_t>, bool> bfChoice;  // shape key -> run on fp32 kernels (measure)
+std::atomic<int> bfMode{-3};                    // -3 unread, -2 measure, -1 auto, 0 bf16 kernels, 1 fp32 kernels
 
 int bf16ConvMode() {
   int m = bfMode.load();
-  if (m != -2) return m;
+  if (m != -3) return m;
   const char* e = std::getenv("HANDNET_BF16_CONV");
   m = -1;
+  if (e != nullptr && std::strcmp(e, "measure") == 0) m = -2;
   if (e != nullptr && std::strcmp(e, "bf16") == 0) m = 0;
   if (e != nullptr && std::strcmp(e, "fp32") == 0) m = 1;
-  int unread = -2;
+  int unread = -3;
   bfMode.compare_exchange_strong(unread, m);
   return bfMode.load();
+}
+
+// autoFP32 is the auto mode's choice: fp32 kernels unless the CPU has a
+// bf16 matrix unit.
+bool autoFP32() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool amx = __builtin_cpu_supports("amx-bf16");
+  return !amx;
+#else
+  return false;
+#endif
 }
 
 at::Tensor toBF16Float(const at::Tensor& t) {
@@ -824,7 +845,9 @@ at::Tensor conv2dUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Ten
                         const std::vector<int64_t>& dl, int64_t groups) {
   c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
   at::Tensor b = bias.defined() ? toBF16Float(bias) : at::Tensor();
-  return conv2dAsLibtorch(toBF16Float(t), toBF16Float(wt), b, st, pd, dl, groups).to(at::kBFloat16);
+  // Outside autocast from here on: a batch-1 fp32 convolution that libtorch
+  // would give the BLAS goes to oneDNN (OneDnnConv), as in fp32.
+  return conv2dAsLibtorch(toBF16Float(t), toBF16Float(wt), b, st, pd, dl, groups, false).to(at::kBFloat16);
 }
 
 // upcastFaster times a convolution both ways on copies of its operands:
@@ -861,6 +884,7 @@ bool useUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias
                const std::vector<int64_t>& pd, const std::vector<int64_t>& dl, int64_t groups) {
   int mode = bf16ConvMode();
   if (mode >= 0) return mode == 1;
+  if (mode == -1) return autoFP32();
   bool grad = at::GradMode::is_enabled() && (t.requires_grad() || wt.requires_grad());
   std::vector<int64_t> key(t.sizes().begin(), t.sizes().end());
   key.insert(key.end(), wt.sizes().begin(), wt.sizes().end());
@@ -884,12 +908,16 @@ bool useUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias
 }  // namespace
 
 void hn_set_bf16_conv(int mode) {
-  bfMode.store(mode < -1 || mode > 1 ? -1 : mode);
+  bfMode.store(mode < -2 || mode > 1 ? -1 : mode);
   std::lock_guard<std::mutex> lock(bfMu);
   bfChoice.clear();
 }
 
 int hn_bf16_conv_mode(void) { return bf16ConvMode(); }
+
+int hn_bf16_conv_auto_fp32(void) { return autoFP32(); }
+
+int64_t hn_onednn_conv_calls(void) { return oneDnnConvCalls.load(); }
 
 void hn_bf16_conv_choices(int* bf16, int* fp32) {
   std::lock_guard<std::mutex> lock(bfMu);
@@ -910,7 +938,7 @@ char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, co
   if (bf16Autocast && useUpcast(t, wt, bias, st, pd, dl, groups)) {
     *out = new at::Tensor(conv2dUpcast(t, wt, bias, st, pd, dl, groups));
   } else {
-    *out = new at::Tensor(conv2dAsLibtorch(t, wt, bias, st, pd, dl, groups));
+    *out = new at::Tensor(conv2dAsLibtorch(t, wt, bias, st, pd, dl, groups, at::autocast::is_cpu_enabled()));
   }
   HN_CATCH
 }

@@ -386,20 +386,26 @@ func SGDStep(params, grads, bufs []*ts.Tensor, lr, momentum, weightDecay float64
 // state comes back afterwards, and the cache of cast weights is cleared
 // when the outermost region ends. Call it on a torch thread (autocast, as
 // grad mode, is thread-local).
-func Autocast(device gotch.Device, dtype gotch.DType, f func() error) error {
+func Autocast(device gotch.Device, dtype gotch.DType, f func() error) (ferr error) {
 	cuda := C.int(0)
 	if device.IsCuda() {
 		cuda = 1
 	}
+	// Autocast is the OS thread's state: f runs on this thread (a
+	// goroutine that moved would leave it on for whatever runs here next),
+	// and the state is restored even if f panics.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var pe, pd C.int
 	if err := cerr(C.hn_autocast_enter(cuda, C.int(dtype.CInt()), &pe, &pd)); err != nil {
 		return err
 	}
-	ferr := f()
-	if err := cerr(C.hn_autocast_exit(cuda, pe, pd)); err != nil && ferr == nil {
-		ferr = err
-	}
-	return ferr
+	defer func() {
+		if err := cerr(C.hn_autocast_exit(cuda, pe, pd)); err != nil && ferr == nil {
+			ferr = err
+		}
+	}()
+	return f()
 }
 
 // SetChannelsLast re-lays t out in place, channels last (NHWC in memory)
@@ -499,19 +505,26 @@ func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64
 }
 
 // BF16Conv says how a convolution under CPU autocast to bf16 runs (Conv2d,
-// hence every training step and eager forward of a bf16 model on the CPU).
-// Either way its operands are rounded to bf16 and its output is bf16; the
-// products are exact in fp32 and summed in fp32 by both kernels, so the
-// two ways differ only in the order of those sums.
+// hence every training step and eager forward of a bf16 model on the CPU,
+// and the bf16 inference form's prepacked convolutions). Either way its
+// operands are rounded to bf16 and its output is bf16; the products are
+// exact in fp32 and summed in fp32 by both kernels, so the two ways differ
+// only in the order of those sums.
 type BF16Conv int
 
 const (
 	// BF16ConvMeasure times each shape the first time it runs, both ways
 	// (forward, and backward when it will have one, on copies of the
-	// operands), and keeps the faster: on CPUs whose bf16 arithmetic has no
-	// matrix unit, oneDNN's fp32 kernels are the faster ones for most
-	// shapes. The default, unless HANDNET_BF16_CONV says bf16 or fp32.
-	BF16ConvMeasure BF16Conv = -1
+	// operands), and keeps the faster: the fastest, but, like PyTorch's
+	// cudnn.benchmark, a run's bits then depend on timings.
+	BF16ConvMeasure BF16Conv = -2
+	// BF16ConvAuto runs fp32 kernels unless the CPU has a bf16 matrix
+	// unit (AMX-BF16), where the bf16 kernels are the fast ones: without
+	// it (AVX-512 BF16 alone, or bf16 emulated) oneDNN's bf16 kernels took
+	// 1.2-1.8x its fp32 kernels' time for most shapes. Decided by the CPU
+	// alone, so a run computes the same bits every time. The default,
+	// unless HANDNET_BF16_CONV says measure, bf16 or fp32.
+	BF16ConvAuto BF16Conv = -1
 	// BF16ConvKernels always runs oneDNN's bf16 kernels, as PyTorch does.
 	BF16ConvKernels BF16Conv = 0
 	// BF16ConvFP32Kernels always runs fp32 kernels on the bf16-rounded
@@ -525,6 +538,14 @@ func SetBF16Conv(m BF16Conv) { C.hn_set_bf16_conv(C.int(m)) }
 
 // BF16ConvMode returns the mode SetBF16Conv (or HANDNET_BF16_CONV) set.
 func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
+
+// BF16ConvAutoFP32 says whether BF16ConvAuto runs fp32 kernels on this CPU
+// (true when it has no AMX-BF16).
+func BF16ConvAutoFP32() bool { return C.hn_bf16_conv_auto_fp32() == 1 }
+
+// oneDNNConvCalls counts the convolutions Conv2d has run in oneDNN where
+// libtorch would have taken the BLAS (the tests check the path taken).
+func oneDNNConvCalls() int64 { return int64(C.hn_onednn_conv_calls()) }
 
 // BF16ConvChoices counts the convolution shapes timed so far (under
 // BF16ConvMeasure) that run on bf16 kernels and on fp32 kernels.
@@ -556,6 +577,8 @@ func FlushDenormal(on bool) bool {
 // place outside the mode, so nothing that training will touch later may be
 // made in f (a model's parameters, a cache uploaded to the device).
 func InferenceMode(f func() error) error {
+	runtime.LockOSThread() // the guard is the OS thread's (see Autocast)
+	defer runtime.UnlockOSThread()
 	var g unsafe.Pointer
 	if err := cerr(C.hn_inference_mode_enter(&g)); err != nil {
 		return err
