@@ -72,10 +72,18 @@ func TestTrainingStepKeepsItsMemory(t *testing.T) {
 	}
 	// The test tells the two apart: with the user's own malloc settings
 	// (here glibc's default tcache count) handnet leaves glibc's
-	// thresholds as they are, and the steps fault.
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestTrainingStepKeepsItsMemory$", "-test.v")
-	cmd.Env = append(os.Environ(), "HANDNET_TEST_UNTUNED=1", "GLIBC_TUNABLES=glibc.malloc.tcache_count=7")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("under glibc's own thresholds: %v\n%s", err, out)
+	// thresholds as they are, and the steps fault. glibc raises its own
+	// thresholds as it sees large blocks freed, and now and then (seen under
+	// a loaded machine: [2 0 2 0 0 0 2]) that happens within the warm-up
+	// steps and the steps stop faulting: up to three processes, one of
+	// which must fault (usually the first: ~10,000 faults every step).
+	var out []byte
+	for range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestTrainingStepKeepsItsMemory$", "-test.v")
+		cmd.Env = append(os.Environ(), "HANDNET_TEST_UNTUNED=1", "GLIBC_TUNABLES=glibc.malloc.tcache_count=7")
+		if out, err = cmd.CombinedOutput(); err == nil {
+			return
+		}
 	}
+	t.Errorf("under glibc's own thresholds, three times: %v\n%s", err, out)
 }
