@@ -3,7 +3,6 @@ package model
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/handnet/handnet/handnet/runtime/torch"
@@ -47,7 +46,7 @@ type Inference struct {
 	net       inferenceNet
 	owned     []*ts.Tensor
 	packed    []*native.Conv
-	fp32Convs int // packed convolutions of a bf16 form that run on fp32 kernels
+	fp32Convs int // convolutions of a bf16 form that run on fp32 kernels
 	opts      inferenceOptions
 }
 
@@ -69,11 +68,7 @@ var defaultInferenceOptions = inferenceOptions{prepack: true, packCL: true, fcCo
 // maxPool is max_pool2d (k×k, stride st, padding pad) of x.
 func maxPool(s *torch.Scope, x *ts.Tensor, fast bool, k, st, pad int64) *ts.Tensor {
 	if fast {
-		y, err := native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})
-		if err != nil {
-			panic(err)
-		}
-		return s.T(y)
+		return s.T(must(native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})))
 	}
 	return s.T(x.MustMaxPool2d([]int64{k, k}, []int64{st, st}, []int64{pad, pad}, []int64{1, 1}, false, false))
 }
@@ -190,24 +185,27 @@ type convUnit struct {
 	stride, padding [2]int64
 	relu            bool
 	packed          *native.Conv
-	// fp32 says the packed convolution of a bf16 form is oneDNN's fp32
-	// kernel on the bf16 weights: bf16 inputs are cast up for it and its
-	// output rounded back to bf16 (see native.BF16Conv).
+	// fp32 says the convolution of a bf16 form runs on fp32 kernels with
+	// the bf16 weights: bf16 inputs are cast up for it and its output
+	// rounded back to bf16 (see native.BF16Conv).
 	fp32 bool
 }
 
 func (u *convUnit) run(s *torch.Scope, x *ts.Tensor) *ts.Tensor {
-	if u.packed != nil && u.fp32 {
-		xf := s.T(must(native.ChannelsLastAs(x, gotch.Float)))
-		out := s.T(must(u.packed.Run(xf)))
-		return s.T(must(native.ChannelsLastAs(out, gotch.BFloat16)))
+	if u.fp32 {
+		x = s.T(must(native.ChannelsLastAs(x, gotch.Float)))
 	}
+	var h *ts.Tensor
 	if u.packed != nil {
-		return s.T(must(u.packed.Run(x)))
+		h = s.T(must(u.packed.Run(x)))
+	} else {
+		h = s.T(ts.MustConv2d(x, u.w, u.b, u.stride[:], u.padding[:], []int64{1, 1}, 1))
+		if u.relu {
+			h.MustRelu_()
+		}
 	}
-	h := s.T(ts.MustConv2d(x, u.w, u.b, u.stride[:], u.padding[:], []int64{1, 1}, 1))
-	if u.relu {
-		h.MustRelu_()
+	if u.fp32 {
+		h = s.T(must(native.ChannelsLastAs(h, gotch.BFloat16)))
 	}
 	return h
 }
@@ -249,6 +247,15 @@ func (inf *Inference) conv(conv *nn.Conv2D, bn *nn.BatchNorm, relu bool, h, w in
 		if bt != nil {
 			bt = bt.MustTotype(inf.dtype, true)
 		}
+		if inf.dtype == gotch.BFloat16 && !inf.device.IsCuda() && native.BF16ConvFP32() {
+			// oneDNN's fp32 kernel on the bf16 weights (native.BF16Conv).
+			u.fp32 = true
+			inf.fp32Convs++
+			wt = wt.MustTotype(gotch.Float, true)
+			if bt != nil {
+				bt = bt.MustTotype(gotch.Float, true)
+			}
+		}
 	}
 	return inf.unit(u, wt, bt, h, w)
 }
@@ -268,9 +275,6 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		// no reorder at run time).
 		in := wt.MustSize()[1]
 		p, err := native.PrepackConv(wt, bt, u.stride, u.padding, [2]int64{1, 1}, 1, [4]int64{1, in, h, w}, relu, inf.opts.packCL)
-		if err == nil && inf.dtype == gotch.BFloat16 && native.BF16ConvMode() != native.BF16ConvKernels {
-			p, u.fp32, err = inf.chooseKernel(p, u, wt, bt, [4]int64{1, in, h, w})
-		}
 		if err == nil {
 			// The prepacked copy is all the unit needs: the folded weights
 			// are dropped (a ResNet-18 serves with one extra copy of its
@@ -281,9 +285,6 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 			}
 			inf.packed = append(inf.packed, p)
 			u.packed = p
-			if u.fp32 {
-				inf.fp32Convs++
-			}
 			return u, nil
 		}
 		// A libtorch without oneDNN's prepacked ops: the folded weights run
@@ -298,61 +299,6 @@ func (inf *Inference) unit(u *convUnit, wt, bt *ts.Tensor, h, w int64) (*convUni
 		return nil, err
 	}
 	return u, nil
-}
-
-// chooseKernel prepacks the bf16 unit's weights wt and bt (not taken) for
-// oneDNN's fp32 kernels too and keeps the one of p (the bf16 kernels) and
-// that which native.BF16ConvMode says: fp32 for BF16ConvFP32Kernels, and
-// for BF16ConvAuto where the CPU has no AMX-BF16; for BF16ConvMeasure the
-// faster, timed on a zero input of inputSize, three times each way, the
-// first to warm up. The other is closed.
-func (inf *Inference) chooseKernel(p *native.Conv, u *convUnit, wt, bt *ts.Tensor, inputSize [4]int64) (*native.Conv, bool, error) {
-	mode := native.BF16ConvMode()
-	if mode == native.BF16ConvAuto && !native.BF16ConvAutoFP32() {
-		return p, false, nil
-	}
-	wf := wt.MustTotype(gotch.Float, false)
-	defer wf.MustDrop()
-	var bf *ts.Tensor
-	if bt != nil {
-		bf = bt.MustTotype(gotch.Float, false)
-		defer bf.MustDrop()
-	}
-	pf, err := native.PrepackConv(wf, bf, u.stride, u.padding, [2]int64{1, 1}, 1, inputSize, u.relu, inf.opts.packCL)
-	if err != nil {
-		p.Close()
-		return nil, false, err
-	}
-	if mode != native.BF16ConvMeasure {
-		p.Close()
-		return pf, true, nil
-	}
-	zeros := ts.MustZeros(inputSize[:], gotch.BFloat16, inf.device)
-	x := must(native.ChannelsLastAs(zeros, gotch.BFloat16))
-	zeros.MustDrop()
-	defer x.MustDrop()
-	best := [2]time.Duration{1 << 62, 1 << 62}
-	for round := range 3 {
-		for k, fp32 := range []bool{false, true} {
-			t := &convUnit{packed: p, fp32: fp32}
-			if fp32 {
-				t.packed = pf
-			}
-			start := time.Now()
-			s := torch.NewScope()
-			t.run(s, x)
-			s.Close()
-			if d := time.Since(start); round > 0 && d < best[k] {
-				best[k] = d
-			}
-		}
-	}
-	if best[1] < best[0] {
-		p.Close()
-		return pf, true, nil
-	}
-	pf.Close()
-	return p, false, nil
 }
 
 // must returns t, or panics with err (caught where the form is built or

@@ -219,8 +219,7 @@ func TestFlushDenormal(t *testing.T) {
 // bit the fp32 convolution of x, w and b rounded to bf16, its output
 // rounded to bf16; the weight's gradient rounded to bf16 as autocast's
 // cast rounds it). The two agree to bf16's rounding, forward and backward;
-// BF16ConvMeasure times each shape once and then runs it one of the two
-// ways, exactly; BF16ConvAuto times nothing and runs the way the CPU says.
+// BF16ConvAuto runs the way the CPU says, exactly.
 func TestBF16Conv(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -338,44 +337,19 @@ func testBF16Conv(t *testing.T, xs, ws []int64) {
 		t.Logf("%s: the two kernels differ by %.3g (largest value %.3g)", c.name, diff, scale)
 	}
 
-	// Measure: one timing per shape, then one of the two results exactly.
-	SetBF16Conv(BF16ConvMeasure)
-	if n16, n32 := BF16ConvChoices(); n16+n32 != 0 {
-		t.Fatalf("SetBF16Conv left %d timed shapes", n16+n32)
-	}
-	m1 := run(x)
-	run(x)
-	n16, n32 := BF16ConvChoices()
-	if n16+n32 != 1 {
-		t.Fatalf("one shape run: %d shapes timed (bf16 %d, fp32 %d)", n16+n32, n16, n32)
-	}
-	want := bf.y
-	if n32 == 1 {
-		want = up.y
-	}
-	for i := range want {
-		if m1.y[i] != want[i] {
-			t.Fatalf("measured choice (fp32 kernels: %v): element %d = %v, want %v", n32 == 1, i, m1.y[i], want[i])
-		}
-	}
-	t.Logf("measured: this machine runs the shape on %s kernels", map[bool]string{true: "fp32", false: "bf16"}[n32 == 1])
-
-	// Auto: the CPU decides, no timing; fp32 kernels without AMX-BF16.
+	// Auto: the CPU decides; fp32 kernels without AMX-BF16.
 	SetBF16Conv(BF16ConvAuto)
 	a := run(x)
-	if n16, n32 := BF16ConvChoices(); n16+n32 != 0 {
-		t.Errorf("auto timed %d shapes", n16+n32)
-	}
-	want = bf.y
-	if BF16ConvAutoFP32() {
+	want := bf.y
+	if BF16ConvFP32() {
 		want = up.y
 	}
 	for i := range want {
 		if a.y[i] != want[i] {
-			t.Fatalf("auto (fp32 kernels: %v): element %d = %v, want %v", BF16ConvAutoFP32(), i, a.y[i], want[i])
+			t.Fatalf("auto (fp32 kernels: %v): element %d = %v, want %v", BF16ConvFP32(), i, a.y[i], want[i])
 		}
 	}
-	t.Logf("auto: fp32 kernels %v", BF16ConvAutoFP32())
+	t.Logf("auto: fp32 kernels %v", BF16ConvFP32())
 	for _, t := range []*ts.Tensor{x, w, b, lt, xr, wr, br, f32} {
 		t.MustDrop()
 	}

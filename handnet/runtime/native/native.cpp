@@ -46,8 +46,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <map>
-#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -797,32 +795,28 @@ at::Tensor conv2dAsLibtorch(const at::Tensor& t, const at::Tensor& wt, const at:
 // ResNet-18's shapes, forward and backward, also counting the casts
 // (README, "bf16 on the CPU"). The default (auto) decides by the CPU alone,
 // so that a run computes the same bits every time: fp32 kernels unless the
-// CPU has AMX-BF16. measure times each shape the first time it runs (both
-// ways: forward, and backward when it will have one, on copies) and keeps
-// the faster — like cudnn.benchmark, faster still but not reproducible.
-// HANDNET_BF16_CONV (auto, measure, bf16, fp32) or native.SetBF16Conv set
-// the mode.
+// CPU has AMX-BF16. HANDNET_BF16_CONV (auto, bf16, fp32) or
+// native.SetBF16Conv set the mode.
 
-std::mutex bfMu;
-std::map<std::vector<int64_t>, bool> bfChoice;  // shape key -> run on fp32 kernels (measure)
-std::atomic<int> bfMode{-3};                    // -3 unread, -2 measure, -1 auto, 0 bf16 kernels, 1 fp32 kernels
+std::atomic<int> bfMode{-2};  // -2 unread, -1 auto, 0 bf16 kernels, 1 fp32 kernels
 
 int bf16ConvMode() {
   int m = bfMode.load();
-  if (m != -3) return m;
+  if (m != -2) return m;
   const char* e = std::getenv("HANDNET_BF16_CONV");
   m = -1;
-  if (e != nullptr && std::strcmp(e, "measure") == 0) m = -2;
   if (e != nullptr && std::strcmp(e, "bf16") == 0) m = 0;
   if (e != nullptr && std::strcmp(e, "fp32") == 0) m = 1;
-  int unread = -3;
+  int unread = -2;
   bfMode.compare_exchange_strong(unread, m);
   return bfMode.load();
 }
 
-// autoFP32 is the auto mode's choice: fp32 kernels unless the CPU has a
-// bf16 matrix unit.
-bool autoFP32() {
+// bf16ConvFP32 says whether bf16 convolutions run on fp32 kernels: as the
+// mode says, and in auto unless the CPU has a bf16 matrix unit.
+bool bf16ConvFP32() {
+  int m = bf16ConvMode();
+  if (m >= 0) return m == 1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   static const bool amx = __builtin_cpu_supports("amx-bf16");
   return !amx;
@@ -850,80 +844,15 @@ at::Tensor conv2dUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Ten
   return conv2dAsLibtorch(toBF16Float(t), toBF16Float(wt), b, st, pd, dl, groups, false).to(at::kBFloat16);
 }
 
-// upcastFaster times a convolution both ways on copies of its operands:
-// forward, plus backward when grad says so; the better of two runs each
-// after one to warm up.
-bool upcastFaster(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias, const std::vector<int64_t>& st,
-                  const std::vector<int64_t>& pd, const std::vector<int64_t>& dl, int64_t groups, bool grad) {
-  at::Tensor x = t.detach(), w = wt.detach(), b = bias.defined() ? bias.detach() : at::Tensor();
-  if (grad) {
-    x.requires_grad_(t.requires_grad());
-    w.requires_grad_(true);
-    if (b.defined()) b.requires_grad_(true);
-  }
-  auto once = [&](bool up) {
-    at::Tensor y = up ? conv2dUpcast(x, w, b, st, pd, dl, groups)
-                      : at::conv2d(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt, st, pd, dl, groups);
-    if (grad) y.backward(at::ones_like(y));
-  };
-  double best[2] = {1e30, 1e30};
-  for (int round = 0; round < 3; round++) {
-    for (int up = 0; up < 2; up++) {
-      auto t0 = std::chrono::steady_clock::now();
-      once(up == 1);
-      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (round > 0) best[up] = std::min(best[up], s);
-    }
-  }
-  return best[1] < best[0];
-}
-
-// useUpcast says whether this bf16 autocast convolution runs on fp32
-// kernels, timing its shape the first time.
-bool useUpcast(const at::Tensor& t, const at::Tensor& wt, const at::Tensor& bias, const std::vector<int64_t>& st,
-               const std::vector<int64_t>& pd, const std::vector<int64_t>& dl, int64_t groups) {
-  int mode = bf16ConvMode();
-  if (mode >= 0) return mode == 1;
-  if (mode == -1) return autoFP32();
-  bool grad = at::GradMode::is_enabled() && (t.requires_grad() || wt.requires_grad());
-  std::vector<int64_t> key(t.sizes().begin(), t.sizes().end());
-  key.insert(key.end(), wt.sizes().begin(), wt.sizes().end());
-  key.insert(key.end(), st.begin(), st.end());
-  key.insert(key.end(), pd.begin(), pd.end());
-  key.insert(key.end(), dl.begin(), dl.end());
-  key.push_back(groups);
-  key.push_back(bias.defined());
-  key.push_back(grad);
-  key.push_back(t.scalar_type() == at::kBFloat16);
-  key.push_back(t.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
-  key.push_back(wt.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
-  std::lock_guard<std::mutex> lock(bfMu);
-  auto it = bfChoice.find(key);
-  if (it != bfChoice.end()) return it->second;
-  bool up = upcastFaster(t, wt, bias, st, pd, dl, groups, grad);
-  bfChoice[key] = up;
-  return up;
-}
-
 }  // namespace
 
-void hn_set_bf16_conv(int mode) {
-  bfMode.store(mode < -2 || mode > 1 ? -1 : mode);
-  std::lock_guard<std::mutex> lock(bfMu);
-  bfChoice.clear();
-}
+void hn_set_bf16_conv(int mode) { bfMode.store(mode < -1 || mode > 1 ? -1 : mode); }
 
 int hn_bf16_conv_mode(void) { return bf16ConvMode(); }
 
-int hn_bf16_conv_auto_fp32(void) { return autoFP32(); }
+int hn_bf16_conv_fp32(void) { return bf16ConvFP32(); }
 
 int64_t hn_onednn_conv_calls(void) { return oneDnnConvCalls.load(); }
-
-void hn_bf16_conv_choices(int* bf16, int* fp32) {
-  std::lock_guard<std::mutex> lock(bfMu);
-  *bf16 = *fp32 = 0;
-  for (auto& kv : bfChoice) (kv.second ? *fp32 : *bf16) += 1;
-}
 
 char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
                 const int64_t* dilation, int64_t groups, hn_tensor* out) {
@@ -935,7 +864,7 @@ char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, co
   bool bf16Autocast = at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16 &&
                       t.device().is_cpu() && t.dim() == 4 && !t.is_mkldnn() && wt.scalar_type() == at::kFloat &&
                       (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) && at::hasMKLDNN();
-  if (bf16Autocast && useUpcast(t, wt, bias, st, pd, dl, groups)) {
+  if (bf16Autocast && bf16ConvFP32()) {
     *out = new at::Tensor(conv2dUpcast(t, wt, bias, st, pd, dl, groups));
   } else {
     *out = new at::Tensor(conv2dAsLibtorch(t, wt, bias, st, pd, dl, groups, at::autocast::is_cpu_enabled()));

@@ -506,24 +506,19 @@ func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64
 
 // BF16Conv says how a convolution under CPU autocast to bf16 runs (Conv2d,
 // hence every training step and eager forward of a bf16 model on the CPU,
-// and the bf16 inference form's prepacked convolutions). Either way its
-// operands are rounded to bf16 and its output is bf16; the products are
-// exact in fp32 and summed in fp32 by both kernels, so the two ways differ
-// only in the order of those sums.
+// and the bf16 inference form's convolutions). Either way its operands are
+// rounded to bf16 and its output is bf16; the products are exact in fp32
+// and summed in fp32 by both kernels, so the two ways differ only in the
+// order of those sums.
 type BF16Conv int
 
 const (
-	// BF16ConvMeasure times each shape the first time it runs, both ways
-	// (forward, and backward when it will have one, on copies of the
-	// operands), and keeps the faster: the fastest, but, like PyTorch's
-	// cudnn.benchmark, a run's bits then depend on timings.
-	BF16ConvMeasure BF16Conv = -2
 	// BF16ConvAuto runs fp32 kernels unless the CPU has a bf16 matrix
 	// unit (AMX-BF16), where the bf16 kernels are the fast ones: without
 	// it (AVX-512 BF16 alone, or bf16 emulated) oneDNN's bf16 kernels took
 	// 1.2-1.8x its fp32 kernels' time for most shapes. Decided by the CPU
 	// alone, so a run computes the same bits every time. The default,
-	// unless HANDNET_BF16_CONV says measure, bf16 or fp32.
+	// unless HANDNET_BF16_CONV says bf16 or fp32.
 	BF16ConvAuto BF16Conv = -1
 	// BF16ConvKernels always runs oneDNN's bf16 kernels, as PyTorch does.
 	BF16ConvKernels BF16Conv = 0
@@ -533,27 +528,19 @@ const (
 )
 
 // SetBF16Conv sets how bf16 autocast convolutions run, for the whole
-// process, and forgets the shapes timed so far.
+// process.
 func SetBF16Conv(m BF16Conv) { C.hn_set_bf16_conv(C.int(m)) }
 
 // BF16ConvMode returns the mode SetBF16Conv (or HANDNET_BF16_CONV) set.
 func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
 
-// BF16ConvAutoFP32 says whether BF16ConvAuto runs fp32 kernels on this CPU
-// (true when it has no AMX-BF16).
-func BF16ConvAutoFP32() bool { return C.hn_bf16_conv_auto_fp32() == 1 }
+// BF16ConvFP32 says whether bf16 convolutions run on fp32 kernels now:
+// as the mode says, and for BF16ConvAuto on this CPU.
+func BF16ConvFP32() bool { return C.hn_bf16_conv_fp32() == 1 }
 
 // oneDNNConvCalls counts the convolutions Conv2d has run in oneDNN where
 // libtorch would have taken the BLAS (the tests check the path taken).
 func oneDNNConvCalls() int64 { return int64(C.hn_onednn_conv_calls()) }
-
-// BF16ConvChoices counts the convolution shapes timed so far (under
-// BF16ConvMeasure) that run on bf16 kernels and on fp32 kernels.
-func BF16ConvChoices() (bf16, fp32 int) {
-	var b, f C.int
-	C.hn_bf16_conv_choices(&b, &f)
-	return int(b), int(f)
-}
 
 // FlushDenormal turns flushing of denormal floats to zero on or off (FTZ
 // and DAZ, what torch.set_flush_denormal sets) for the calling OS thread

@@ -116,29 +116,23 @@ char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, co
                 const int64_t* dilation, int64_t groups, hn_tensor* out);
 
 // hn_set_bf16_conv sets how hn_conv2d runs a convolution under CPU
-// autocast to bf16: on oneDNN's bf16 kernel (as PyTorch) or on its fp32
-// kernel with the bf16-rounded operands, the output rounded to bf16. -1
-// (auto): fp32 kernels unless the CPU has AMX-BF16 (hn_bf16_conv_auto_fp32);
-// -2 (measure): each shape timed both ways the first time, the faster kept;
-// 0: bf16 kernels; 1: fp32 kernels. It forgets the shapes timed. Unset, the
-// HANDNET_BF16_CONV environment variable (auto, measure, bf16, fp32)
-// decides, else -1.
+// autocast to bf16: on oneDNN's bf16 kernel (0, as PyTorch) or on its fp32
+// kernel with the bf16-rounded operands, the output rounded to bf16 (1);
+// -1 (auto): fp32 kernels unless the CPU has AMX-BF16. Unset, the
+// HANDNET_BF16_CONV environment variable (auto, bf16, fp32) decides, else
+// -1.
 void hn_set_bf16_conv(int mode);
 
 // hn_bf16_conv_mode returns the mode hn_set_bf16_conv describes.
 int hn_bf16_conv_mode(void);
 
-// hn_bf16_conv_auto_fp32 says whether the auto mode runs fp32 kernels on
-// this CPU (1: it has no AMX-BF16).
-int hn_bf16_conv_auto_fp32(void);
+// hn_bf16_conv_fp32 says whether bf16 convolutions run on fp32 kernels now
+// (the mode, and in auto this CPU).
+int hn_bf16_conv_fp32(void);
 
 // hn_onednn_conv_calls counts the convolutions hn_conv2d has sent to
 // oneDNN instead of libtorch's BLAS path (for tests).
 int64_t hn_onednn_conv_calls(void);
-
-// hn_bf16_conv_choices counts the shapes timed so far (measure) that run on bf16
-// kernels and those that run on fp32 kernels.
-void hn_bf16_conv_choices(int* bf16, int* fp32);
 
 // hn_flush_denormal turns flushing of denormal floats to zero (FTZ and DAZ,
 // as torch.set_flush_denormal) on (on=1) or off for the calling thread and
