@@ -159,8 +159,9 @@ const fc1ConvBatch = 6
 // the CPU in fp32, from batch fc1ConvBatch up. libtorch's linear calls the
 // BLAS it is linked with — Debian's is the reference BLAS, one thread,
 // no vector kernels — while the convolution runs in oneDNN: at batch 16,
-// fc1's forward and backward take about a third of the time (at batch 1
-// the BLAS is faster, at 4 they are even; README, "Speed").
+// fc1's forward and backward take about a third of the time. Below, fc1
+// runs native.Linear's oneDNN inner product, faster there than either
+// (README, "Speed").
 func fc1AsConv(a *ts.Tensor) bool {
 	return a.DType() == gotch.Float && a.MustSize()[0] >= fc1ConvBatch && !a.MustDevice().IsCuda()
 }
@@ -220,10 +221,16 @@ func newDense(p *nn.Path, in, out int64) *dense {
 	return &dense{Linear: l, W: w}
 }
 
-// linear is x·Wᵀ + b as one op (at::linear, an addmm), as PyTorch's
-// nn.Linear computes it. gotch's Linear.Forward multiplies and then adds the
-// bias separately: more kernels, and under autocast the separate add
-// promotes the bf16 product back to float32.
+// linear is x·Wᵀ + b as one op, as PyTorch's nn.Linear computes it
+// (at::linear, an addmm), through native.Linear: in oneDNN where libtorch
+// would run a large fp32 layer in the reference BLAS (fc1 at small
+// batches). gotch's Linear.Forward multiplies and then adds the bias
+// separately: more kernels, and under autocast the separate add promotes
+// the bf16 product back to float32.
 func linear(s *torch.Scope, l *dense, x *ts.Tensor) *ts.Tensor {
-	return s.T(ts.MustLinear(x, l.W, l.Bs))
+	y, err := native.Linear(x, l.W, l.Bs)
+	if err != nil {
+		panic(err)
+	}
+	return s.T(y)
 }

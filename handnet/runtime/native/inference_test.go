@@ -166,6 +166,103 @@ func TestConv2dEqualsLibtorch(t *testing.T) {
 	}
 }
 
+// Linear gives libtorch's linear — output, input, weight and bias
+// gradients — within fp32's rounding, for the layers it runs in oneDNN
+// (fc1's shape at batch 1 and 3, a batch over outerRows, no bias, an input
+// without gradient) and the ones it leaves to libtorch (a small layer,
+// autocast); the count of oneDNN calls says which way each went.
+func TestLinearEqualsLibtorch(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, c := range []struct {
+		name           string
+		batch, in, out int64
+		bias, gradX    bool
+		autocast       bool
+		oneDNN         bool // the path Linear must take
+	}{
+		{"fc1 batch 1", 1, 13056, 256, true, true, false, true},
+		{"fc1 batch 3", 3, 13056, 256, true, true, false, true},
+		{"batch 40, no bias", 40, 2048, 64, false, true, false, true},
+		{"input without gradient", 2, 4096, 32, true, false, false, true},
+		{"small layer (libtorch's)", 4, 512, 8, true, true, false, false},
+		{"under bf16 autocast (libtorch's)", 2, 13056, 256, true, true, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			runtime.LockOSThread() // autocast is the OS thread's
+			defer runtime.UnlockOSThread()
+			lib.AtManualSeed(int64(len(c.name)))
+			x0 := ts.MustRandn([]int64{c.batch, c.in}, gotch.Float, gotch.CPU)
+			w0 := ts.MustRandn([]int64{c.out, c.in}, gotch.Float, gotch.CPU).MustMulScalar(ts.FloatScalar(0.05), true)
+			var b0 *ts.Tensor
+			if c.bias {
+				b0 = ts.MustRandn([]int64{c.out}, gotch.Float, gotch.CPU)
+			}
+			run := func(native bool) (out []*ts.Tensor) {
+				x, w := x0.MustDetach(false), w0.MustDetach(false)
+				x.MustRequiresGrad_(c.gradX)
+				w.MustRequiresGrad_(true)
+				b := ts.NewTensor()
+				if b0 != nil {
+					b = b0.MustDetach(false)
+					b.MustRequiresGrad_(true)
+				}
+				var y *ts.Tensor
+				forward := func() (err error) {
+					if native {
+						y, err = Linear(x, w, b)
+					} else {
+						y, err = ts.Linear(x, w, b)
+					}
+					return err
+				}
+				var err error
+				if c.autocast {
+					err = Autocast(gotch.CPU, gotch.BFloat16, forward)
+				} else {
+					err = forward()
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				y = y.MustTotype(gotch.Float, true)
+				loss := y.MustMul(y, false).MustSum(gotch.Float, true).MustMulScalar(ts.FloatScalar(0.5), true)
+				if err := loss.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, y, w.MustGrad(false))
+				if c.gradX {
+					out = append(out, x.MustGrad(false))
+				} else if x.MustGrad(false).MustDefined() {
+					t.Error("the input got a gradient it does not require")
+				}
+				if b0 != nil {
+					out = append(out, b.MustGrad(false))
+				}
+				return out
+			}
+			want := run(false)
+			before := oneDNNLinearCalls()
+			got := run(true)
+			if took := oneDNNLinearCalls() > before; took != c.oneDNN {
+				t.Errorf("ran in oneDNN: %v, want %v", took, c.oneDNN)
+			}
+			names := []string{"output", "weight gradient"}
+			if c.gradX {
+				names = append(names, "input gradient")
+			}
+			if c.bias {
+				names = append(names, "bias gradient")
+			}
+			for i, name := range names {
+				if err := close(got[i], want[i], 1e-4); err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+			}
+		})
+	}
+}
+
 // close checks |a−b| ≤ tol·max(1, max|b|) elementwise and equal shapes.
 func close(a, b *ts.Tensor, tol float64) error {
 	if fmt.Sprint(a.MustSize()) != fmt.Sprint(b.MustSize()) {

@@ -134,6 +134,18 @@ int hn_bf16_conv_fp32(void);
 // oneDNN instead of libtorch's BLAS path (for tests).
 int64_t hn_onednn_conv_calls(void);
 
+// hn_linear is linear(x, w, b) = x·wᵀ + b, with autograd, as at::linear
+// computes it — except for a large fp32 layer on the CPU without autocast
+// (a weight of 65,536 elements or more, x 2-D), which libtorch sends to the
+// BLAS: there the forward and the input's gradient run oneDNN's inner
+// product (at::mkldnn_linear), and the weight's gradient of a batch of 1 is
+// an outer product. b may be NULL.
+char* hn_linear(hn_tensor x, hn_tensor w, hn_tensor b, hn_tensor* out);
+
+// hn_onednn_linear_calls counts the layers hn_linear has run in oneDNN
+// (for tests).
+int64_t hn_onednn_linear_calls(void);
+
 // hn_flush_denormal turns flushing of denormal floats to zero (FTZ and DAZ,
 // as torch.set_flush_denormal) on (on=1) or off for the calling thread and
 // every thread of its OpenMP team, which keep their own float modes. It
