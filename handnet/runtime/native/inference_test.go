@@ -263,6 +263,64 @@ func TestLinearEqualsLibtorch(t *testing.T) {
 	}
 }
 
+// The bf16 convolutions' one-pass rounding gives the two casts'
+// x.to(bf16).to(float32) bit for bit: ties to even both ways, the largest
+// values rounding to infinity, infinities, zeros of both signs, denormals,
+// NaN (still NaN); on a tensor long enough for both threads, with a tail
+// shorter than a vector, on a transposed one, and on a strided one (the
+// casts' own path).
+func TestRoundBF16(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	special := []float32{0, float32(math.Copysign(0, -1)), 1, -1, 1.00390625, 1.01171875, 1.0039063, -1.0117188,
+		math.MaxFloat32, -math.MaxFloat32, 3.3895314e38, float32(math.Inf(1)), float32(math.Inf(-1)),
+		1e-40, -1e-40, math.SmallestNonzeroFloat32, 1.1754944e-38, 65504, 3.14159265, -2.7182818}
+	lib.AtManualSeed(3)
+	random := ts.MustRandn([]int64{100003}, gotch.Float, gotch.CPU).MustMulScalar(ts.FloatScalar(1e3), true)
+	f32 := func(x *ts.Tensor) []float32 { return x.MustContiguous(false).Vals().([]float32) }
+	values := append(special, f32(random)...) // 100,023 = 3 · 33,341
+	x := ts.MustOfSlice(values)
+	bits := func(x *ts.Tensor) []uint32 {
+		v := f32(x)
+		out := make([]uint32, len(v))
+		for i, f := range v {
+			out[i] = math.Float32bits(f)
+		}
+		return out
+	}
+	nan := ts.MustOfSlice([]float32{float32(math.NaN()), -float32(math.NaN())})
+	for _, c := range []struct {
+		name string
+		x    *ts.Tensor
+	}{
+		{"dense", x},
+		{"transposed", x.MustView([]int64{int64(len(values)) / 3, 3}, false).MustT(true)},
+		{"strided", x.MustView([]int64{int64(len(values)) / 3, 3}, false).MustNarrow(1, 0, 2, true)},
+		{"NaN", nan},
+	} {
+		got, err := roundBF16(c.x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := c.x.MustTotype(gotch.BFloat16, false).MustTotype(gotch.Float, true)
+		g, w := bits(got), bits(want)
+		if len(g) != len(w) {
+			t.Fatalf("%s: %d values, want %d", c.name, len(g), len(w))
+		}
+		for i := range g {
+			gf, wf := math.Float32frombits(g[i]), math.Float32frombits(w[i])
+			if g[i] != w[i] && !(gf != gf && wf != wf) {
+				t.Errorf("%s: value %d: %08x (%g) rounds to %08x (%g), the casts to %08x (%g)", c.name, i,
+					math.Float32bits(f32(c.x)[i]), f32(c.x)[i], g[i], gf, w[i], wf)
+				break
+			}
+			if gf != gf && g[i]&0xffff != 0 {
+				t.Errorf("%s: NaN %08x is not a bf16 number", c.name, g[i])
+			}
+		}
+	}
+}
+
 // close checks |a−b| ≤ tol·max(1, max|b|) elementwise and equal shapes.
 func close(a, b *ts.Tensor, tol float64) error {
 	if fmt.Sprint(a.MustSize()) != fmt.Sprint(b.MustSize()) {

@@ -904,8 +904,66 @@ bool bf16ConvFP32() {
 #endif
 }
 
+// roundBF16 rounds n fp32 values to bf16's precision, kept in fp32: the
+// nearest bf16, ties to even (c10::BFloat16's rounding), NaN stays NaN —
+// what .to(kBFloat16).to(kFloat) gives, in one pass where those take two
+// and a bf16 buffer between (a ResNet-18 step rounds every weight forward
+// and every weight gradient backward: 11.2 million values each way).
+#ifdef HN_AVX512_POOL
+__attribute__((target("avx512f"))) void roundBF16(const float* in, float* out, int64_t n) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff),
+                hi = _mm512_set1_epi32(int(0xffff0000u)), quiet = _mm512_set1_epi32(0x00400000);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(k, in + i);
+    __m512i u = _mm512_castps_si512(v);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), one), bias));
+    r = _mm512_and_si512(r, hi);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_and_si512(_mm512_or_si512(u, quiet), hi));
+    _mm512_mask_storeu_ps(out + i, k, _mm512_castsi512_ps(r));
+  }
+}
+#endif
+
+bool roundBF16Fast(const at::Tensor& t) {
+#ifdef HN_AVX512_POOL
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_non_overlapping_and_dense();
+#else
+  return false;
+#endif
+}
+
+// roundedBF16 is t (fp32) rounded to bf16's precision, in t's layout.
+at::Tensor roundedBF16(const at::Tensor& t) {
+#ifdef HN_AVX512_POOL
+  if (roundBF16Fast(t)) {
+    at::Tensor out = at::empty_like(t);
+    const float* in = t.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, t.numel(), 32768, [&](int64_t lo, int64_t hi) { roundBF16(in + lo, o + lo, hi - lo); });
+    return out;
+  }
+#endif
+  return t.to(at::kBFloat16).to(at::kFloat);
+}
+
+// RoundBF16 is autocast's cast of an fp32 tensor to bf16 followed by the
+// cast back, as one op with autograd: forward and backward each round to
+// bf16's precision (the gradient of autocast's bf16 copy is bf16, then cast
+// to the fp32 tensor's type).
+struct RoundBF16 : public torch::autograd::Function<RoundBF16> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& t) { return roundedBF16(t); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {roundedBF16(grads[0])};
+  }
+};
+
 at::Tensor toBF16Float(const at::Tensor& t) {
   if (t.scalar_type() == at::kBFloat16) return t.to(at::kFloat);
+  if (roundBF16Fast(t)) return RoundBF16::apply(t);
   return t.to(at::kBFloat16).to(at::kFloat);
 }
 
@@ -932,6 +990,13 @@ int hn_bf16_conv_mode(void) { return bf16ConvMode(); }
 int hn_bf16_conv_fp32(void) { return bf16ConvFP32(); }
 
 int64_t hn_onednn_conv_calls(void) { return oneDnnConvCalls.load(); }
+
+char* hn_round_bf16(hn_tensor x, hn_tensor* out) {
+  HN_TRY
+  at::NoGradGuard noGrad;
+  *out = new at::Tensor(toBF16Float(T(x)));
+  HN_CATCH
+}
 
 char* hn_conv2d(hn_tensor x, hn_tensor w, hn_tensor b, const int64_t* stride, const int64_t* padding,
                 const int64_t* dilation, int64_t groups, hn_tensor* out) {

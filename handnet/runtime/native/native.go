@@ -566,6 +566,18 @@ func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
 // as the mode says, and for BF16ConvAuto on this CPU.
 func BF16ConvFP32() bool { return C.hn_bf16_conv_fp32() == 1 }
 
+// roundBF16 is x rounded to bf16's precision as the bf16 convolutions on
+// fp32 kernels round their operands (the tests compare it with the casts).
+func roundBF16(x *ts.Tensor) (*ts.Tensor, error) {
+	var out C.hn_tensor
+	err := cerr(C.hn_round_bf16(C.hn_tensor(x.Ctensor()), &out))
+	runtime.KeepAlive(x)
+	if err != nil {
+		return nil, err
+	}
+	return ts.FromCtensor(unsafe.Pointer(out)), nil
+}
+
 // oneDNNConvCalls counts the convolutions Conv2d has run in oneDNN where
 // libtorch would have taken the BLAS (the tests check the path taken).
 func oneDNNConvCalls() int64 { return int64(C.hn_onednn_conv_calls()) }

@@ -130,6 +130,10 @@ int hn_bf16_conv_mode(void);
 // (the mode, and in auto this CPU).
 int hn_bf16_conv_fp32(void);
 
+// hn_round_bf16 is x rounded to bf16's precision as the bf16 convolutions
+// on fp32 kernels round their operands: x.to(bf16).to(float32) (for tests).
+char* hn_round_bf16(hn_tensor x, hn_tensor* out);
+
 // hn_onednn_conv_calls counts the convolutions hn_conv2d has sent to
 // oneDNN instead of libtorch's BLAS path (for tests).
 int64_t hn_onednn_conv_calls(void);
