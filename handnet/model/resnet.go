@@ -87,7 +87,7 @@ func (m *ResNet18) release() { m.fc.Ws.MustDrop() }
 func (m *ResNet18) Features(s *torch.Scope, x *ts.Tensor, train bool) *ts.Tensor {
 	h := m.bn(s, m.bn1, "bn1", convolve(s, m.conv1, x), train)
 	h = s.T(h.MustRelu(false))
-	h = s.T(h.MustMaxPool2d([]int64{3, 3}, []int64{2, 2}, []int64{1, 1}, []int64{1, 1}, false, false))
+	h = pool(s, h, 3, 2, 1)
 	for l := range m.layers {
 		for _, blk := range m.layers[l] {
 			h = m.block(s, blk, h, train)

@@ -74,6 +74,87 @@ func TestMaxPool2d(t *testing.T) {
 	}
 }
 
+// MaxPool2d in training (x requires a gradient) gives libtorch's
+// max_pool2d output and input gradient bit for bit, in fp32 and bf16: an
+// NCHW x through the channels-last kernel, a channels-last one through
+// libtorch's own. The inputs are ReLU outputs, windows of equal zeros
+// included, with a NaN and an infinity, where the index each kernel keeps
+// decides where the gradient goes.
+func TestMaxPool2dGradient(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, dt := range []gotch.DType{gotch.Float, gotch.BFloat16} {
+		for _, c := range []struct {
+			shape      []int64
+			k, st, pad int64
+			cl         bool
+		}{
+			{[]int64{2, 64, 17, 22}, 3, 2, 1, false}, // ResNet-18's stem pool
+			{[]int64{3, 16, 12, 17}, 2, 2, 0, false}, // the CNN's
+			{[]int64{1, 5, 9, 7}, 2, 2, 0, false},    // odd sides, 5 channels
+			{[]int64{2, 32, 10, 11}, 3, 2, 1, true},  // channels last: libtorch's
+		} {
+			name := fmt.Sprintf("%v %v k%d cl=%v", dt, c.shape, c.k, c.cl)
+			lib.AtManualSeed(7)
+			x0 := ts.MustRandn(c.shape, gotch.Float, gotch.CPU).MustRelu(true).MustTotype(dt, true)
+			x0.MustNarrow(2, 1, 1, false).MustNarrow(3, 2, 1, true).MustFill_(ts.FloatScalar(math.NaN()))
+			x0.MustNarrow(2, 3, 1, false).MustNarrow(3, 0, 1, true).MustFill_(ts.FloatScalar(math.Inf(1)))
+			if c.cl {
+				if err := SetChannelsLast(x0, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			k, st, pad := [2]int64{c.k, c.k}, [2]int64{c.st, c.st}, [2]int64{c.pad, c.pad}
+			var gy *ts.Tensor
+			run := func(native bool) (y, gx *ts.Tensor) {
+				x := x0.MustDetach(false)
+				x.MustRequiresGrad_(true)
+				if native {
+					var err error
+					if y, err = MaxPool2d(x, k, st, pad); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					y = x.MustMaxPool2d(k[:], st[:], pad[:], []int64{1, 1}, false, false)
+				}
+				if !y.MustRequiresGrad() {
+					t.Fatalf("%s: the output is out of autograd", name)
+				}
+				if gy == nil {
+					gy = ts.MustRandn(y.MustSize(), gotch.Float, gotch.CPU).MustTotype(dt, true)
+				}
+				// Σ y·gy: y's gradient is gy, exactly.
+				loss := y.MustTotype(gotch.Float, false).MustMul(gy.MustTotype(gotch.Float, false), true).MustSum(gotch.Float, true)
+				if err := loss.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				return y, x.MustGrad(false)
+			}
+			wy, wgx := run(false)
+			gotY, gotGX := run(true)
+			if !c.cl && !gotY.MustIsContiguous() {
+				t.Errorf("%s: the output of an NCHW input is not NCHW", name)
+			}
+			for _, p := range []struct {
+				what      string
+				got, want *ts.Tensor
+			}{{"output", gotY, wy}, {"input gradient", gotGX, wgx}} {
+				g := p.got.MustTotype(gotch.Float, false).MustContiguous(true).Vals().([]float32)
+				w := p.want.MustTotype(gotch.Float, false).MustContiguous(true).Vals().([]float32)
+				if len(g) != len(w) {
+					t.Fatalf("%s: %s has %d values, libtorch's %d", name, p.what, len(g), len(w))
+				}
+				for i := range w {
+					if math.Float32bits(g[i]) != math.Float32bits(w[i]) && !(g[i] != g[i] && w[i] != w[i]) {
+						t.Errorf("%s: %s[%d] = %v, libtorch's %v", name, p.what, i, g[i], w[i])
+						break
+					}
+				}
+			}
+		}
+	}
+}
+
 func slices4(a, b []int64) bool {
 	if len(a) != len(b) {
 		return false

@@ -179,11 +179,14 @@ char* hn_conv_prepack(hn_tensor w, hn_tensor b, const int64_t* stride, const int
 char* hn_conv_run(hn_conv* c, hn_tensor x, hn_tensor* out);
 void hn_conv_free(hn_conv* c);
 
-// hn_max_pool2d is max_pool2d (no dilation, floor mode) of x: for a
-// channels-last float or bf16 x with channels a multiple of 16, on a CPU
-// with AVX-512, one pass without the indices that libtorch's CPU kernel
-// always computes (and writes, 8 bytes per output); otherwise libtorch's.
-// The output is channels last when x is.
+// hn_max_pool2d is max_pool2d (no dilation, floor mode) of x, with
+// autograd when x requires a gradient (and grad mode is on): without one,
+// for a channels-last float or bf16 x with channels a multiple of 16, on a
+// CPU with AVX-512, one pass without the indices that libtorch's CPU kernel
+// always computes (and writes, 8 bytes per output); for an NCHW float or
+// bf16 CPU x, libtorch's channels-last kernel between two layout copies
+// (its NCHW kernel is scalar), the same values and indices; otherwise
+// libtorch's. The output has x's layout.
 char* hn_max_pool2d(hn_tensor x, const int64_t* kernel, const int64_t* stride, const int64_t* padding, hn_tensor* out);
 
 #ifdef __cplusplus
