@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/handnet/handnet/handnet/runtime/native"
 	"github.com/handnet/handnet/handnet/runtime/torch"
 	log "github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -96,6 +97,10 @@ func run(args []string) int {
 	}
 	if *verbose {
 		log.SetLevel(log.DebugLevel)
+	}
+	if err := native.CheckBF16ConvEnv(); err != nil {
+		fmt.Fprintf(os.Stderr, "handnet %s: %v\n", c.name, err)
+		return 2
 	}
 	if err := runFn(fs.Args()); err != nil {
 		var ue usageError

@@ -84,6 +84,20 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
+// A HANDNET_BF16_CONV the native layer does not know (a typo it would
+// take as auto) is refused with exit code 2; the three it knows run.
+func TestBF16ConvEnvIsChecked(t *testing.T) {
+	for _, c := range []struct {
+		value string
+		want  int
+	}{{"fp-32", 2}, {"FP32", 2}, {"fp32", 0}, {"bf16", 0}, {"auto", 0}, {"", 0}} {
+		t.Setenv("HANDNET_BF16_CONV", c.value)
+		if got := run([]string{"doctor", "--device", "cpu"}); got != c.want {
+			t.Errorf("HANDNET_BF16_CONV=%q: exit %d, want %d", c.value, got, c.want)
+		}
+	}
+}
+
 // TestTrainEvalEndToEnd drives the commands as a user would.
 func TestTrainEvalEndToEnd(t *testing.T) {
 	dir := t.TempDir()

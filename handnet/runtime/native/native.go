@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -558,6 +559,23 @@ const (
 // SetBF16Conv sets how bf16 autocast convolutions run, for the whole
 // process.
 func SetBF16Conv(m BF16Conv) { C.hn_set_bf16_conv(C.int(m)) }
+
+// BF16ConvEnv is the environment variable that sets the BF16Conv mode
+// before SetBF16Conv is called: auto, bf16 or fp32.
+const BF16ConvEnv = "HANDNET_BF16_CONV"
+
+// CheckBF16ConvEnv returns an error naming the accepted values when
+// HANDNET_BF16_CONV is set to anything but auto, bf16 or fp32 (or empty):
+// the native layer takes such a value as auto, so a typo would silently
+// choose the kernels. The command refuses it (exit code 2).
+func CheckBF16ConvEnv() error {
+	switch v := os.Getenv(BF16ConvEnv); v {
+	case "", "auto", "bf16", "fp32":
+		return nil
+	default:
+		return fmt.Errorf("%s=%q: want auto, bf16 or fp32 (bf16 convolutions' kernels; README, \"bf16 on the CPU\")", BF16ConvEnv, v)
+	}
+}
 
 // BF16ConvMode returns the mode SetBF16Conv (or HANDNET_BF16_CONV) set.
 func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
