@@ -491,18 +491,45 @@ namespace {
 // TestFusedSGDIsBitIdentical: the same bits as the per-parameter kernels).
 
 #ifdef HN_AVX512_POOL
-__attribute__((target("avx512f,fma"))) void sgdOnePass(float* p, float* g, float* b, int64_t n, float lr, float m,
-                                                       float wd, bool first) {
-  const __m512 vlr = _mm512_set1_ps(-lr), vm = _mm512_set1_ps(m), vwd = _mm512_set1_ps(wd), zero = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
-    __m512 vp = _mm512_maskz_loadu_ps(k, p + i);
-    __m512 d = _mm512_maskz_loadu_ps(k, g + i);
-    if (wd != 0) d = _mm512_fmadd_ps(vp, vwd, d);
-    __m512 vb = first ? d : _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, b + i), vm), d);
-    _mm512_mask_storeu_ps(b + i, k, vb);
-    _mm512_mask_storeu_ps(p + i, k, _mm512_fmadd_ps(vb, vlr, vp));
-    _mm512_mask_storeu_ps(g + i, k, zero);
+extern "C++" {
+// sgdVec updates the 16 floats at i (the first k of them).
+template <bool First, bool Decay>
+__attribute__((target("avx512f,fma"), always_inline)) inline void sgdVec(float* p, float* g, float* b, int64_t i,
+                                                                         __mmask16 k, __m512 vlr, __m512 vm,
+                                                                         __m512 vwd) {
+  __m512 vp = _mm512_maskz_loadu_ps(k, p + i);
+  __m512 d = _mm512_maskz_loadu_ps(k, g + i);
+  if (Decay) d = _mm512_fmadd_ps(vp, vwd, d);
+  __m512 vb = First ? d : _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, b + i), vm), d);
+  _mm512_mask_storeu_ps(b + i, k, vb);
+  _mm512_mask_storeu_ps(p + i, k, _mm512_fmadd_ps(vb, vlr, vp));
+  _mm512_mask_storeu_ps(g + i, k, _mm512_setzero_ps());
+}
+
+// sgdLoop is sgdOnePass for one (first step, weight decay) case: whole
+// vectors two at a time, then the tail under a mask, no branch inside.
+template <bool First, bool Decay>
+__attribute__((target("avx512f,fma"))) void sgdLoop(float* p, float* g, float* b, int64_t n, float lr, float m,
+                                                    float wd) {
+  const __m512 vlr = _mm512_set1_ps(-lr), vm = _mm512_set1_ps(m), vwd = _mm512_set1_ps(wd);
+  const __mmask16 all = 0xffff;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    sgdVec<First, Decay>(p, g, b, i, all, vlr, vm, vwd);
+    sgdVec<First, Decay>(p, g, b, i + 16, all, vlr, vm, vwd);
+  }
+  for (; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? all : __mmask16((1u << (n - i)) - 1);
+    sgdVec<First, Decay>(p, g, b, i, k, vlr, vm, vwd);
+  }
+}
+}  // extern "C++"
+
+void sgdOnePass(float* p, float* g, float* b, int64_t n, float lr, float m, float wd, bool first) {
+  if (first) {
+    wd != 0 ? sgdLoop<true, true>(p, g, b, n, lr, m, wd) : sgdLoop<true, false>(p, g, b, n, lr, m, wd);
+  } else {
+    wd != 0 ? sgdLoop<false, true>(p, g, b, n, lr, m, wd) : sgdLoop<false, false>(p, g, b, n, lr, m, wd);
   }
 }
 
