@@ -476,9 +476,72 @@ __attribute__((constructor)) void tuneMalloc() {
 
 int hn_malloc_tuning(void) { return hn_malloc_tuned; }
 
-// ---- SGD in one pass ----
+// ---- work split among libtorch's intra-op threads ----
 
 namespace {
+
+extern "C++" {
+// parallelFor runs f(begin, end) over [0, n) split among libtorch's
+// intra-op threads. at::parallel_for cannot: it is a header template whose
+// OpenMP pragma this file, compiled without -fopenmp, drops. The OpenMP
+// runtime libtorch loaded is reached by name at run time instead
+// (GOMP_parallel, what `#pragma omp parallel` compiles to; libgomp and
+// Intel's runtime both have it), with the thread count libtorch set on
+// this thread; without it, or inside a parallel region, f runs serially.
+struct Omp {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);
+  int (*num)();
+  int (*id)();
+};
+
+const Omp& omp() {
+  static const Omp o = {
+      reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(dlsym(RTLD_DEFAULT, "GOMP_parallel")),
+      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_num_threads")),
+      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"))};
+  return o;
+}
+
+// grain is the least work worth a thread: n below 2·grain runs serially.
+template <typename F>
+void parallelFor(int64_t n, const F& f, int64_t grain = 1) {
+  const Omp& o = omp();
+  int threads = at::get_num_threads();
+  if (o.parallel == nullptr || o.num == nullptr || o.id == nullptr || threads < 2 || n < 2 * std::max<int64_t>(grain, 1) ||
+      at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  struct Ctx {
+    const F* f;
+    int64_t n;
+    const Omp* o;
+  } ctx{&f, n, &o};
+  o.parallel(
+      [](void* p) {
+        auto* c = static_cast<Ctx*>(p);
+        int64_t nt = c->o->num(), id = c->o->id();
+        int64_t chunk = (c->n + nt - 1) / nt, b = id * chunk, e = std::min(c->n, b + chunk);
+        if (b < e) (*c->f)(b, e);
+      },
+      &ctx, static_cast<unsigned>(threads), 0);
+}
+}  // extern "C++"
+
+}  // namespace
+
+// hn_parallel_threads runs parallelFor over n items (grain 1) and returns
+// how many threads ran a part (for tests).
+int hn_parallel_threads(int64_t n) {
+  std::atomic<uint64_t> seen{0};
+  const Omp& o = omp();
+  parallelFor(n, [&](int64_t, int64_t) { seen |= uint64_t(1) << std::min(o.id ? o.id() : 0, 63); });
+  return __builtin_popcountll(seen.load());
+}
+
+namespace {
+
+// ---- SGD in one pass ----
 //
 // torch.optim.SGD's update (momentum m, weight decay wd, learning rate lr)
 // is four kernels a parameter, each a pass over its memory, five with
@@ -558,9 +621,9 @@ bool onePassSGD(at::Tensor& p, at::Tensor& g, hn_tensor& slot, double lr, double
   float* gp = g.data_ptr<float>();
   float* bp = b.data_ptr<float>();
   float flr = float(lr), fm = float(momentum), fwd = float(weightDecay);
-  at::parallel_for(0, p.numel(), 32768, [&](int64_t lo, int64_t hi) {
-    sgdOnePass(pp + lo, gp + lo, bp + lo, hi - lo, flr, fm, fwd, first);
-  });
+  parallelFor(
+      p.numel(), [&](int64_t lo, int64_t hi) { sgdOnePass(pp + lo, gp + lo, bp + lo, hi - lo, flr, fm, fwd, first); },
+      32768);
   if (first) slot = new at::Tensor(b);
   p.unsafeGetTensorImpl()->bump_version();
   b.unsafeGetTensorImpl()->bump_version();
@@ -969,7 +1032,7 @@ at::Tensor roundedBF16(const at::Tensor& t) {
     at::Tensor out = at::empty_like(t);
     const float* in = t.data_ptr<float>();
     float* o = out.data_ptr<float>();
-    at::parallel_for(0, t.numel(), 32768, [&](int64_t lo, int64_t hi) { roundBF16(in + lo, o + lo, hi - lo); });
+    parallelFor(t.numel(), [&](int64_t lo, int64_t hi) { roundBF16(in + lo, o + lo, hi - lo); }, 32768);
     return out;
   }
 #endif
@@ -1105,50 +1168,6 @@ template <typename T>
 void maxPoolCL16(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                  int64_t, int64_t, int64_t, int64_t) {}
 #endif
-
-// parallelFor runs f(begin, end) over [0, n) split among libtorch's
-// intra-op threads. at::parallel_for cannot: it is a header template whose
-// OpenMP pragma this file, compiled without -fopenmp, drops. The OpenMP
-// runtime libtorch loaded is reached by name at run time instead
-// (GOMP_parallel, what `#pragma omp parallel` compiles to; libgomp and
-// Intel's runtime both have it), with the thread count libtorch set on
-// this thread; without it, or inside a parallel region, f runs serially.
-struct Omp {
-  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);
-  int (*num)();
-  int (*id)();
-};
-
-const Omp& omp() {
-  static const Omp o = {
-      reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(dlsym(RTLD_DEFAULT, "GOMP_parallel")),
-      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_num_threads")),
-      reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"))};
-  return o;
-}
-
-template <typename F>
-void parallelFor(int64_t n, const F& f) {
-  const Omp& o = omp();
-  int threads = at::get_num_threads();
-  if (o.parallel == nullptr || o.num == nullptr || o.id == nullptr || threads < 2 || n < 2 || at::in_parallel_region()) {
-    f(0, n);
-    return;
-  }
-  struct Ctx {
-    const F* f;
-    int64_t n;
-    const Omp* o;
-  } ctx{&f, n, &o};
-  o.parallel(
-      [](void* p) {
-        auto* c = static_cast<Ctx*>(p);
-        int64_t nt = c->o->num(), id = c->o->id();
-        int64_t chunk = (c->n + nt - 1) / nt, b = id * chunk, e = std::min(c->n, b + chunk);
-        if (b < e) (*c->f)(b, e);
-      },
-      &ctx, static_cast<unsigned>(threads), 0);
-}
 
 }  // namespace
 

@@ -584,6 +584,11 @@ func BF16ConvMode() BF16Conv { return BF16Conv(C.hn_bf16_conv_mode()) }
 // as the mode says, and for BF16ConvAuto on this CPU.
 func BF16ConvFP32() bool { return C.hn_bf16_conv_fp32() == 1 }
 
+// parallelThreads returns how many threads ran a part of n items split
+// as the native layer's own kernels split their work (the tests check that
+// they use libtorch's intra-op threads).
+func parallelThreads(n int64) int { return int(C.hn_parallel_threads(C.int64_t(n))) }
+
 // roundBF16 is x rounded to bf16's precision as the bf16 convolutions on
 // fp32 kernels round their operands (the tests compare it with the casts).
 func roundBF16(x *ts.Tensor) (*ts.Tensor, error) {

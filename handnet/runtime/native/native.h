@@ -130,6 +130,11 @@ int hn_bf16_conv_mode(void);
 // (the mode, and in auto this CPU).
 int hn_bf16_conv_fp32(void);
 
+// hn_parallel_threads splits n items among libtorch's intra-op threads as
+// the native layer's own kernels do (SGD, bf16 rounding, max-pooling) and
+// returns how many threads ran a part (for tests).
+int hn_parallel_threads(int64_t n);
+
 // hn_round_bf16 is x rounded to bf16's precision as the bf16 convolutions
 // on fp32 kernels round their operands: x.to(bf16).to(float32) (for tests).
 char* hn_round_bf16(hn_tensor x, hn_tensor* out);

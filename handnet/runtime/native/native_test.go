@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -254,5 +256,36 @@ func TestUnscale(t *testing.T) {
 	defer n.MustDrop()
 	if inf, _ := Unscale([]*ts.Tensor{n}, 1); !inf {
 		t.Error("NaN not found")
+	}
+}
+
+// The native layer's own kernels (one-pass SGD, bf16 rounding, max-pooling)
+// run on libtorch's intra-op threads: its split uses both threads when
+// libtorch has two, one when it has one. And native.cpp calls no
+// at::parallel_for, a header template whose OpenMP pragma a file compiled
+// without -fopenmp drops: the SGD and the bf16 rounding ran on one thread
+// that way, unnoticed, until a profile showed it (ResNet-18's update 13 ms
+// on one thread, 7 on two).
+func TestParallelThreads(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer lib.AtSetNumThreads(lib.AtGetNumThreads())
+	for _, c := range []struct{ threads, want int }{{1, 1}, {2, 2}} {
+		lib.AtSetNumThreads(c.threads)
+		if got := parallelThreads(1 << 20); got != c.want {
+			t.Errorf("%d intra-op threads: %d ran a part, want %d", c.threads, got, c.want)
+		}
+	}
+	if got := parallelThreads(1); got != 1 {
+		t.Errorf("one item: %d threads ran a part, want 1", got)
+	}
+	src, err := os.ReadFile("native.cpp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(string(src), "\n") {
+		if code, _, _ := strings.Cut(line, "//"); strings.Contains(code, "at::parallel_for") {
+			t.Errorf("native.cpp:%d calls at::parallel_for, which runs serially here: use parallelFor", i+1)
+		}
 	}
 }
