@@ -430,12 +430,27 @@ func ChannelsLast(t *ts.Tensor) (*ts.Tensor, error) { return ChannelsLastAs(t, t
 // in one copy (or none when t already is both), as a new tensor handle.
 func ChannelsLastAs(t *ts.Tensor, dtype gotch.DType) (*ts.Tensor, error) {
 	var out C.hn_tensor
-	err := cerr(C.hn_channels_last(C.hn_tensor(t.Ctensor()), C.int(dtype.CInt()), &out))
-	runtime.KeepAlive(t)
+	return result(&out, cerr(C.hn_channels_last(C.hn_tensor(t.Ctensor()), C.int(dtype.CInt()), &out)), t)
+}
+
+// optional is t's handle for the native layer: NULL for a nil or
+// undefined tensor (an absent bias).
+func optional(t *ts.Tensor) C.hn_tensor {
+	if t == nil || t.Ctensor() == nil {
+		return nil
+	}
+	return C.hn_tensor(t.Ctensor())
+}
+
+// result is the tensor a native call wrote to *out, or its error; the
+// inputs in keep stay alive until the call has returned (Go may otherwise
+// free a tensor whose handle it passed to C).
+func result(out *C.hn_tensor, err error, keep ...*ts.Tensor) (*ts.Tensor, error) {
+	runtime.KeepAlive(keep)
 	if err != nil {
 		return nil, err
 	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return ts.FromCtensor(unsafe.Pointer(*out)), nil
 }
 
 // IsChannelsLast says whether t is laid out channels last (and not also
@@ -489,20 +504,10 @@ func CUDAMemory(index int) (total int64, err error) {
 // convolution_backward over the batch plus one image of zeros, which adds
 // nothing to the gradients). b may be nil.
 func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64) (*ts.Tensor, error) {
-	var bc C.hn_tensor
-	if b != nil && b.Ctensor() != nil {
-		bc = C.hn_tensor(b.Ctensor())
-	}
 	var out C.hn_tensor
-	err := cerr(C.hn_conv2d(C.hn_tensor(x.Ctensor()), C.hn_tensor(w.Ctensor()), bc, (*C.int64_t)(unsafe.Pointer(&stride[0])),
+	err := cerr(C.hn_conv2d(C.hn_tensor(x.Ctensor()), C.hn_tensor(w.Ctensor()), optional(b), (*C.int64_t)(unsafe.Pointer(&stride[0])),
 		(*C.int64_t)(unsafe.Pointer(&padding[0])), (*C.int64_t)(unsafe.Pointer(&dilation[0])), C.int64_t(groups), &out))
-	runtime.KeepAlive(x)
-	runtime.KeepAlive(w)
-	runtime.KeepAlive(b)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return result(&out, err, x, w, b)
 }
 
 // Linear is linear(x, w, b) = x·wᵀ + b with autograd, as libtorch computes
@@ -511,22 +516,12 @@ func Conv2d(x, w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64
 // libtorch 1.13 runs in the BLAS it is linked with — Debian's reference
 // BLAS, one thread, no vector kernels: there the forward and the input's
 // gradient run in oneDNN (libtorch's mkldnn_linear), and the weight's
-// gradient of a single row is an outer product. The study CNN's fc1 at
-// batch 1: forward 2.4 → 1.4 ms, backward 3.8–4.6 → 0.8 ms. b may be nil.
+// gradient of up to 32 rows is a sum of outer products. The study CNN's
+// fc1 at batch 1: forward 2.4 → 1.4 ms, backward 3.8–4.6 → 0.8 ms. b may
+// be nil.
 func Linear(x, w, b *ts.Tensor) (*ts.Tensor, error) {
-	var bc C.hn_tensor
-	if b != nil && b.Ctensor() != nil {
-		bc = C.hn_tensor(b.Ctensor())
-	}
 	var out C.hn_tensor
-	err := cerr(C.hn_linear(C.hn_tensor(x.Ctensor()), C.hn_tensor(w.Ctensor()), bc, &out))
-	runtime.KeepAlive(x)
-	runtime.KeepAlive(w)
-	runtime.KeepAlive(b)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return result(&out, cerr(C.hn_linear(C.hn_tensor(x.Ctensor()), C.hn_tensor(w.Ctensor()), optional(b), &out)), x, w, b)
 }
 
 // oneDNNLinearCalls counts the layers Linear has run in oneDNN (the tests
@@ -593,12 +588,7 @@ func parallelThreads(n int64) int { return int(C.hn_parallel_threads(C.int64_t(n
 // fp32 kernels round their operands (the tests compare it with the casts).
 func roundBF16(x *ts.Tensor) (*ts.Tensor, error) {
 	var out C.hn_tensor
-	err := cerr(C.hn_round_bf16(C.hn_tensor(x.Ctensor()), &out))
-	runtime.KeepAlive(x)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return result(&out, cerr(C.hn_round_bf16(C.hn_tensor(x.Ctensor()), &out)), x)
 }
 
 // oneDNNConvCalls counts the convolutions Conv2d has run in oneDNN where
@@ -651,10 +641,7 @@ type Conv struct {
 // weights. A channels-last w shares its storage with the prepacked form.
 // Call it on a torch thread.
 func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int64, inputSize [4]int64, relu, channelsLast bool) (*Conv, error) {
-	var bc C.hn_tensor
-	if b != nil && b.Ctensor() != nil {
-		bc = C.hn_tensor(b.Ctensor())
-	}
+	bc := optional(b)
 	r, cl := C.int(0), C.int(0)
 	if relu {
 		r = 1
@@ -677,12 +664,7 @@ func PrepackConv(w, b *ts.Tensor, stride, padding, dilation [2]int64, groups int
 // Run applies the convolution to x; the output is a new tensor.
 func (c *Conv) Run(x *ts.Tensor) (*ts.Tensor, error) {
 	var out C.hn_tensor
-	err := cerr(C.hn_conv_run(c.c, C.hn_tensor(x.Ctensor()), &out))
-	runtime.KeepAlive(x)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return result(&out, cerr(C.hn_conv_run(c.c, C.hn_tensor(x.Ctensor()), &out)), x)
 }
 
 // Close frees the prepacked weights; safe to call twice.
@@ -706,9 +688,5 @@ func MaxPool2d(x *ts.Tensor, kernel, stride, padding [2]int64) (*ts.Tensor, erro
 	var out C.hn_tensor
 	err := cerr(C.hn_max_pool2d(C.hn_tensor(x.Ctensor()), (*C.int64_t)(unsafe.Pointer(&kernel[0])),
 		(*C.int64_t)(unsafe.Pointer(&stride[0])), (*C.int64_t)(unsafe.Pointer(&padding[0])), &out))
-	runtime.KeepAlive(x)
-	if err != nil {
-		return nil, err
-	}
-	return ts.FromCtensor(unsafe.Pointer(out)), nil
+	return result(&out, err, x)
 }
