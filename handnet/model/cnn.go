@@ -181,11 +181,7 @@ func (m *CNN) block(s *torch.Scope, x *ts.Tensor, c *nn.Conv2D, bn *nn.BatchNorm
 // values and gradients, an NCHW x in libtorch's channels-last kernel (its
 // NCHW one is scalar: the CNN's three pools at batch 16 29 → 11 ms).
 func pool(s *torch.Scope, x *ts.Tensor, k, st, pad int64) *ts.Tensor {
-	y, err := native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})
-	if err != nil {
-		panic(err)
-	}
-	return s.T(y)
+	return s.T(must(native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})))
 }
 
 // convolve is c's convolution of x (gotch's Conv2D.Forward) through
@@ -239,9 +235,5 @@ func newDense(p *nn.Path, in, out int64) *dense {
 // separately: more kernels, and under autocast the separate add promotes
 // the bf16 product back to float32.
 func linear(s *torch.Scope, l *dense, x *ts.Tensor) *ts.Tensor {
-	y, err := native.Linear(x, l.W, l.Bs)
-	if err != nil {
-		panic(err)
-	}
-	return s.T(y)
+	return s.T(must(native.Linear(x, l.W, l.Bs)))
 }

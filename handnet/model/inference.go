@@ -68,7 +68,7 @@ var defaultInferenceOptions = inferenceOptions{prepack: true, packCL: true, fcCo
 // maxPool is max_pool2d (k×k, stride st, padding pad) of x.
 func maxPool(s *torch.Scope, x *ts.Tensor, fast bool, k, st, pad int64) *ts.Tensor {
 	if fast {
-		return s.T(must(native.MaxPool2d(x, [2]int64{k, k}, [2]int64{st, st}, [2]int64{pad, pad})))
+		return pool(s, x, k, st, pad)
 	}
 	return s.T(x.MustMaxPool2d([]int64{k, k}, []int64{st, st}, []int64{pad, pad}, []int64{1, 1}, false, false))
 }
